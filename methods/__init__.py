@@ -1,0 +1,5 @@
+"""Distillation methods, installed as `sidbench.methods`. Importing it registers the built-ins."""
+from sidbench.methods.base import METHODS, Method, register_method
+from sidbench.methods import sid  # noqa: F401  (registers "sid")
+
+__all__ = ["METHODS", "Method", "register_method"]

@@ -1,0 +1,9 @@
+"""EDM's network family (DDPM++ SongUNet, ADM DhariwalUNet) and its preconditioning wrappers,
+with parameter names that load the published checkpoints as they are."""
+
+from .build import build_edm_network
+from .dhariwal import DhariwalUNet
+from .precond import EDMPrecond, VPPrecond
+from .songunet import SongUNet
+
+__all__ = ["build_edm_network", "EDMPrecond", "VPPrecond", "SongUNet", "DhariwalUNet"]

@@ -1,0 +1,69 @@
+"""Composing the run configuration with Hydra's compose API, and checking names first."""
+from __future__ import annotations
+
+from importlib.resources import files
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_MODULE = "sidbench.conf"
+
+
+class ConfigError(ValueError):
+    """A bad name or value on the command line; the message is one line that says what to do."""
+
+
+def group_options(group: str) -> list[str]:
+    """YAML files of a config group plus configs that plugins stored in Hydra's ConfigStore."""
+    names = {p.name.removesuffix(".yaml") for p in (files(CONFIG_MODULE) / group).iterdir() if p.name.endswith(".yaml")}
+    from hydra.core.config_store import ConfigStore
+
+    repo = ConfigStore.instance().repo.get(group, {})
+    names |= {k.removesuffix(".yaml") for k in repo}
+    return sorted(names)
+
+
+def register_plugin_configs() -> None:
+    """Methods from entry points may carry their default config (`default_config`); store it as
+    `method/<name>` so `method=<name>` works without a YAML file in this repo."""
+    from hydra.core.config_store import ConfigStore
+
+    from sidbench.methods import METHODS
+
+    store = ConfigStore.instance()
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        config = getattr(cls, "default_config", None)
+        if config is not None and name not in group_options("method"):
+            store.store(group="method", name=name, node={"name": name, **dict(config)})
+
+
+def _choice(overrides: list[str], group: str, default: str) -> str:
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") == group:
+            return value
+    return default
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The resolved config for `sidbench run` overrides, after checking method and dataset names."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    overrides = list(overrides or [])
+    register_plugin_configs()
+    for group, default in (("method", "sid"), ("dataset", "digits")):
+        name = _choice(overrides, group, default)
+        valid = group_options(group)
+        if name not in valid:
+            raise ConfigError(f"unknown {group} {name!r}; choose one of: {', '.join(valid)}")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+    except HydraException as e:
+        raise ConfigError(str(e).strip().splitlines()[0]) from e
+    OmegaConf.resolve(cfg)
+    return cfg

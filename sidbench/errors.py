@@ -1,0 +1,20 @@
+"""The errors a user can cause or fix, shown as one line without a traceback."""
+from __future__ import annotations
+
+from sidbench.config import ConfigError
+from sidbench.download import DownloadError
+from sidbench.eval.reference import ReferenceStatsError
+from sidbench.registry import UnknownNameError
+from sidbench.teachers.edm_pickle import EDMCheckpointError
+from sidbench.teachers.load import TeacherLoadError
+from sidbench.trainer.checkpoint import CheckpointError
+from sidbench.trainer.loop import NonFiniteLossError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, UnknownNameError, DownloadError, ReferenceStatsError, EDMCheckpointError, TeacherLoadError, CheckpointError, NonFiniteLossError,
+)
+
+
+def exit_code(e: BaseException) -> int:
+    """2 for a bad command line (unknown names, bad values), 1 for a failure while running."""
+    return 2 if isinstance(e, (ConfigError, UnknownNameError)) else 1

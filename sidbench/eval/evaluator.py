@@ -1,0 +1,58 @@
+"""Periodic evaluation: a metric over freshly generated images, and sample grids."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from sidbench.eval.base import Metric
+from sidbench.eval.images import SampleFn, draw_labels, generated_batches
+
+
+class Evaluator:
+    def __init__(
+        self,
+        metric: Metric | None,
+        num_samples: int,
+        batch_size: int,
+        shape: tuple[int, int, int],
+        label_dim: int,
+        device: torch.device,
+        seed: int = 0,
+        label_mode: str = "cyclic",
+    ) -> None:
+        self.metric = metric
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.shape = shape
+        self.label_dim = label_dim
+        self.device = device
+        self.seed = seed
+        self.label_mode = label_mode
+
+    def __call__(self, sample_fn: SampleFn) -> dict[str, float]:
+        """{"eval/<metric>": value, "eval/seconds": cost}; the same seed scores the same noise."""
+        if self.metric is None:
+            return {}
+        start = time.perf_counter()
+        batches = generated_batches(sample_fn, self.num_samples, self.batch_size, self.shape, self.label_dim,
+                                    self.device, self.seed, self.label_mode)
+        value = self.metric.compute(batches)
+        return {f"eval/{self.metric.name}": value, "eval/seconds": time.perf_counter() - start}
+
+    @torch.no_grad()
+    def sample_grid(self, sample_fn: SampleFn, path: Path, n: int = 64) -> Path:
+        """A PNG grid of `n` samples from fixed noise, so grids of one run are comparable."""
+        from torchvision.utils import save_image
+
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        z = torch.randn((n, *self.shape), generator=gen).to(self.device)
+        labels = draw_labels(torch.arange(n), self.label_dim, "cyclic")
+        x = sample_fn(z, None if labels is None else labels.to(self.device)).float().cpu()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Upscale small images (8x8 digits) so the grid is legible.
+        scale = max(1, 32 // self.shape[-1])
+        x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest") if scale > 1 else x
+        save_image((x.clamp(-1, 1) + 1) / 2, path, nrow=int(n**0.5))
+        return path

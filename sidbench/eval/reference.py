@@ -1,0 +1,146 @@
+"""Reference statistics for FID: EDM's `.npz` files (keys `mu` [D] and `sigma` [D, D]).
+
+The files are small (a 2048-vector and a 2048x2048 matrix) and every FID needs one, so they are
+validated on load: a truncated download or a hand-made file with a transposed or NaN-ridden
+covariance should fail here, with the file's name in a one-line message, rather than produce a
+plausible-looking FID later.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+#: Where EDM publishes its reference statistics (SPEC section 2).
+REF_BASE_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/"
+
+#: Reference statistics file for each dataset key (SPEC section 2's table).
+REFERENCE_FILES: dict[str, str] = {
+    "cifar10": "cifar10-32x32.npz",
+    "cifar10-cond": "cifar10-32x32.npz",
+    "imagenet64": "imagenet-64x64.npz",
+    "ffhq64": "ffhq-64x64.npz",
+    "afhqv2-64": "afhqv2-64x64.npz",
+}
+
+#: Relative tolerance on |sigma - sigma^T|, against the largest entry of sigma. Covariances written
+#: by a float64 matrix product are symmetric to round-off only, never exactly.
+SYMMETRY_RTOL = 1e-6
+
+
+class ReferenceStatsError(ValueError):
+    """A reference statistics file is unreadable or does not hold valid Gaussian statistics."""
+
+
+def _fail(path: str | os.PathLike, what: str) -> ReferenceStatsError:
+    return ReferenceStatsError(f"invalid FID reference statistics {os.fspath(path)}: {what}")
+
+
+def validate_stats(mu: np.ndarray, sigma: np.ndarray, source: str | os.PathLike = "<memory>") -> None:
+    """Check shapes ([D] and [D, D]), finiteness and symmetry; raise ReferenceStatsError if not."""
+    if mu.ndim != 1:
+        raise _fail(source, f"'mu' must have shape [D], got {list(mu.shape)}")
+    d = mu.shape[0]
+    if d == 0:
+        raise _fail(source, "'mu' is empty")
+    if sigma.shape != (d, d):
+        raise _fail(source, f"'sigma' must have shape [{d}, {d}] to match 'mu', got {list(sigma.shape)}")
+    if not np.isfinite(mu).all():
+        raise _fail(source, f"'mu' holds {int((~np.isfinite(mu)).sum())} non-finite values")
+    if not np.isfinite(sigma).all():
+        raise _fail(source, f"'sigma' holds {int((~np.isfinite(sigma)).sum())} non-finite values")
+    scale = float(np.abs(sigma).max())
+    asym = float(np.abs(sigma - sigma.T).max())
+    if asym > SYMMETRY_RTOL * max(scale, 1e-30):
+        raise _fail(source, f"'sigma' is not symmetric (max |sigma - sigma^T| = {asym:.3g}, max |sigma| = {scale:.3g})")
+
+
+def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate an `.npz` of FID statistics; returns (mu [D], sigma [D, D]) in float64."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"FID reference statistics not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = set(data.files)
+            missing = [k for k in ("mu", "sigma") if k not in keys]
+            if missing:
+                raise _fail(path, f"missing key(s) {missing}; found {sorted(keys)}")
+            mu, sigma = data["mu"], data["sigma"]
+    except ReferenceStatsError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        # np.load raises ValueError for object arrays (pickles) and files that are no npz at all.
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise _fail(path, f"not a readable .npz ({reason})") from None
+    for key, arr in (("mu", mu), ("sigma", sigma)):
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise _fail(path, f"'{key}' has dtype {arr.dtype}, expected a real number type")
+    mu, sigma = mu.astype(np.float64), sigma.astype(np.float64)
+    validate_stats(mu, sigma, path)
+    return mu, sigma
+
+
+def save_reference_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> Path:
+    """Write statistics in EDM's format (`np.savez` with `mu` and `sigma`, float64).
+
+    A missing `.npz` suffix is added (as `np.savez` would do); the real path is returned. The file
+    is written next to its destination and renamed, so a crash never leaves a half-written file.
+    """
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    validate_stats(mu, sigma, path)
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, mu=mu, sigma=sigma)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def reference_stats_url(key: str) -> str:
+    """Address of EDM's statistics for a dataset key (`ffhq64`) or a file stem (`ffhq-64x64`)."""
+    if key in REFERENCE_FILES:
+        return REF_BASE_URL + REFERENCE_FILES[key]
+    stems = {Path(name).stem for name in REFERENCE_FILES.values()}
+    if key in stems:
+        return REF_BASE_URL + key + ".npz"
+    raise ValueError(
+        f"unknown FID reference {key!r}: use a dataset key ({', '.join(REFERENCE_FILES)}), "
+        f"a URL or the path of an .npz with 'mu' and 'sigma'"
+    )
+
+
+def _fetch(url: str, *, cache_dir: str | os.PathLike | None, progress: bool) -> Path:
+    # Imported here: the downloader (and anything it pulls in) stays out of import time.
+    from sidbench.download import cached_download
+
+    return cached_download(url, cache_dir=cache_dir, progress=progress)
+
+
+def reference_stats_for(
+    ref: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Statistics named by a dataset key (`ffhq64`), an `http(s)://` address or a local `.npz` path.
+
+    Keys and addresses are fetched through the project's download cache; an existing local file
+    always wins, so an offline machine can be pointed at a copy.
+    """
+    text = os.fspath(ref)
+    if text.startswith(("http://", "https://")):
+        return load_reference_stats(_fetch(text, cache_dir=cache_dir, progress=progress))
+    path = Path(text).expanduser()
+    if path.is_file():
+        return load_reference_stats(path)
+    looks_like_path = path.suffix == ".npz" or os.sep in text or (os.altsep is not None and os.altsep in text)
+    if looks_like_path:
+        raise FileNotFoundError(f"FID reference statistics not found: {path}")
+    url = reference_stats_url(text)
+    return load_reference_stats(_fetch(url, cache_dir=cache_dir, progress=progress))

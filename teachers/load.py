@@ -1,0 +1,104 @@
+"""From a dataset card's `teacher` entry to a loaded, frozen `Teacher`.
+
+Three sources, one result: the weights shipped in this package (`builtin`), a local file
+(`path`: an EDM pickle or our safetensors format), or an address (`url`) fetched once into the
+cache. EDM pickles go through the safe loader: no code from a file is ever run.
+"""
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sidbench.teachers.teacher import Teacher
+
+
+class TeacherLoadError(RuntimeError):
+    """A teacher file that cannot be used; the message names the file and the reason."""
+
+
+def builtin_teacher_path(name: str, must_exist: bool = True) -> Path:
+    path = Path(str(files("sidbench.teachers") / name / "teacher.safetensors"))
+    if must_exist and not path.is_file():
+        raise TeacherLoadError(f"no built-in teacher {name!r} at {path}; train it with `sidbench teacher train dataset={name}`")
+    return path
+
+
+def save_native_teacher(net: torch.nn.Module, constructor: dict[str, Any], path: str | Path, info: dict[str, Any] | None = None) -> Path:
+    """Our own format: safetensors weights with the constructor and card info as JSON metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    save_file(state, str(path), metadata={"constructor": json.dumps(constructor), "info": json.dumps(info or {})})
+    return path
+
+
+def load_native_teacher(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """(constructor, state_dict, info) of a file written by `save_native_teacher`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
+        raise TeacherLoadError(f"teacher file {path} is not a readable safetensors file ({e})") from e
+    if "constructor" not in meta:
+        raise TeacherLoadError(f"teacher file {path} has no 'constructor' metadata; save it with save_native_teacher")
+    return json.loads(meta["constructor"]), state, json.loads(meta.get("info", "{}"))
+
+
+def _build(constructor: dict[str, Any], state: dict[str, torch.Tensor], path: str) -> torch.nn.Module:
+    from sidbench.teachers.networks import build_edm_network
+
+    try:
+        net = build_edm_network(constructor)
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TeacherLoadError(f"teacher file {path} does not fit its network: {first}") from e
+    return net
+
+
+def load_teacher_file(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    """(network, constructor, info) from a `.safetensors` (ours) or `.pkl` (EDM) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise TeacherLoadError(f"teacher file {path} does not exist")
+    if path.suffix == ".pkl":
+        from sidbench.teachers.edm_pickle import load_edm_checkpoint
+
+        ckpt = load_edm_checkpoint(path)
+        return _build(ckpt.constructor, ckpt.state_dict, str(path)), ckpt.constructor, {}
+    constructor, state, info = load_native_teacher(path)
+    return _build(constructor, state, str(path)), constructor, info
+
+
+def resolve_teacher_path(cfg: DictConfig | dict[str, Any]) -> str:
+    """The file a card's teacher entry points at, downloading it into the cache if needed."""
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    if cfg.get("path"):
+        return str(cfg.path)
+    if cfg.get("builtin"):
+        return str(builtin_teacher_path(cfg.builtin))
+    if cfg.get("url"):
+        from sidbench.download import cached_download
+
+        return str(cached_download(cfg.url, sha256=cfg.get("sha256")))
+    raise TeacherLoadError("the dataset card's teacher has no path, builtin or url; set teacher.path=<file>")
+
+
+def load_teacher(cfg: DictConfig | dict[str, Any], device: torch.device | str = "cpu") -> Teacher:
+    """Load, freeze and move the teacher described by a card's `teacher` entry."""
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    path = resolve_teacher_path(cfg)
+    net, constructor, info = load_teacher_file(path)
+    net = net.to(device).eval().requires_grad_(False)
+    card_info = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("constructor",)}
+    return Teacher(net=net, constructor=constructor, source=path, info={**card_info, **info})

@@ -1,0 +1,176 @@
+"""Preconditioning wrappers: turn a raw UNet F into a denoiser
+``D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma), labels)``.
+
+The wrapped UNet is the submodule ``model`` (hence the ``model.`` prefix of checkpoint keys).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .dhariwal import DhariwalUNet
+from .songunet import SongUNet
+
+__all__ = ["EDMPrecond", "VPPrecond", "MODEL_TYPES"]
+
+MODEL_TYPES: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
+
+Coefficients = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+class _Precond(nn.Module):
+    """Shared forward: input handling, the float32 wrapper arithmetic and the call of ``model``."""
+
+    def __init__(self, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool,
+                 model_type: str, model_kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"unknown model_type {model_type!r}; expected one of {sorted(MODEL_TYPES)}")
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.label_dim = label_dim
+        self.use_fp16 = use_fp16
+        self.model_type = model_type
+        self.model = MODEL_TYPES[model_type](
+            img_resolution=img_resolution, in_channels=img_channels, out_channels=img_channels,
+            label_dim=label_dim, **model_kwargs)
+        self.augment_dim = getattr(self.model.map_augment, "in_features", 0)
+
+    def coefficients(self, sigma: Tensor) -> Coefficients:
+        """(c_skip, c_out, c_in, c_noise) for a float32 sigma of shape [B]."""
+        raise NotImplementedError
+
+    def round_sigma(self, sigma: float | Tensor) -> Tensor:
+        """Noise levels are continuous: identity (kept for EDM-style callers)."""
+        return torch.as_tensor(sigma)
+
+    def forward(
+        self,
+        x: Tensor,
+        sigma: float | Tensor,
+        class_labels: Tensor | None = None,
+        augment_labels: Tensor | None = None,
+        *,
+        return_bottleneck: bool = False,
+        force_fp32: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Denoise ``x`` [B, C, H, W] at noise level ``sigma`` (a number, a 0-d tensor or [B]).
+
+        ``class_labels``: one-hot [B, label_dim] (None -> zeros); ``augment_labels``: [B, augment_dim]
+        (None -> zeros). Returns D(x) in float32, and with ``return_bottleneck=True`` also the
+        encoder's lowest-resolution features ([B, C', H/2^(L-1), W/2^(L-1)], in the net's dtype).
+        """
+        x = x.to(torch.float32)
+        batch = x.shape[0]
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(batch)
+        elif sigma.numel() != batch:
+            raise ValueError(f"sigma has {sigma.numel()} values for a batch of {batch}")
+
+        labels = None
+        if self.label_dim:
+            if class_labels is None:
+                labels = torch.zeros([batch, self.label_dim], device=x.device)
+            else:
+                labels = class_labels.to(device=x.device, dtype=torch.float32).reshape(-1, self.label_dim)
+        augment = None
+        if self.augment_dim:
+            if augment_labels is None:
+                augment = torch.zeros([batch, self.augment_dim], device=x.device)
+            else:
+                augment = augment_labels.to(device=x.device, dtype=torch.float32).reshape(-1, self.augment_dim)
+
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
+        c_skip, c_out, c_in = (c.reshape(-1, 1, 1, 1) for c in (c_skip, c_out, c_in))
+        # EDM's use_fp16: feed the UNet half-precision inputs on CUDA (its layers cast their
+        # weights); otherwise float32, or whatever an enclosing autocast region chooses.
+        dtype = torch.float16 if (self.use_fp16 and not force_fp32 and x.device.type == "cuda") else torch.float32
+
+        out = self.model((c_in * x).to(dtype), c_noise, labels, augment, return_bottleneck=return_bottleneck)
+        f_x, features = out if return_bottleneck else (out, None)
+        d_x = c_skip * x + c_out * f_x.to(torch.float32)
+        return (d_x, features) if return_bottleneck else d_x
+
+
+class EDMPrecond(_Precond):
+    """EDM's preconditioning (Karras et al. 2022, Table 1), with ``sd = sigma_data``:
+    c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd/sqrt(sigma^2+sd^2), c_in = 1/sqrt(sigma^2+sd^2),
+    c_noise = ln(sigma)/4."""
+
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int = 0,
+        use_fp16: bool = False,
+        sigma_min: float = 0.0,
+        sigma_max: float = float("inf"),
+        sigma_data: float = 0.5,
+        model_type: str = "DhariwalUNet",
+        **model_kwargs: Any,
+    ) -> None:
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.sigma_data = float(sigma_data)
+
+    def coefficients(self, sigma: Tensor) -> Coefficients:
+        sd2 = self.sigma_data ** 2
+        c_skip = sd2 / (sigma ** 2 + sd2)
+        c_out = sigma * self.sigma_data / (sigma ** 2 + sd2).sqrt()
+        c_in = 1 / (sd2 + sigma ** 2).sqrt()
+        c_noise = sigma.log() / 4
+        return c_skip, c_out, c_in, c_noise
+
+
+class VPPrecond(_Precond):
+    """Variance-preserving preconditioning (Song et al. 2021 in EDM's form): c_skip = 1,
+    c_out = -sigma, c_in = 1/sqrt(sigma^2+1), c_noise = (M-1) t(sigma) with
+    t(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(1+sigma^2)) - beta_min) / beta_d."""
+
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int = 0,
+        use_fp16: bool = False,
+        beta_d: float = 19.9,
+        beta_min: float = 0.1,
+        M: int = 1000,
+        epsilon_t: float = 1e-5,
+        model_type: str = "SongUNet",
+        **model_kwargs: Any,
+    ) -> None:
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
+        self.beta_d = float(beta_d)
+        self.beta_min = float(beta_min)
+        self.M = int(M)
+        self.epsilon_t = float(epsilon_t)
+        # Plain floats (not tensors) so that building on the meta device works.
+        self.sigma_min = self._sigma_float(self.epsilon_t)
+        self.sigma_max = self._sigma_float(1.0)
+
+    def _sigma_float(self, t: float) -> float:
+        return math.sqrt(math.expm1(0.5 * self.beta_d * t ** 2 + self.beta_min * t))
+
+    def sigma(self, t: float | Tensor) -> Tensor:
+        """sigma(t) = sqrt(exp(beta_d t^2/2 + beta_min t) - 1)."""
+        t = torch.as_tensor(t)
+        return ((0.5 * self.beta_d * t ** 2 + self.beta_min * t).exp() - 1).sqrt()
+
+    def sigma_inv(self, sigma: float | Tensor) -> Tensor:
+        """t(sigma), the inverse of ``sigma``."""
+        sigma = torch.as_tensor(sigma)
+        return ((self.beta_min ** 2 + 2 * self.beta_d * (1 + sigma ** 2).log()).sqrt() - self.beta_min) / self.beta_d
+
+    def coefficients(self, sigma: Tensor) -> Coefficients:
+        c_skip = torch.ones_like(sigma)
+        c_out = -sigma
+        c_in = 1 / (sigma ** 2 + 1).sqrt()
+        c_noise = (self.M - 1) * self.sigma_inv(sigma)
+        return c_skip, c_out, c_in, c_noise

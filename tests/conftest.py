@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny random EDM teacher in our file format, and an isolated run folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Test networks are tiny: one thread per process is fastest, and lets pytest-xdist use both cores
+# (subprocesses started by tests inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from sidbench.testing.tiny import make_tiny_teacher
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 8x8 SongUNet teacher (unconditional), the size of the digits data."""
+    return make_tiny_teacher(tmp_path_factory.mktemp("teacher") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_cond_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_teacher(tmp_path_factory.mktemp("teacher") / "tiny-cond.safetensors", label_dim=10)
+
+
+@pytest.fixture
+def run_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Runs and the MLflow store go under tmp_path; nothing touches the user's folders."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("SIDBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path

@@ -1,0 +1,71 @@
+"""The command line: exit codes, one-line errors, dry runs, list, an end-to-end run with MLflow."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sidbench.testing.tiny import tiny_overrides
+from sidbench.cli import main
+
+
+@pytest.mark.parametrize("args", [["run", "method=nope"], ["run", "dataset=nope"]])
+def test_unknown_names_exit_2_with_one_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "choose one of" in err
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar10-cond", "imagenet64", "ffhq64", "afhqv2-64", "digits", "digits-cond"])
+def test_dry_run_prints_config_and_constructors_without_loading(dataset: str, capsys: pytest.CaptureFixture[str],
+                                                                 run_env: Path) -> None:
+    assert main(["run", f"dataset={dataset}", "dry_run=true"]) == 0
+    out = capsys.readouterr().out
+    config_part, nets = out.split("# network constructors\n")
+    constructors = json.loads(nets)
+    assert set(constructors) == {"teacher", "generator", "fake_score"}
+    assert f"name: {dataset}" in config_part
+    assert not (run_env / "runs").exists() and not (run_env / "cache").exists()
+
+
+def test_list_shows_methods_and_datasets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("sid", "digits", "ffhq64", "imagenet64", "fd_pixel"):
+        assert name in out
+
+
+def test_help_of_each_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (["--help"], ["run", "--help"], ["list", "--help"], ["teacher", "train", "--help"], ["teacher", "sample", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 0
+    assert "dry_run" in capsys.readouterr().out
+
+
+def test_missing_teacher_file_is_one_line(run_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "dataset.teacher.path=/nonexistent/teacher.pkl", "device=cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "/nonexistent/teacher.pkl" in err and err.count("\n") == 0
+
+
+def test_run_end_to_end_logs_to_mlflow(tiny_teacher: Path, run_env: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    assert main(["run", *tiny_overrides(tiny_teacher), "run_name=e2e"]) == 0
+    run_dir = run_env / "runs" / "digits" / "e2e"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "generator.safetensors").is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_env / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("digits")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "sid" and run.data.tags["dataset"] == "digits" and run.data.tags["seed"] == "0"
+    assert "code_version" in run.data.tags and run.data.params["method.alpha"] == "1.2"
+    for key in ("loss/fake_score", "loss/generator", "eval/fd_pixel", "teacher/fd_pixel", "network_passes", "seconds", "kimg"):
+        assert key in run.data.metrics, key
+    history = client.get_metric_history(run.info.run_id, "eval/fd_pixel")
+    assert len(history) >= 2  # at the start and at least once more
+    assert run.data.metrics["network_passes"] == 13 * 64  # 8 iterations x batch 8 x 13 passes
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "samples", "generator.safetensors"} <= artifacts

@@ -1,0 +1,62 @@
+"""Configs: published SiD settings per dataset (SPEC section 4), names, dry runs."""
+from __future__ import annotations
+
+import pytest
+
+from sidbench.config import ConfigError, compose
+
+# dataset: (alpha, lr, batch, precision, dropout, augment_p, g_beta1, EMA half-life kimg, kimg, adam eps)
+PUBLISHED = {
+    "cifar10": (1.2, 1e-5, 256, "fp32", 0.13, 0.12, 0.0, 500, 500_000, 1e-8),
+    "cifar10-cond": (1.2, 1e-5, 256, "fp32", 0.13, 0.12, 0.0, 500, 800_000, 1e-8),
+    "imagenet64": (1.2, 4e-6, 8192, "fp16", 0.1, 0.0, 0.0, 2000, 1_000_000, 1e-6),
+    "ffhq64": (1.2, 1e-5, 512, "fp16", 0.05, 0.15, 0.9, 500, 500_000, 1e-6),
+    "afhqv2-64": (1.0, 5e-6, 512, "fp16", 0.05, 0.15, 0.0, 500, 500_000, 1e-6),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(PUBLISHED))
+def test_published_sid_settings(dataset: str) -> None:
+    cfg = compose(["method=sid", f"dataset={dataset}"])
+    alpha, lr, batch, precision, dropout, augment_p, g_beta1, ema, kimg, eps = PUBLISHED[dataset]
+    m, t = cfg.method, cfg.trainer
+    assert (m.alpha, m.lr_generator, m.lr_fake_score, m.dropout, m.augment_p, m.g_beta1, m.adam_eps) == (
+        alpha, lr, lr, dropout, augment_p, g_beta1, eps)
+    assert (t.batch, t.precision, t.ema_halflife_kimg, t.ema_rampup, t.kimg) == (batch, precision, ema, 0.05, kimg)
+    # the same in every published run
+    assert (m.sigma_init, m.t_max, m.fake_beta1, m.loss_scale_generator, m.loss_scale_fake_score) == (2.5, 800, 0.0, 100, 1)
+    assert (m.p_mean, m.p_std) == (-1.2, 1.2)
+    # FID dense early: 100, 200, ..., 1000 kimg, then every 500 kimg
+    assert list(t.eval_at_kimg) == list(range(100, 1001, 100)) and t.eval_every_kimg == 500
+
+
+@pytest.mark.parametrize("dataset,mult", [("ffhq64", [1, 2, 2, 2]), ("afhqv2-64", [1, 2, 2, 2]), ("cifar10", [2, 2, 2]),
+                                          ("imagenet64", [1, 2, 3, 4])])
+def test_network_channel_multipliers(dataset: str, mult: list[int]) -> None:
+    assert list(compose([f"dataset={dataset}"]).dataset.teacher.constructor.channel_mult) == mult
+
+
+def test_overrides_reach_the_config() -> None:
+    cfg = compose(["dataset=ffhq64", "method.alpha=0.5", "method.augment_p=0", "trainer.batch_gpu=8"])
+    assert (cfg.method.alpha, cfg.method.augment_p, cfg.trainer.batch_gpu) == (0.5, 0, 8)
+
+
+def test_conditional_datasets_draw_labels() -> None:
+    assert compose(["dataset=cifar10-cond"]).dataset.label_dim == 10
+    assert compose(["dataset=imagenet64"]).dataset.label_freq == "uniform"
+    assert compose(["dataset=digits-cond"]).dataset.label_freq == "data"
+
+
+@pytest.mark.parametrize("group,bad", [("method", "nope"), ("dataset", "mnist")])
+def test_unknown_names_list_the_valid_ones(group: str, bad: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        compose([f"{group}={bad}"])
+    message = str(e.value)
+    assert bad in message and "\n" not in message
+    assert ("sid" in message) if group == "method" else ("ffhq64" in message and "digits" in message)
+
+
+def test_bad_key_is_one_line() -> None:
+    with pytest.raises(ConfigError) as e:
+        compose(["trainer.no_such_key=1"])
+    assert "no_such_key" in str(e.value) and "\n" not in str(e.value)

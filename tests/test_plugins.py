@@ -1,0 +1,90 @@
+"""Methods from outside the package: the decorator, and discovery through entry points."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sidbench.testing.tiny import tiny_overrides
+from sidbench.registry import Registry, UnknownNameError
+
+PLUGIN = '''
+"""A third-party method: regress the one-step generator onto the teacher's denoiser at sigma_init."""
+import torch
+from sidbench.methods import Method
+
+
+class TeacherRegression(Method):
+    description = "toy plugin: regress G onto the teacher at sigma_init"
+    default_config = {"sigma_init": 2.5, "lr": 1e-4}
+
+    def __init__(self, teacher, cfg, device, full_cfg=None):
+        super().__init__(teacher, cfg, device, full_cfg)
+        self.generator = teacher.init_generator()
+        self.opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr)
+
+    def networks(self):
+        return {"generator": self.generator}
+
+    def optimizers(self):
+        return {"generator": self.opt}
+
+    @property
+    def passes_per_sample(self):
+        return 4.0
+
+    def sample(self, net, z, labels):
+        s = self.cfg.sigma_init
+        return net(z * s, torch.full((z.shape[0],), s), labels)
+
+    def train_step(self, ctx):
+        def loss_fn(n):
+            z = torch.randn(n, *self.teacher.shape)
+            with torch.no_grad():
+                target = self.sample(self.teacher.net, z, None)
+            loss = ((self.sample(ctx.net("generator"), z, None) - target) ** 2).sum()
+            return loss, {"regression": loss.item() / n}
+        return ctx.update("generator", loss_fn)
+'''
+
+
+def install_plugin(root: Path) -> Path:
+    """A package plus its dist-info, as `pip install` would leave them, on a private path."""
+    (root / "toy_sidbench_plugin").mkdir(parents=True)
+    (root / "toy_sidbench_plugin" / "__init__.py").write_text(PLUGIN)
+    info = root / "toy_sidbench_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-sidbench-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[sidbench.methods]\ntoy = toy_sidbench_plugin:TeacherRegression\n")
+    return root
+
+
+def test_registry_decorator_and_unknown_names() -> None:
+    reg: Registry[type] = Registry("thing", "sidbench.tests.none")
+
+    @reg.register("a", "the first")
+    class A: ...
+
+    assert reg.get("a") is A and reg.names() == ["a"] and reg.describe() == {"a": "the first"}
+    with pytest.raises(UnknownNameError, match="known things: a"):
+        reg.get("b")
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("a")(type("B", (), {}))
+
+
+@pytest.mark.slow
+def test_entry_point_plugin_is_discovered_and_runs(tiny_teacher: Path, run_env: Path) -> None:
+    root = install_plugin(run_env / "site")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    listed = subprocess.run([sys.executable, "-m", "sidbench.cli", "list"], env=env, capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert "toy" in listed.stdout and "regress G onto the teacher" in listed.stdout
+    ran = subprocess.run([sys.executable, "-m", "sidbench.cli", "run", "method=toy", *tiny_overrides(tiny_teacher), "run_name=toy"],
+                         cwd=run_env, env=env, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert (run_env / "runs" / "digits" / "toy" / "generator.safetensors").is_file()
+    assert "method:\n  name: toy\n  sigma_init: 2.5" in (run_env / "runs" / "digits" / "toy" / "config.yaml").read_text()
