@@ -35,13 +35,56 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(dry_run(cfg))
         return 0
+    processes = launch_processes(cfg)
+    if processes > 1:
+        return relaunch_with_torchrun(processes, overrides)
     from sidbench.run import run
 
     result = run(cfg)
+    if result.rank != 0:
+        return 0
     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if not k.endswith("seconds"))
     console.print(f"done: {result.run_dir} ({result.progress.kimg:.1f} kimg, {result.progress.seconds:.0f} s) {shown}")
     if result.mlflow_run_id:
         console.print(f"MLflow run {result.mlflow_run_id}; browse with `sidbench ui`")
+    return 0
+
+
+def launch_processes(cfg) -> int:  # noqa: ANN001 - a DictConfig
+    """How many processes `sidbench run` starts on this machine: `processes`, at most one per GPU
+    on CUDA machines; 1 inside a process that torchrun already started."""
+    import os
+
+    if "WORLD_SIZE" in os.environ or int(cfg.get("processes") or 1) <= 1:
+        return 1
+    from sidbench.distributed import pick_device
+
+    if pick_device(cfg.device).type == "cuda":
+        import torch
+
+        return max(1, min(int(cfg.processes), torch.cuda.device_count()))
+    return int(cfg.processes)
+
+
+def relaunch_with_torchrun(processes: int, overrides: list[str]) -> int:
+    """The same command under torchrun with `processes` DDP processes (a CPU's cores work as one
+    DDP job; each process runs one thread). Errors are printed by the processes themselves."""
+    import logging
+    import os
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    # One thread per process (torchrun would set it, with a banner); the processes print their own
+    # errors, so torchrun's report of a failed child would only repeat them.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc_per_node={processes}", "-m", "sidbench.cli", "run", *overrides])
+    try:
+        run(args)
+    except ChildFailedError:
+        return 1
     return 0
 
 
@@ -93,6 +136,61 @@ def cmd_teacher_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+FID_HELP = """Score images, a saved generator or the teacher (FID, or the offline metric on digits).
+
+  sidbench fid runs/cifar10/sid-20260101-120000                 # a run folder (its generator.safetensors)
+  sidbench fid runs/ffhq64/sid-x/generator.safetensors --num 50000
+  sidbench fid teacher dataset=cifar10                          # the teacher's Heun sampler; cached as
+                                                                #   the teacher's reference line for runs
+  sidbench fid samples/ --ref ffhq64                            # a folder, .npz or zip of images
+  sidbench fid samples.npz --ref my-stats.npz --mode clean      # statistics from `sidbench stats`
+  sidbench fid runs/digits/sid-x                                # digits: fd_pixel (no Inception reference)
+
+Generated images: eval.final_samples of them by default, labels i mod num_classes, seed eval.seed.
+The reference defaults to the dataset's (dataset.ref_stats). The last line of standard output is
+machine-readable: `<metric> <value>`, e.g. `fid 2.3451`."""
+
+
+def _eval_input_errors(fn):
+    """Bad image sources (missing files, unreadable or too few images) end in one line, exit 1."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(args: argparse.Namespace) -> int:
+        from sidbench.errors import InputError
+
+        try:
+            return fn(args)
+        except (FileNotFoundError, ValueError) as e:
+            from sidbench.errors import USER_ERRORS
+
+            if isinstance(e, USER_ERRORS):
+                raise
+            raise InputError(" ".join(str(e).split()) or type(e).__name__) from e
+
+    return wrapped
+
+
+@_eval_input_errors
+def cmd_fid(args: argparse.Namespace) -> int:
+    from sidbench.eval.fid_cli import run_fid
+
+    result = run_fid(args.source, _overrides(args), ref=args.ref, mode=args.mode, num=args.num, batch=args.batch,
+                     device=args.device, inception=args.inception, console=console)
+    print(f"{result.metric} {result.value:.6g}", flush=True)
+    return 0
+
+
+@_eval_input_errors
+def cmd_stats(args: argparse.Namespace) -> int:
+    from sidbench.eval.commands import stats_command
+
+    path = stats_command(args.source, args.out, mode=args.mode, num_samples=args.num, batch_size=args.batch,
+                         device=args.device, inception_path=args.inception, console=console)
+    print(f"stats {path}", flush=True)
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
     import subprocess
@@ -132,6 +230,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="Heun steps (default: the card's, 18 or 40)")
     p.set_defaults(func=cmd_teacher_sample)
 
+    from sidbench.eval.fid import FID_MODES
+    from sidbench.eval.sources import DEFAULT_BATCH_SIZE
+
+    p = sub.add_parser("fid", help="FID of images, a saved generator or the teacher (fd_pixel/fd_digits on digits)",
+                       description=FID_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="SOURCE",
+                   help="a folder, .npz or zip of images; a generator.safetensors or run folder; or the word `teacher`")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. dataset=ffhq64")
+    p.add_argument("--ref", default=None, help="reference statistics: a dataset key, an address or an .npz "
+                                               "(default: the dataset's; given, the metric is FID)")
+    p.add_argument("--mode", choices=FID_MODES, default=None, help="clean-fid mode (default: eval.fid_mode, legacy_tensorflow)")
+    p.add_argument("--num", type=int, default=None, help="images to score (default: all files, or eval.final_samples generated)")
+    p.add_argument("--batch", type=int, default=None, help=f"batch size (default: eval.batch_size generated, {DEFAULT_BATCH_SIZE} files)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the config's device)")
+    p.add_argument("--inception", default=None, metavar="PATH",
+                   help="local Inception-v3 TorchScript file (default: eval.inception_path, $SIDBENCH_INCEPTION, the cache)")
+    p.set_defaults(func=cmd_fid)
+
+    p = sub.add_parser("stats", help="FID reference statistics of real images (EDM's .npz format)")
+    p.add_argument("source", metavar="SOURCE", help="a folder, zip or .npz of real images")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="the statistics file to write (mu, sigma)")
+    p.add_argument("--mode", choices=FID_MODES, default=FID_MODES[0], help="clean-fid mode (FIDs must use the same)")
+    p.add_argument("--num", type=int, default=None, help="use the first N images (default: all)")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
+    p.add_argument("--inception", default=None, metavar="PATH", help="local Inception-v3 TorchScript file")
+    p.set_defaults(func=cmd_stats)
+
     p = sub.add_parser("ui", help="open the MLflow UI on the run store")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--port", type=int, default=5000)
@@ -142,14 +268,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from sidbench.errors import USER_ERRORS, exit_code
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse leaves `key=value` overrides that follow an option (`fid teacher --num 8 dataset=x`)
+        # unparsed; they are overrides all the same.
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except USER_ERRORS as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        import os
+
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+            console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return exit_code(e)
     except KeyboardInterrupt:
-        console.print("interrupted; resume with resume=<run dir>")
+        if args.command == "run":
+            console.print("interrupted; resume with resume=<run dir>")
+        elif args.command == "teacher" and args.teacher_command == "sample":
+            console.print("interrupted; the same command resumes from the finished batches")
+        else:
+            console.print("interrupted")
         return 130
 
 

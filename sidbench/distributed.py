@@ -1,9 +1,30 @@
-"""torchrun / DDP plumbing: nothing of our own, just the standard environment variables."""
+"""torchrun / DDP plumbing: nothing of our own, just the standard environment variables.
+
+How a multi-process run is laid out (see `sidbench.run`):
+- every process builds the same networks; DDP broadcasts rank 0's weights when it wraps them, and
+  averages gradients inside each backward, so the processes take identical optimiser steps;
+- rank 0 alone decides the run folder (broadcast to the others), logs to MLflow, evaluates and
+  writes checkpoints; the other ranks wait for it at a barrier after each evaluation point;
+- collectives end with training: the process group is destroyed before rank 0's final evaluation,
+  which can take longer than any collective's timeout.
+Every helper here is a no-op (or the identity) in a single-process run.
+"""
 from __future__ import annotations
 
+import datetime as dt
 import os
+from typing import Any, TypeVar
 
 import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+#: How long a collective may wait. The other ranks wait in one while rank 0 evaluates (a 10k-sample
+#: FID during training) or writes a checkpoint, which can take longer than the backends' defaults.
+TIMEOUT = dt.timedelta(minutes=60)
+
+_owned = False  # did init_from_env start the process group (and so may destroy it)?
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -15,22 +36,81 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 
 def init_from_env(device: torch.device) -> tuple[int, int]:
     """(rank, world size); starts the process group when launched by torchrun with >1 process."""
+    global _owned
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-    if torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl", timeout=TIMEOUT, device_id=device)
+        else:
+            dist.init_process_group(backend="gloo", timeout=TIMEOUT)
+        _owned = True
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def shutdown() -> None:
+    """Destroy the process group this module started (idempotent); no collective may follow."""
+    global _owned
+    if _owned and dist.is_initialized():
+        dist.destroy_process_group()
+    _owned = False
 
 
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def wrap_ddp(networks: dict[str, torch.nn.Module], device: torch.device) -> dict[str, torch.nn.Module]:
-    """DDP wrappers of the trainable networks (empty when not distributed)."""
-    if not torch.distributed.is_initialized():
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj: T) -> T:
+    """Rank 0's `obj` on every rank (anything picklable; the others may pass None)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The mean over ranks of each value. Every rank must pass the same keys; a NaN or inf on any
+    rank reaches all of them, so decisions taken on the result (stop on non-finite losses) agree."""
+    if not is_distributed() or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def wrap_ddp(networks: dict[str, torch.nn.Module], device: torch.device) -> dict[str, Any]:
+    """DDP wrappers of the trainable networks (empty when not distributed).
+
+    The defaults (`find_unused_parameters=False`, no static graph) are right for how the step
+    context uses them, although each update switches `requires_grad` off for the other networks:
+    - a wrapper is called only while its own network is updated, and then all of its parameters
+      require gradients again (`StepContext._only_trains`); frozen passes through another network
+      (the fake score inside SiD's generator loss) go to the bare module, never to its wrapper;
+    - every parameter gets a gradient from every such backward: the EDM wrappers feed zero class or
+      augmentation labels instead of skipping those layers, so no parameter is ever unused;
+    - the reducer's hooks sit on each parameter's gradient accumulator, which toggling
+      `requires_grad` does not replace (the reducer holds it), so they fire again after a toggle.
+    The DDP equivalence test (tests/trainer/test_ddp.py) checks all three: a missed reduction
+    would raise at the next forward or leave the ranks' weights apart from a one-process run.
+    The only buffers are constant resampling filters: synced once at wrapping, never during
+    forward.
+    """
+    if not is_distributed():
         return {}
     ids = [device.index] if device.type == "cuda" else None
-    return {k: torch.nn.parallel.DistributedDataParallel(v, device_ids=ids, broadcast_buffers=False) for k, v in networks.items()}
+    return {k: torch.nn.parallel.DistributedDataParallel(v, device_ids=ids, forward_sync_buffers=False)
+            for k, v in networks.items()}

@@ -10,8 +10,14 @@ from sidbench.teachers.load import TeacherLoadError
 from sidbench.trainer.checkpoint import CheckpointError
 from sidbench.trainer.loop import NonFiniteLossError
 
+
+class InputError(RuntimeError):
+    """An input the user named (an image folder, an .npz, a zip) is missing or unusable."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, UnknownNameError, DownloadError, ReferenceStatsError, EDMCheckpointError, TeacherLoadError, CheckpointError, NonFiniteLossError,
+    InputError,
 )
 
 

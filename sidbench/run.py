@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from sidbench.distributed import init_from_env, local_rank, pick_device, wrap_ddp
+from sidbench.distributed import broadcast_object, init_from_env, local_rank, pick_device, shutdown, wrap_ddp
 from sidbench.eval.evaluator import Evaluator
 from sidbench.labels import label_frequencies, label_sampler
 from sidbench.methods import METHODS
@@ -29,6 +29,7 @@ class RunResult:
     progress: Progress
     metrics: dict[str, float]
     mlflow_run_id: str | None
+    rank: int = 0
 
 
 def dry_run(cfg: DictConfig) -> str:
@@ -42,7 +43,12 @@ def dry_run(cfg: DictConfig) -> str:
 
 
 def resolve_run_dir(cfg: DictConfig) -> tuple[Path, str | None]:
-    """(run folder, MLflow run id to continue or None) for a new or resumed run."""
+    """(run folder, MLflow run id to continue or None) for a new or resumed run.
+
+    Call it on rank 0 only and broadcast the answer (`run` does): the default name holds a
+    timestamp that processes started a second apart would not agree on, and a resume by MLflow
+    run id needs to ask the tracking store only once.
+    """
     if cfg.resume:
         path = Path(str(cfg.resume))
         if not path.is_dir():  # not a folder: an MLflow run id
@@ -54,10 +60,27 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, str | None]:
     return Path(cfg.output_root) / str(cfg.dataset.name) / name, None
 
 
-def reference_metrics(cfg: DictConfig, info: dict[str, Any]) -> dict[str, float]:
-    """The teacher's own value of the run's metric: measured and stored with its weights, or the
-    published figure (logged under a `_published` suffix so nobody mistakes it for a measurement)."""
+def reference_metrics(cfg: DictConfig, info: dict[str, Any], teacher_file: str | Path | None = None) -> dict[str, float]:
+    """The teacher's own value of the run's metric, logged as `teacher/<metric>` beside the curve.
+
+    In order: a measurement cached by `sidbench fid teacher dataset=<d>` for this teacher file,
+    metric, FID mode, reference and sample count (the run's evaluation size, else its final size;
+    see `sidbench.eval.teacher_metrics`); a value measured and stored with the teacher's weights;
+    the published figure of the dataset card, logged under a `_published` suffix so nobody
+    mistakes it for a measurement.
+    """
     metric = str(cfg.eval.metric)
+    if teacher_file is not None:
+        from sidbench.eval.teacher_metrics import lookup_teacher_metric
+
+        is_fid = metric == "fid"
+        cached = lookup_teacher_metric(
+            teacher_file, metric=metric, num_samples=[int(cfg.eval.num_samples), int(cfg.eval.final_samples)],
+            steps=int(cfg.dataset.teacher.sampler_steps), mode=str(cfg.eval.fid_mode) if is_fid else None,
+            ref=str(cfg.dataset.ref_stats) if is_fid and cfg.dataset.get("ref_stats") else None,
+        )
+        if cached is not None:
+            return {metric: float(cached["value"])}
     measured = (info.get("metrics") or {}).get(metric)
     if measured is not None:
         return {metric: float(measured)}
@@ -66,11 +89,21 @@ def reference_metrics(cfg: DictConfig, info: dict[str, Any]) -> dict[str, float]
 
 
 def run(cfg: DictConfig) -> RunResult:
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     device = pick_device(cfg.device, local_rank())
     rank, world = init_from_env(device)
-    run_dir, run_id = resolve_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(cfg, device, rank, world)
+    finally:
+        shutdown()
+
+
+def _run(cfg: DictConfig, device: torch.device, rank: int, world: int) -> RunResult:
+    # Every rank works in rank 0's run folder (and continues rank 0's MLflow run).
+    run_dir, run_id = broadcast_object(resolve_run_dir(cfg) if rank == 0 else None)
     if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     torch.manual_seed(cfg.trainer.seed)
 
@@ -92,7 +125,7 @@ def run(cfg: DictConfig) -> RunResult:
         tracker.log_artifact(run_dir / "config.yaml")
 
     trainer = Trainer(cfg.trainer, method, run_dir, device, evaluator, tracker, sampler, rank, world,
-                      wrap_ddp(method.networks(), device), reference_metrics(cfg, teacher.info))
+                      wrap_ddp(method.networks(), device), reference_metrics(cfg, teacher.info, teacher.source))
     if trainer.resume() and rank == 0:
         console.print(f"resumed {run_dir} at {trainer.progress.kimg:.1f} kimg")
     try:
@@ -100,6 +133,15 @@ def run(cfg: DictConfig) -> RunResult:
     except BaseException:
         tracker.finish("FAILED" if rank == 0 else "KILLED")
         raise
+    # Training ends with all ranks at a barrier after rank 0's last checkpoint. What follows is
+    # rank 0's alone and needs no collective: end the process group now, so that the final
+    # evaluation (up to 50k samples) cannot run into a collective's timeout on the other ranks.
+    shutdown()
+    if rank != 0:
+        return RunResult(run_dir, progress, {}, None, rank)
+    if trainer.stopped_by_time and rank == 0:
+        tracker.set_tags({"stopped_by": "max_seconds"})
+        console.print(f"stopped at the time budget trainer.max_seconds={cfg.trainer.max_seconds} after {progress.kimg:.1f} kimg")
     metrics: dict[str, float] = {}
     if evaluator is not None:
         if cfg.eval.final_samples != cfg.eval.num_samples:
@@ -108,10 +150,9 @@ def run(cfg: DictConfig) -> RunResult:
             tracker.log_metrics(metrics, step=int(progress.kimg))
         else:
             metrics = trainer.last_metrics
-    if rank == 0:
-        gen_path = save_native_teacher(trainer.ema.module, method.describe_networks().get("generator", teacher.constructor),
-                                       run_dir / "generator.safetensors",
-                                       {"method": str(cfg.method.name), "kimg": progress.kimg, "sampling": {"sigma_init": cfg.method.get("sigma_init")}})
-        tracker.log_artifact(gen_path)
-        tracker.finish()
+    gen_path = save_native_teacher(trainer.ema.module, method.describe_networks().get("generator", teacher.constructor),
+                                   run_dir / "generator.safetensors",
+                                   {"method": str(cfg.method.name), "kimg": progress.kimg, "sampling": {"sigma_init": cfg.method.get("sigma_init")}})
+    tracker.log_artifact(gen_path)
+    tracker.finish()
     return RunResult(run_dir, progress, metrics, getattr(tracker, "run_id", None))

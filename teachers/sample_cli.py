@@ -1,7 +1,15 @@
 """`sidbench teacher sample`: images from a teacher's Heun sampler, for FID and for the reference
-line of every curve. Batched, seeded per batch, and resumable: finished batches are kept."""
+line of every curve. Batched, seeded per batch, and resumable: finished batches are kept.
+
+Every file is written under a temporary name and renamed into place, so a killed job leaves no
+half-written image for a resumed one to take as finished. The settings that decide the images
+(teacher file, count, batch, seed, steps) are recorded beside them (`.sidbench-sample.json`); a
+resume with other settings is refused instead of mixing two sets of samples.
+"""
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +18,16 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import Progress
 
+from sidbench.config import ConfigError
 from sidbench.distributed import pick_device
 from sidbench.eval.images import draw_labels, to_uint8
 from sidbench.teachers.load import load_teacher
 from sidbench.teachers.sampling import heun_sample
 
 console = Console(stderr=True)
+
+#: The record of the settings a sample folder (or `.parts` folder) was made with.
+SETTINGS_FILE = ".sidbench-sample.json"
 
 
 def _batch_noise(seed: int, batch_index: int, n: int, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -33,6 +45,7 @@ def sample_teacher(cfg: DictConfig, out: str | Path, num: int = 50000, batch: in
     as_npz = out.suffix == ".npz"
     parts = out.with_name(out.name + ".parts") if as_npz else out
     parts.mkdir(parents=True, exist_ok=True)
+    _check_settings(parts, {"teacher": teacher.source, "num": num, "batch": batch, "seed": seed, "steps": steps})
     num_batches = (num + batch - 1) // batch
     with Progress(console=console) as bar:
         task = bar.add_task(f"Heun {2 * steps - 1} NFE", total=num)
@@ -49,12 +62,45 @@ def sample_teacher(cfg: DictConfig, out: str | Path, num: int = 50000, batch: in
             bar.update(task, advance=n)
     if not as_npz:
         return out
-    chunks = [np.load(parts / f"batch{b:06d}.npz") for b in range(num_batches)]
-    np.savez(out, images=np.concatenate([c["images"] for c in chunks]), labels=np.concatenate([c["labels"] for c in chunks]))
+    images, labels = [], []
+    for b in range(num_batches):
+        with np.load(parts / f"batch{b:06d}.npz") as chunk:
+            images.append(chunk["images"])
+            labels.append(chunk["labels"])
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=np.concatenate(images), labels=np.concatenate(labels))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     for b in range(num_batches):
         (parts / f"batch{b:06d}.npz").unlink()
+    (parts / SETTINGS_FILE).unlink(missing_ok=True)
     parts.rmdir()
     return out
+
+
+def _check_settings(folder: Path, settings: dict) -> None:
+    """Record the settings in a fresh folder; refuse to resume one made with other settings."""
+    record = folder / SETTINGS_FILE
+    settings = {**settings, "teacher": str(Path(settings["teacher"]).resolve())}
+    if record.is_file():
+        try:
+            old = json.loads(record.read_text())
+        except ValueError:
+            old = None
+        if old != settings:
+            changed = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v) \
+                if isinstance(old, dict) else "the settings record is unreadable"
+            raise ConfigError(
+                f"{folder} holds samples made with other settings ({changed}); "
+                "rerun with the same settings to resume, or pick a new --out"
+            )
+        return
+    tmp = folder / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, record)
 
 
 def _write_batch(folder: Path, b: int, start: int, images: torch.Tensor, labels: torch.Tensor | None, as_npz: bool) -> None:
@@ -63,10 +109,14 @@ def _write_batch(folder: Path, b: int, start: int, images: torch.Tensor, labels:
     if as_npz:
         tmp = folder / f"batch{b:06d}.tmp.npz"
         np.savez(tmp, images=hwc, labels=cls)
-        tmp.rename(folder / f"batch{b:06d}.npz")
+        os.replace(tmp, folder / f"batch{b:06d}.npz")
         return
     from PIL import Image
 
-    # Written in index order, so the last index of a batch marks the batch as finished.
+    # Written in index order, each under a temporary name then renamed: the last index of a batch
+    # marks the batch as finished, and a killed job never leaves a half-written PNG behind.
     for i, img in enumerate(hwc):
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{start + i:06d}.png")
+        final = folder / f"{start + i:06d}.png"
+        tmp = folder / f".{start + i:06d}.png.tmp"
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp, format="PNG")
+        os.replace(tmp, final)

@@ -37,16 +37,18 @@ def test_list_shows_methods_and_datasets(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_help_of_each_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
-    for args in (["--help"], ["run", "--help"], ["list", "--help"], ["teacher", "train", "--help"], ["teacher", "sample", "--help"]):
+    for args in (["--help"], ["run", "--help"], ["list", "--help"], ["teacher", "train", "--help"], ["teacher", "sample", "--help"],
+                 ["fid", "--help"], ["stats", "--help"]):
         with pytest.raises(SystemExit) as e:
             main(args)
         assert e.value.code == 0
     assert "dry_run" in capsys.readouterr().out
 
 
-def test_missing_teacher_file_is_one_line(run_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_teacher_file_is_one_line(run_env: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # the digits default runs as 2 processes under torchrun: still exactly one line, exit code 1
     assert main(["run", "dataset.teacher.path=/nonexistent/teacher.pkl", "device=cpu"]) == 1
-    err = capsys.readouterr().err.strip()
+    err = capfd.readouterr().err.strip()
     assert "/nonexistent/teacher.pkl" in err and err.count("\n") == 0
 
 
@@ -69,3 +71,28 @@ def test_run_end_to_end_logs_to_mlflow(tiny_teacher: Path, run_env: Path) -> Non
     assert run.data.metrics["network_passes"] == 13 * 64  # 8 iterations x batch 8 x 13 passes
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "samples", "generator.safetensors"} <= artifacts
+
+
+def test_offline_teacher_download_fails_at_once_with_one_line(run_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a closed port on this machine stands in for an unreachable address
+    url = "http://127.0.0.1:9/edm-ffhq-64x64-uncond-vp.pkl"
+    assert main(["run", "dataset=ffhq64", f"dataset.teacher.url={url}", "device=cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "edm-ffhq-64x64-uncond-vp.pkl" in err and url in err and str(run_env / "cache") in err
+
+
+def test_conditional_digits_run_end_to_end(tiny_cond_teacher: Path, run_env: Path) -> None:
+    assert main(["run", "dataset=digits-cond", *tiny_overrides(tiny_cond_teacher), "run_name=cond"]) == 0
+    assert (run_env / "runs" / "digits-cond" / "cond" / "generator.safetensors").is_file()
+
+
+def test_processes_launch_only_outside_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidbench.cli import launch_processes
+    from sidbench.config import compose
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launch_processes(compose(["device=cpu"])) == 2  # the digits preset uses both cores
+    assert launch_processes(compose(["device=cpu", "processes=1"])) == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")  # already inside torchrun: run, don't launch again
+    assert launch_processes(compose(["device=cpu"])) == 1

@@ -68,9 +68,11 @@ class _Server:
                 if server.cuts.get(self.path, 0) > 0:
                     server.cuts[self.path] -= 1
                     body = body[:CUT_AFTER]  # then the connection closes: a broken transfer
+                # Counted before writing: the client may finish reading (and the test assert)
+                # before this thread returns from write().
+                server.bytes_sent += len(body)
                 self.wfile.write(body)
                 self.wfile.flush()
-                server.bytes_sent += len(body)
                 self.close_connection = True
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

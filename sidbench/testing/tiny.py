@@ -28,6 +28,7 @@ def tiny_overrides(teacher: Path, **extra: object) -> list[str]:
         "dataset.teacher.path": str(teacher), "trainer.kimg": 0.064, "trainer.batch": 8, "trainer.tick_kimg": 0.016,
         "trainer.eval_every_kimg": 0.032, "trainer.checkpoint_every_kimg": 0.016, "eval.num_samples": 64,
         "eval.final_samples": 64, "eval.batch_size": 64, "device": "cpu",
+        "processes": 1,  # in-process (the digits preset would start 2 DDP processes)
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -7,6 +7,21 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+# Mixed precision is autocast only: weights, their gradients, Adam's states and the EMA stay
+# float32 (autocast casts per operation, and the casts' backward hands float32 gradients to the
+# float32 weights), so micro-batch accumulation and DDP's all-reduce run in float32.
+#
+# fp16 uses no GradScaler, on purpose. The published SiD runs use a static loss scale (100 for the
+# generator, 1 for the fake score) and `nan_to_num` of the gradients, and the update here does the
+# same: (1) the constant scale keeps the half-precision activation gradients of the generator loss
+# out of the underflow range, which is all a GradScaler's scale is for; (2) the scale is never
+# divided out, and need not be: Adam's step is invariant to a constant gradient scale s once its eps
+# is scaled by s too (for the generator, the fp16 presets' eps 1e-6 at s = 100 acts as eps 1e-8 on
+# the unscaled gradient; tests/trainer/test_precision.py checks the invariance);
+# (3) a non-finite gradient is zeroed element-wise, not made to skip the whole step. A GradScaler
+# would change (2) and (3), i.e. the published update rule, and its dynamic scale would make runs
+# depend on their overflow history. bf16 has float32's range and needs no scaling at all.
+# (CPU autocast accepts float16 too, so every precision runs in the CPU tests.)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: loss_fn(micro_batch_size) -> (loss summed over the micro-batch's elements, {name: value to log})

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from sidbench.distributed import all_reduce_mean, barrier
 from sidbench.eval.evaluator import Evaluator
 from sidbench.methods.base import Method
 from sidbench.trainer.checkpoint import load_checkpoint, save_atomic
@@ -49,6 +50,11 @@ def crossed(before: int, after: int, every_kimg: float | None) -> bool:
         return False
     every = every_kimg * 1000
     return math.floor(after / every) > math.floor(before / every)
+
+
+def crossed_point(before: int, after: int, kimg: float) -> bool:
+    """Did images seen pass the point `kimg` between two iterations?"""
+    return before < kimg * 1000 <= after
 
 
 class Trainer:
@@ -88,6 +94,7 @@ class Trainer:
         self.checkpoint_path = run_dir / CHECKPOINT_NAME
         self.last_good_checkpoint: Path | None = None
         self.last_metrics: dict[str, float] = {}
+        self.stopped_by_time = False
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -131,7 +138,14 @@ class Trainer:
             return self.method.sample(self.ema.module, z, labels)
 
     def evaluate(self) -> dict[str, float]:
-        if self.evaluator is None or self.rank != 0:
+        """Rank 0 evaluates; the other ranks wait for it at a barrier. Every rank calls this at the
+        same iterations (the schedule depends only on images seen), so the barriers pair up."""
+        out = self._evaluate() if self.rank == 0 else {}
+        barrier()
+        return out
+
+    def _evaluate(self) -> dict[str, float]:
+        if self.evaluator is None:
             return {}
         out = self.evaluator(self.sample_fn)
         self.progress.eval_seconds += out.get("eval/seconds", 0.0)
@@ -143,8 +157,10 @@ class Trainer:
 
     def _log(self, metrics: dict[str, float]) -> None:
         p = self.progress
-        self.tracker.log_metrics({**metrics, "kimg": p.kimg, "network_passes": p.network_passes, "seconds": p.seconds},
-                                 step=int(p.kimg))
+        # `seconds` counts training only; evaluation time is its own line (each evaluation's
+        # `eval/seconds`, and the running total here).
+        self.tracker.log_metrics({**metrics, "kimg": p.kimg, "network_passes": p.network_passes, "seconds": p.seconds,
+                                  "eval/seconds_total": p.eval_seconds}, step=int(p.kimg))
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> Progress:
@@ -157,11 +173,15 @@ class Trainer:
         nonfinite = 0
         sums: dict[str, float] = {}
         count = 0
+        max_seconds = cfg.get("max_seconds")
+        done = p.images_seen >= total_images
         with display:
-            while p.images_seen < total_images:
+            while not done:
                 t0 = time.perf_counter()
                 self.ctx.iteration = p.iteration
-                losses = self.method.train_step(self.ctx)
+                # The mean over ranks: logs describe the global batch, and every rank takes the
+                # same decision on non-finite losses (a lone rank stopping would hang the others).
+                losses = all_reduce_mean(self.method.train_step(self.ctx), self.device)
                 before = p.images_seen
                 p.images_seen += cfg.batch
                 p.iteration += 1
@@ -178,19 +198,27 @@ class Trainer:
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
+                # A wall-clock budget (training plus evaluation) ends the run early, like reaching kimg.
+                if max_seconds:
+                    over = p.seconds + p.eval_seconds >= max_seconds
+                    # Ranks' clocks differ: stop when any rank is over, so that all stop together.
+                    self.stopped_by_time = all_reduce_mean({"over": float(over)}, self.device)["over"] > 0
+                done = p.images_seen >= total_images or self.stopped_by_time
 
                 metrics: dict[str, float] = {}
-                if crossed(before, p.images_seen, cfg.tick_kimg) or p.images_seen >= total_images:
+                if crossed(before, p.images_seen, cfg.tick_kimg) or done:
                     metrics.update({f"loss/{k}": v / count for k, v in sums.items()})
                     sums, count = {}, 0
-                if crossed(before, p.images_seen, cfg.eval_every_kimg) or p.images_seen >= total_images:
+                if crossed(before, p.images_seen, cfg.eval_every_kimg) or any(
+                        crossed_point(before, p.images_seen, k) for k in cfg.get("eval_at_kimg") or []) or done:
                     metrics.update(self.evaluate())
                 if metrics:
                     metrics["sec_per_kimg"] = p.seconds / max(p.kimg, 1e-9)
                     self._log(metrics)
                 display.update(p.images_seen, p.seconds, {**losses, **{k: v for k, v in metrics.items() if k.startswith("eval/")}})
-                if nonfinite == 0 and (crossed(before, p.images_seen, cfg.checkpoint_every_kimg) or p.images_seen >= total_images):
+                if nonfinite == 0 and (crossed(before, p.images_seen, cfg.checkpoint_every_kimg) or done):
                     self.save_checkpoint()
+        barrier()  # no rank leaves before rank 0's last checkpoint is on disk
         return p
 
     def _stop_nonfinite(self, losses: dict[str, float], streak: int) -> None:

@@ -39,4 +39,6 @@ class ProgressDisplay:
             self._bar.update(self._task, completed=images_seen, kimg=kimg, speed=speed, losses=losses)
         elif time.monotonic() - self._last_line > self.line_every_s or images_seen >= self.total:
             self._last_line = time.monotonic()
-            self.console.print(f"{kimg}  {speed}  {losses}", highlight=False)
+            per_image = seconds / max(images_seen, 1)  # both counters include resumed progress
+            eta = per_image * max(self.total - images_seen, 0)
+            self.console.print(f"{kimg}  {speed}  ETA {eta / 60:.1f} min  {losses}", highlight=False, soft_wrap=True)

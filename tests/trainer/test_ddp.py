@@ -1,0 +1,97 @@
+"""Two processes under torchrun (gloo, CPU) end where one process with the same global batch ends.
+
+The step context seeds each micro-batch from (seed, iteration, update, global micro-batch index), so
+2 processes x 1 micro-batch of 4 draw exactly the noise that 1 process x 2 micro-batches of 4 draws;
+DDP averages the two processes' gradients where the single process accumulates its micro-batches.
+Only rank 0 creates an MLflow run, evaluates and writes checkpoints; both ranks share its run folder.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sidbench.teachers.load import load_teacher_file
+from sidbench.testing.tiny import tiny_overrides
+
+# Tolerance on the final weights, relative to each tensor's scale (max |w|, at least 1). The two
+# runs add the same float32 gradient terms in a different order (DDP's all-reduce across ranks vs.
+# accumulation of micro-batches in one process), so they may differ by round-off in the gradients.
+# Adam turns a relative round-off of ~1e-7 in a gradient into a change of at most ~1e-7 * lr in the
+# step, so after a few iterations the weights agree far below 1e-5 of their scale; a gradient that
+# was not reduced across ranks (or noise drawn differently) moves them by ~lr = 1e-4 per step.
+# (With 2 gloo ranks the sums are usually bitwise equal: a + b = b + a and the scalings are powers
+# of two; the tolerance is there so the test does not depend on the backend's reduction order.)
+RTOL_OF_SCALE = 1e-5
+
+
+def common_overrides(teacher: Path) -> list[str]:
+    # 4 iterations of global batch 8 in micro-batches of 4; evaluation at iterations 0, 2 and 4
+    # (rank 0 evaluates while rank 1 waits), a checkpoint at iterations 2 and 4.
+    return tiny_overrides(teacher, **{"trainer.kimg": 0.032, "trainer.batch": 8, "trainer.batch_gpu": 4,
+                                      "trainer.eval_every_kimg": 0.016, "trainer.checkpoint_every_kimg": 0.016})
+
+
+def launch(module_args: list[str], cwd: Path, nproc: int | None, timeout: float = 300) -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else [sys.executable]
+    proc = subprocess.run([*launcher, "-m", "sidbench.cli", "run", *module_args], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout
+    return proc.stdout
+
+
+def assert_weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        scale = max(1.0, float(a[key].abs().max()))
+        diff = float((a[key].double() - b[key].double()).abs().max())
+        assert diff <= RTOL_OF_SCALE * scale, f"{what}.{key}: max |difference| {diff:.3g} > {RTOL_OF_SCALE:g} x {scale:.3g}"
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_and_only_rank0_logs(tiny_teacher: Path, run_env: Path) -> None:
+    common = common_overrides(tiny_teacher)
+    # No run_name: the default holds a timestamp, which rank 0 decides and broadcasts.
+    launch(common, run_env, nproc=2)
+    # One process: `++processes=1` keeps `sidbench run` from starting torchrun itself (a preset may
+    # ask for several processes); the `++` also works where the config has no such key.
+    launch([*common, "run_name=single", "tracking.enabled=false", "eval.enabled=false", "++processes=1"], run_env, nproc=None)
+
+    runs = sorted(p for p in (run_env / "runs" / "digits").iterdir() if p.name != "single")
+    assert len(runs) == 1, f"the two ranks wrote to different run folders: {runs}"
+    ddp_dir = runs[0]
+    ddp = torch.load(ddp_dir / "checkpoint.pt", weights_only=True)
+    one = torch.load(run_env / "runs" / "digits" / "single" / "checkpoint.pt", weights_only=True)
+    assert ddp["progress"]["images_seen"] == one["progress"]["images_seen"] == 32
+    assert ddp["progress"]["iteration"] == one["progress"]["iteration"] == 4
+    for net in ("generator", "fake_score"):
+        assert_weights_close(ddp["networks"][net], one["networks"][net], net)
+    assert_weights_close(ddp["ema"], one["ema"], "ema")
+    # the weights did move (a run that trained nothing would pass the comparison too), by more
+    # than the tolerance
+    start = load_teacher_file(tiny_teacher)[0].state_dict()
+    moved = max(float((ddp["networks"]["generator"][k] - v).abs().max()) for k, v in start.items())
+    assert moved > 10 * RTOL_OF_SCALE
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    experiments = client.search_experiments()
+    found = client.search_runs([e.experiment_id for e in experiments])
+    assert len(found) == 1, f"expected one MLflow run (rank 0's), found {len(found)}"
+    run = found[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["world_size"] == "2"
+    assert run.data.tags["sidbench.run_dir"] == str(ddp_dir.resolve())
+    # one value per tick (iterations 2 and 4): nobody else logged into rank 0's run
+    assert len(client.get_metric_history(run.info.run_id, "loss/generator")) == 2
+    # only rank 0 holds the MLflow run id, so the checkpoint that carries it is rank 0's
+    assert ddp["mlflow_run_id"] == run.info.run_id
+    # rank 0 evaluated (the metric was logged) and wrote the final artifacts
+    assert client.get_metric_history(run.info.run_id, "eval/fd_pixel")
+    assert (ddp_dir / "generator.safetensors").is_file()
