@@ -42,8 +42,8 @@ import sys
 import time
 import warnings
 import weakref
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,8 +61,8 @@ class LiveBytes(TorchDispatchMode):
     """Bytes of the storages created while active and still alive; their peak since `reset_peak`.
 
     Storages are counted once however many views share them (outputs that alias an input count
-    nothing), and dropped when Python releases them
-    (a storage keeps its Python object for its whole life, so a weakref finaliser sees the free).
+    nothing), and dropped when Python releases them (a storage keeps its Python object for its
+    whole life, so a weakref finaliser sees the free).
     Storages created before entering (the weights) are not counted.
 
     Under a fake mode two data-dependent operations get a stand-in: reading a tensor's value

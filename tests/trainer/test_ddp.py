@@ -58,9 +58,8 @@ def test_two_processes_match_one_process_and_only_rank0_logs(tiny_teacher: Path,
     common = common_overrides(tiny_teacher)
     # No run_name: the default holds a timestamp, which rank 0 decides and broadcasts.
     launch(common, run_env, nproc=2)
-    # One process: `++processes=1` keeps `sidbench run` from starting torchrun itself (a preset may
-    # ask for several processes); the `++` also works where the config has no such key.
-    launch([*common, "run_name=single", "tracking.enabled=false", "eval.enabled=false", "++processes=1"], run_env, nproc=None)
+    # One process (tiny_overrides sets processes=1, so `sidbench run` starts no torchrun of its own).
+    launch([*common, "run_name=single", "tracking.enabled=false", "eval.enabled=false"], run_env, nproc=None)
 
     runs = sorted(p for p in (run_env / "runs" / "digits").iterdir() if p.name != "single")
     assert len(runs) == 1, f"the two ranks wrote to different run folders: {runs}"
