@@ -27,7 +27,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A training checkpoint that is missing or unreadable; the message names the file."""
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
