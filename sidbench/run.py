@@ -54,7 +54,8 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, str | None]:
         if not path.is_dir():  # not a folder: an MLflow run id
             path = find_run_dir(str(cfg.resume), tracking_uri(cfg))
         ckpt = path / CHECKPOINT_NAME
-        run_id = load_checkpoint(ckpt).get("mlflow_run_id") or None if ckpt.is_file() else None
+        # Only the run id is needed here; the trainer reads the whole checkpoint when it resumes.
+        run_id = load_checkpoint(ckpt, mmap=True).get("mlflow_run_id") or None if ckpt.is_file() else None
         return path, run_id
     name = cfg.run_name or f"{cfg.method.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     return Path(cfg.output_root) / str(cfg.dataset.name) / name, None
@@ -139,7 +140,7 @@ def _run(cfg: DictConfig, device: torch.device, rank: int, world: int) -> RunRes
     shutdown()
     if rank != 0:
         return RunResult(run_dir, progress, {}, None, rank)
-    if trainer.stopped_by_time and rank == 0:
+    if trainer.stopped_by_time:
         tracker.set_tags({"stopped_by": "max_seconds"})
         console.print(f"stopped at the time budget trainer.max_seconds={cfg.trainer.max_seconds} after {progress.kimg:.1f} kimg")
     metrics: dict[str, float] = {}
