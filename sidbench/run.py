@@ -148,7 +148,7 @@ def _run(cfg: DictConfig, device: torch.device, rank: int, world: int) -> RunRes
         if cfg.eval.final_samples != cfg.eval.num_samples:
             evaluator.num_samples = cfg.eval.final_samples
             metrics = {f"{k}_final": v for k, v in evaluator(trainer.sample_fn).items()}
-            tracker.log_metrics(metrics, step=int(progress.kimg))
+            trainer.log(metrics)
         else:
             metrics = trainer.last_metrics
     gen_path = save_native_teacher(trainer.ema.module, method.describe_networks().get("generator", teacher.constructor),

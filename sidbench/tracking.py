@@ -44,9 +44,12 @@ def code_version() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import version
+        from importlib.metadata import PackageNotFoundError, version
 
-        return f"sidbench-{version('sidbench')}"
+        try:
+            return f"sidbench-{version('sidbench')}"
+        except PackageNotFoundError:  # run from a source tree that was neither cloned nor installed
+            return "unknown"
 
 
 class NullTracker:

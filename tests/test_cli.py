@@ -71,6 +71,11 @@ def test_run_end_to_end_logs_to_mlflow(tiny_teacher: Path, run_env: Path) -> Non
     assert run.data.metrics["network_passes"] == 13 * 64  # 8 iterations x batch 8 x 13 passes
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "samples", "generator.safetensors"} <= artifacts
+    # the same lines, readable without MLflow, beside the checkpoint
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    local = [(int(d["kimg"]), d["eval/fd_pixel"]) for d in lines if "eval/fd_pixel" in d]
+    assert local == [(int(m.step), pytest.approx(m.value)) for m in history]
+    assert lines[-1]["network_passes"] == 13 * 64
 
 
 def test_offline_teacher_download_fails_at_once_with_one_line(run_env: Path, capsys: pytest.CaptureFixture[str]) -> None:

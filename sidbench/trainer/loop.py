@@ -5,6 +5,7 @@ draw sample grids and checkpoint; and resumes exactly from its last checkpoint.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -25,6 +26,9 @@ from sidbench.trainer.progress import ProgressDisplay
 from sidbench.tracking import NullTracker
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: Every logged line, also kept beside the checkpoint: readable without MLflow (one JSON object a
+#: line, like EDM's stats.jsonl). A resumed run appends; readers keep the last line of a kimg.
+METRICS_NAME = "metrics.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -155,12 +159,17 @@ class Trainer:
             self.tracker.log_artifact(grid, "samples")
         return out
 
-    def _log(self, metrics: dict[str, float]) -> None:
+    def log(self, metrics: dict[str, float]) -> None:
         p = self.progress
         # `seconds` counts training only; evaluation time is its own line (each evaluation's
         # `eval/seconds`, and the running total here).
-        self.tracker.log_metrics({**metrics, "kimg": p.kimg, "network_passes": p.network_passes, "seconds": p.seconds,
-                                  "eval/seconds_total": p.eval_seconds}, step=int(p.kimg))
+        line = {**metrics, "kimg": p.kimg, "network_passes": p.network_passes, "seconds": p.seconds,
+                "eval/seconds_total": p.eval_seconds}
+        self.tracker.log_metrics(line, step=int(p.kimg))
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / METRICS_NAME, "a") as f:
+                f.write(json.dumps(line) + "\n")
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> Progress:
@@ -169,7 +178,7 @@ class Trainer:
         passes_per_iteration = self.method.passes_per_sample * cfg.batch
         display = ProgressDisplay(total_images, enabled=self.rank == 0, start=p.images_seen)
         if p.iteration == 0:
-            self._log({**{f"teacher/{k}": v for k, v in self.reference_metrics.items()}, **self.evaluate()})
+            self.log({**{f"teacher/{k}": v for k, v in self.reference_metrics.items()}, **self.evaluate()})
         nonfinite = 0
         sums: dict[str, float] = {}
         count = 0
@@ -214,7 +223,7 @@ class Trainer:
                     metrics.update(self.evaluate())
                 if metrics:
                     metrics["sec_per_kimg"] = p.seconds / max(p.kimg, 1e-9)
-                    self._log(metrics)
+                    self.log(metrics)
                 display.update(p.images_seen, p.seconds, {**losses, **{k: v for k, v in metrics.items() if k.startswith("eval/")}})
                 if nonfinite == 0 and (crossed(before, p.images_seen, cfg.checkpoint_every_kimg) or done):
                     self.save_checkpoint()
