@@ -18,6 +18,7 @@ from sidbench.methods import METHODS
 from sidbench.teachers.load import load_teacher, save_native_teacher
 from sidbench.tracking import code_version, find_run_dir, start_tracker, tracking_uri
 from sidbench.trainer.checkpoint import load_checkpoint
+from sidbench.trainer.context import configure_cuda_math
 from sidbench.trainer.loop import CHECKPOINT_NAME, Progress, Trainer
 
 console = Console(stderr=True)
@@ -93,6 +94,7 @@ def run(cfg: DictConfig) -> RunResult:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     device = pick_device(cfg.device, local_rank())
+    configure_cuda_math(bool(cfg.trainer.tf32), bool(cfg.trainer.cudnn_benchmark))
     rank, world = init_from_env(device)
     try:
         return _run(cfg, device, rank, world)

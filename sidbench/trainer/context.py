@@ -24,6 +24,18 @@ import torch
 # (CPU autocast accepts float16 too, so every precision runs in the CPU tests.)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+
+def configure_cuda_math(tf32: bool, cudnn_benchmark: bool) -> None:
+    """Process-wide CUDA math switches, set once before training.
+
+    PyTorch's defaults allow TF32 in cuDNN convolutions (not in matmuls), so an "fp32" run would
+    silently compute its convolutions with 10-bit mantissas; the published EDM and SiD runs turn
+    TF32 off everywhere, and so does `tf32=False`. Both switches are ignored on the CPU.
+    """
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+
 #: loss_fn(micro_batch_size) -> (loss summed over the micro-batch's elements, {name: value to log})
 LossFn = Callable[[int], tuple[torch.Tensor, dict[str, float]]]
 

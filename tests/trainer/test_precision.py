@@ -92,3 +92,23 @@ def test_static_loss_scale_needs_no_unscaling() -> None:
             ctx.update("g", lambda n: (((net(torch.randn(n, 1, 8, 8)) - 0.5) ** 2).sum() * 1e-3, {}), loss_scale=scale)
         results.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_fp32_runs_compute_without_tf32_as_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sidbench run` sets the CUDA math switches from the config before anything is built:
+    TF32 off by default (PyTorch would allow it in cuDNN convolutions), cuDNN autotuning on."""
+    import sidbench.run as run_module
+
+    seen: list[tuple[bool, bool, bool]] = []
+    monkeypatch.setattr(run_module, "_run", lambda cfg, device, rank, world: seen.append(
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)))
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark,
+             torch.get_num_threads())
+    try:
+        torch.backends.cudnn.allow_tf32 = True  # PyTorch's default
+        run_module.run(compose(["device=cpu"]))
+        run_module.run(compose(["device=cpu", "trainer.tf32=true", "trainer.cudnn_benchmark=false"]))
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = saved[:3]
+        torch.set_num_threads(saved[3])  # the digits preset sets one thread
+    assert seen == [(False, False, True), (True, True, False)]
