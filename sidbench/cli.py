@@ -13,7 +13,7 @@ RUN_HELP = """Distil a teacher into a one-step generator.
 
   sidbench run                                 # SiD on the shipped digits teacher, CPU, minutes
   sidbench run method=sid dataset=ffhq64       # the published FFHQ 64 setting (GPU, downloads the teacher)
-  sidbench run dataset=cifar10 teacher.path=/data/edm-cifar10-32x32-uncond-vp.pkl
+  sidbench run dataset=cifar10 dataset.teacher.path=/data/edm-cifar10-32x32-uncond-vp.pkl
   sidbench run trainer.kimg=200 method.alpha=0.5 trainer.precision=bf16
   sidbench run resume=runs/digits/sid-20260101-120000      # or resume=<MLflow run id>
   sidbench run dataset=imagenet64 dry_run=true             # print the resolved settings, load nothing

@@ -91,7 +91,7 @@ def resolve_teacher_path(cfg: DictConfig | dict[str, Any]) -> str:
         from sidbench.download import cached_download
 
         return str(cached_download(cfg.url, sha256=cfg.get("sha256")))
-    raise TeacherLoadError("the dataset card's teacher has no path, builtin or url; set teacher.path=<file>")
+    raise TeacherLoadError("the dataset card's teacher has no path, builtin or url; set dataset.teacher.path=<file>")
 
 
 def load_teacher(cfg: DictConfig | dict[str, Any], device: torch.device | str = "cpu") -> Teacher:
