@@ -1,6 +1,8 @@
 """Composing the run configuration with Hydra's compose API, and checking names first."""
 from __future__ import annotations
 
+import difflib
+import re
 from importlib.resources import files
 
 from omegaconf import DictConfig, OmegaConf
@@ -64,6 +66,29 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
             cfg = hydra_compose(config_name="config", overrides=overrides)
     except HydraException as e:
-        raise ConfigError(str(e).strip().splitlines()[0]) from e
+        lines = str(e).strip().splitlines()
+        unknown = re.match(r"Could not override '([^']+)'", lines[0])
+        if unknown:
+            raise ConfigError(_unknown_key_message(unknown.group(1), overrides)) from e
+        raise ConfigError("; ".join(line.strip() for line in lines if line.strip())) from e
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def _unknown_key_message(key: str, overrides: list[str]) -> str:
+    """One line for an override of a setting that does not exist, with the closest real one."""
+    rest = [o for o in overrides if o.partition("=")[0].lstrip("+~") != key]
+    try:
+        known = list(_flat_keys(OmegaConf.to_container(compose(rest))))
+    except ConfigError:  # another override is bad as well: name this one without a suggestion
+        known = []
+    # a key given without its group ("teacher.path" for "dataset.teacher.path"), else a typo
+    guess = [k for k in known if k.endswith("." + key)] or difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {guess[0]}? " if guess else ""
+    return f"unknown setting {key!r}; {hint}(`sidbench run dry_run=true` prints every setting)"
+
+
+def _flat_keys(node: object, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict) or not node:
+        return [prefix.removesuffix(".")]
+    return [k for name, value in node.items() for k in _flat_keys(value, f"{prefix}{name}.")]

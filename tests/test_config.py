@@ -60,3 +60,15 @@ def test_bad_key_is_one_line() -> None:
     with pytest.raises(ConfigError) as e:
         compose(["trainer.no_such_key=1"])
     assert "no_such_key" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("override", "suggestion"), [
+    ("teacher.path=/data/x.pkl", "dataset.teacher.path"),  # the group left out
+    ("trainer.kimgg=3", "trainer.kimg"),                    # a typo
+])
+def test_unknown_setting_names_the_closest_one(override: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        compose(["dataset=ffhq64", override])
+    message = str(e.value)
+    assert f"unknown setting '{override.partition('=')[0]}'" in message
+    assert f"did you mean {suggestion}?" in message and "dry_run=true" in message and "\n" not in message
