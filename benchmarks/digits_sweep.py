@@ -111,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             name, overrides = pending.pop(0)
             cmd = [sys.executable, "-m", "sidbench.cli", "run", f"run_name={name}", f"output_root={out}",
                    "tracking.enabled=false", *common, *overrides]
-            log = open(out / f"{name}.log", "w")
-            log.write(shlex.join(cmd) + "\n")
-            log.flush()
-            active[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            with open(out / f"{name}.log", "w") as log:  # the child keeps its own copy of the handle
+                log.write(shlex.join(cmd) + "\n")
+                log.flush()
+                active[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         for name, proc in list(active.items()):
             if proc.poll() is not None:
                 print(f"{name}: exit {proc.returncode} after {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
