@@ -34,11 +34,15 @@ class Method(ABC):
         (the trainer passes the EMA copy for evaluation);
       - `passes_per_sample`: the iteration's cost in network passes per generated image
         (forward = 1, backward = 2, a backward only to the input counts the same).
+    A method that trains on real images too (SiDA, progressive distillation's data mode) sets
+    `uses_real_data = True`; the run then opens the dataset's images and `ctx.real(n)` draws them.
     """
 
     #: one-line description shown by `sidbench list`
     description: ClassVar[str] = ""
     generator_name: ClassVar[str] = "generator"
+    #: whether `train_step` draws real training images through `ctx.real(n)`
+    uses_real_data: ClassVar[bool] = False
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         self.teacher = teacher

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from sidbench.config import ConfigError
+from sidbench.data.real import DataError
 from sidbench.download import DownloadError
 from sidbench.eval.reference import ReferenceStatsError
 from sidbench.registry import UnknownNameError
@@ -16,7 +17,7 @@ class InputError(RuntimeError):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, UnknownNameError, DownloadError, ReferenceStatsError, EDMCheckpointError, TeacherLoadError, CheckpointError, NonFiniteLossError,
+    ConfigError, UnknownNameError, DataError, DownloadError, ReferenceStatsError, EDMCheckpointError, TeacherLoadError, CheckpointError, NonFiniteLossError,
     InputError,
 )
 

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from sidbench.data.real import open_real_images
 from sidbench.distributed import broadcast_object, init_from_env, local_rank, pick_device, shutdown, wrap_ddp
 from sidbench.eval.evaluator import Evaluator
 from sidbench.labels import label_frequencies, label_sampler
@@ -127,8 +128,9 @@ def _run(cfg: DictConfig, device: torch.device, rank: int, world: int) -> RunRes
     if rank == 0 and run_id is None:
         tracker.log_artifact(run_dir / "config.yaml")
 
+    real_data = open_real_images(cfg.dataset, teacher.shape, teacher.label_dim) if method.uses_real_data else None
     trainer = Trainer(cfg.trainer, method, run_dir, device, evaluator, tracker, sampler, rank, world,
-                      wrap_ddp(method.networks(), device), reference_metrics(cfg, teacher.info, teacher.source))
+                      wrap_ddp(method.networks(), device), reference_metrics(cfg, teacher.info, teacher.source), real_data)
     if trainer.resume() and rank == 0:
         console.print(f"resumed {run_dir} at {trainer.progress.kimg:.1f} kimg")
     try:

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from sidbench.data.real import RealImages
+
 # Mixed precision is autocast only: weights, their gradients, Adam's states and the EMA stay
 # float32 (autocast casts per operation, and the casts' backward hands float32 gradients to the
 # float32 weights), so micro-batch accumulation and DDP's all-reduce run in float32.
@@ -70,6 +72,7 @@ class StepContext:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        real_data: RealImages | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
@@ -80,6 +83,7 @@ class StepContext:
         self.micro_batches = split_batch(batch, batch_gpu)
         self.precision = precision
         self._label_sampler = label_sampler
+        self._real_data = real_data  # only for methods that declare `uses_real_data`
         self._wrapped = wrapped or {}  # DDP wrappers, used only for the network being updated
         self._updating: str | None = None
         self.seed = seed
@@ -97,6 +101,16 @@ class StepContext:
     def labels(self, n: int) -> torch.Tensor | None:
         """One-hot labels drawn from the dataset's label frequencies (None if unconditional)."""
         return None if self._label_sampler is None else self._label_sampler(n)
+
+    def real(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n real training images in [-1, 1] and their one-hot labels (None if unconditional).
+
+        Drawn from the micro-batch's seeded random state, like the method's noise: call it inside
+        an update's loss function. Only for methods with `uses_real_data = True`.
+        """
+        if self._real_data is None:
+            raise RuntimeError("ctx.real() needs the method to declare `uses_real_data = True`, so that the run opens its images")
+        return self._real_data.draw(n, self.device)
 
     def net(self, name: str) -> torch.nn.Module:
         """The network to call: its DDP wrapper while it is the one being updated, else the module

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from sidbench.data.real import RealImages
 from sidbench.distributed import all_reduce_mean, barrier
 from sidbench.eval.evaluator import Evaluator
 from sidbench.methods.base import Method
@@ -75,6 +76,7 @@ class Trainer:
         world_size: int = 1,
         wrapped: dict[str, torch.nn.Module] | None = None,
         reference_metrics: dict[str, float] | None = None,
+        real_data: RealImages | None = None,
     ) -> None:
         self.cfg = cfg  # the `trainer` group
         self.method = method
@@ -93,6 +95,7 @@ class Trainer:
             method.networks(), method.optimizers(), device,
             batch=cfg.batch // world_size, batch_gpu=cfg.get("batch_gpu"), precision=cfg.precision,
             label_sampler=label_sampler, wrapped=wrapped, seed=cfg.seed, rank=rank, world_size=world_size,
+            real_data=real_data,
         )
         self.progress = Progress()
         self.checkpoint_path = run_dir / CHECKPOINT_NAME
