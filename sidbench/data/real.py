@@ -61,7 +61,7 @@ def _to_float(images: np.ndarray) -> torch.Tensor:
 
 def _edm_dataset(path: Path) -> tuple[list[str], Callable[[str], bytes], dict | None]:
     """(sorted image names, a reader of one name's bytes, the parsed dataset.json or None)."""
-    from sidbench.eval.sources import _is_image_name, folder_files
+    from sidbench.eval.sources import folder_files, zip_members
 
     if path.is_dir():
         names = [p.relative_to(path).as_posix() for p in folder_files(path)]
@@ -79,10 +79,9 @@ def _edm_dataset(path: Path) -> tuple[list[str], Callable[[str], bytes], dict | 
                 handle[pid] = zipfile.ZipFile(path)
             return handle[pid].read(name)
 
+        names = zip_members(path)
         with zipfile.ZipFile(path) as z:
-            members = set(z.namelist())
-            names = sorted(n for n in members if _is_image_name(n))
-            meta = json.loads(z.read("dataset.json")) if "dataset.json" in members else None
+            meta = json.loads(z.read("dataset.json")) if "dataset.json" in z.namelist() else None
         return names, read, meta
     raise DataError(f"{path} is neither a folder nor a zip of images; point dataset.images.path at an EDM dataset "
                     "(made by EDM's dataset_tool.py)")
