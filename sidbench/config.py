@@ -7,6 +7,8 @@ from importlib.resources import files
 
 from omegaconf import DictConfig, OmegaConf
 
+from sidbench.tracking import flatten
+
 CONFIG_MODULE = "sidbench.conf"
 
 
@@ -79,16 +81,10 @@ def _unknown_key_message(key: str, overrides: list[str]) -> str:
     """One line for an override of a setting that does not exist, with the closest real one."""
     rest = [o for o in overrides if o.partition("=")[0].lstrip("+~") != key]
     try:
-        known = list(_flat_keys(OmegaConf.to_container(compose(rest))))
+        known = list(flatten(OmegaConf.to_container(compose(rest))))  # dotted keys, as MLflow's params
     except ConfigError:  # another override is bad as well: name this one without a suggestion
         known = []
     # a key given without its group ("teacher.path" for "dataset.teacher.path"), else a typo
     guess = [k for k in known if k.endswith("." + key)] or difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {guess[0]}? " if guess else ""
     return f"unknown setting {key!r}; {hint}(`sidbench run dry_run=true` prints every setting)"
-
-
-def _flat_keys(node: object, prefix: str = "") -> list[str]:
-    if not isinstance(node, dict) or not node:
-        return [prefix.removesuffix(".")]
-    return [k for name, value in node.items() for k in _flat_keys(value, f"{prefix}{name}.")]

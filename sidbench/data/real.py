@@ -54,11 +54,6 @@ class RealImages:
         return images, torch.nn.functional.one_hot(self.classes[index], self.label_dim).float().to(device)
 
 
-def _to_float(images: np.ndarray) -> torch.Tensor:
-    """uint8 [n, H, W, C] -> float32 [n, C, H, W] in [-1, 1], as EDM's training loop scales them."""
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() / 127.5 - 1
-
-
 def _edm_dataset(path: Path) -> tuple[list[str], Callable[[str], bytes], dict | None]:
     """(sorted image names, a reader of one name's bytes, the parsed dataset.json or None)."""
     from sidbench.eval.sources import folder_files, zip_members
@@ -89,6 +84,7 @@ def _edm_dataset(path: Path) -> tuple[list[str], Callable[[str], bytes], dict | 
 
 def open_edm_dataset(path: str | os.PathLike, shape: tuple[int, int, int], label_dim: int) -> RealImages:
     """An EDM dataset zip or folder whose images must have the teacher's `shape` (C, H, W)."""
+    from sidbench.eval.images import uint8_to_float
     from sidbench.eval.sources import decode_image
 
     path = Path(path).expanduser()
@@ -99,7 +95,9 @@ def open_edm_dataset(path: str | os.PathLike, shape: tuple[int, int, int], label
         raise DataError(f"{path} holds no images")
 
     def read(index: Sequence[int]) -> torch.Tensor:
-        return _to_float(np.stack([decode_image(read_bytes(names[i]), names[i]) for i in index]))
+        # decoded HWC uint8 -> NCHW float in [-1, 1], as EDM's training loop scales them
+        hwc = np.stack([decode_image(read_bytes(names[i]), names[i]) for i in index])
+        return uint8_to_float(torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous())
 
     first = read([0])
     if tuple(first.shape[1:]) != tuple(shape):

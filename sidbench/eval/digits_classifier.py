@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sidbench.data.digits import load_digits_tensors
-from sidbench.eval.images import to_uint8
+from sidbench.eval.images import to_uint8, uint8_to_float  # uint8_to_float re-exported for digits.py, digits_floor.py
 
 #: Channels, height, width of a digits image.
 DIGITS_SHAPE = (1, 8, 8)
@@ -39,11 +39,6 @@ MIN_ACCURACY = 0.97
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_WEIGHTS = ASSETS / "digits_classifier.safetensors"
 MODULE_COMMAND = "python -m sidbench.eval.digits_classifier"
-
-
-def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images (0..255) back to float32 in [-1, 1]: x / 127.5 - 1 (the inverse of `to_uint8`'s scale)."""
-    return x.to(torch.float32) / 127.5 - 1
 
 
 @functools.lru_cache(maxsize=1)
