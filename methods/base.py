@@ -3,21 +3,50 @@
 A method owns its networks and optimisers and knows how to run ONE iteration. It never writes a
 loop, a checkpoint or a log line: the trainer does that for every method alike. Inside an
 iteration the method asks the trainer's `StepContext` to run each update (micro-batches,
-precision, loss scaling, gradient sanitising, the optimiser step) and returns its losses.
+precision, loss scaling, gradient sanitising and clipping, one or several optimiser steps) and
+returns its losses. What an iteration costs is counted by the context from the network calls it
+makes; a method declares no cost.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from omegaconf import DictConfig
 
 from sidbench.registry import Registry
+from sidbench.teachers.sampling import SAMPLERS, sample_with_recipe
 
 if TYPE_CHECKING:
     from sidbench.teachers.teacher import Teacher
     from sidbench.trainer.context import StepContext
+    from sidbench.trainer.ema import EMA
+
+#: A sampling recipe: JSON-able, e.g. {"sampler": "one_step", "sigma": 2.5, "nfe": 1}. A saved
+#: generator carries it, and every reader samples it through its method's `sample_recipe`.
+Recipe = dict[str, Any]
+
+STAGE_UNITS = ("kimg", "iterations")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A part of a run that starts at `start` (generator kimg seen, or iterations). On entering
+    it the trainer resets the named optimisers' state (and restarts their LR schedules), resets
+    the generator's EMA if asked, and then calls the method's `enter_stage` for the rest (a
+    student that becomes the teacher, a step count that halves)."""
+
+    name: str
+    start: float = 0.0
+    unit: str = "kimg"
+    reset_optimizers: tuple[str, ...] = ()
+    reset_ema: bool = False
+
+    def __post_init__(self) -> None:
+        if self.unit not in STAGE_UNITS:
+            raise ValueError(f"stage {self.name!r}: unknown unit {self.unit!r}; use one of {', '.join(STAGE_UNITS)}")
 
 
 class Method(ABC):
@@ -25,15 +54,16 @@ class Method(ABC):
 
     Receives: the loaded `teacher` (a frozen EDM denoiser plus its card), the method's config
     (`cfg.method`, the whole resolved config is in `full_cfg`) and the device.
-    Provides:
-      - `networks()`: the trainable networks by name (checkpointed, wrapped in DDP, the generator
-        averaged by EMA); `optimizers()`: an optimiser per network, under the same name;
-      - `train_step(ctx)`: one iteration; returns `{loss_name: value}`;
-      - `generator_name`: which network is the generator (the trainer keeps its EMA);
-      - `sample(net, z, labels)`: images in [-1, 1] from noise with a given generator network
-        (the trainer passes the EMA copy for evaluation);
-      - `passes_per_sample`: the iteration's cost in network passes per generated image
-        (forward = 1, backward = 2, a backward only to the input counts the same).
+    Provides (required):
+      - `networks()`: the trainable networks by name (checkpointed, wrapped in DDP, the one named
+        `generator_name` averaged by the trainer's EMA); `optimizers()`: one per network, same name;
+      - `train_step(ctx)`: one iteration through `ctx.update(...)`; returns `{loss_name: value}`;
+      - `sampling()`: the generator's current sampling recipe (with its `nfe`).
+    May provide: `schedulers()` (LR schedules, stepped once per iteration), `frozen_networks()`
+    (networks called but not trained: counted, and checkpointed unless it is the loaded teacher),
+    `averages()` (EMA copies of its own), `stages()` and `enter_stage()`, `prepare(ctx)` (work
+    before the first iteration, charged to the run's compute), `plan_networks()` (for the dry run
+    and the saved generator's constructor), `state_dict()` for any other state.
     A method that trains on real images too (SiDA, progressive distillation's data mode) sets
     `uses_real_data = True`; the run then opens the dataset's images and `ctx.real(n)` draws them.
     """
@@ -50,6 +80,7 @@ class Method(ABC):
         self.device = device
         self.full_cfg = full_cfg
 
+    # -- required ------------------------------------------------------------------------------
     @abstractmethod
     def networks(self) -> dict[str, torch.nn.Module]:
         """Trainable networks by name."""
@@ -59,29 +90,68 @@ class Method(ABC):
         """One optimiser per trained network, keyed by the network's name."""
 
     @abstractmethod
-    def train_step(self, ctx: StepContext) -> dict[str, float]:
+    def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor | float]:
         """Run one iteration through `ctx.update(...)`; return the losses to log."""
 
     @abstractmethod
-    def sample(self, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Generate images in [-1, 1] from standard-normal `z` with generator network `net`."""
+    def sampling(self) -> Recipe:
+        """The recipe that turns noise into images with the generator, as it stands now."""
 
-    @property
-    @abstractmethod
-    def passes_per_sample(self) -> float:
-        """Network passes one iteration costs per generated image (forward 1, backward 2)."""
-
-    def describe_networks(self) -> dict[str, dict[str, Any]]:
-        """Constructor arguments of each network, for `dry_run` and the run's records."""
+    # -- optional ------------------------------------------------------------------------------
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        """LR schedules by optimiser name (see `sidbench.trainer.schedule.lr_schedule`)."""
         return {}
 
+    def frozen_networks(self) -> dict[str, torch.nn.Module]:
+        """Networks called in training without being trained. The one named "teacher" is also
+        counted on its own (`compute/teacher_passes`)."""
+        return {"teacher": self.teacher.net}
+
+    def averages(self) -> dict[str, EMA]:
+        """EMA copies the method keeps and updates itself (e.g. a consistency target network)."""
+        return {}
+
+    def stages(self) -> list[Stage]:
+        """The run's stages in order; the first starts at 0."""
+        return [Stage("main")]
+
+    def enter_stage(self, index: int, stage: Stage) -> None:
+        """Called when the run enters `stages()[index]` (after the trainer's resets; never for
+        stage 0 at the start, and never again on resume)."""
+
+    def prepare(self, ctx: StepContext) -> None:
+        """Work before the first iteration of a fresh run; wrap network calls in `ctx.precompute()`."""
+
+    @classmethod
+    def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Constructor of each network the method would build, without building any (dry run;
+        the saved generator's constructor). Default: every network is a copy of the teacher."""
+        return {"teacher": dict(teacher_constructor), cls.generator_name: dict(teacher_constructor)}
+
+    def generator_constructor(self) -> dict[str, Any]:
+        return self.plan_networks(self.cfg, self.teacher.constructor)[self.generator_name]
+
     def state_dict(self) -> dict[str, Any]:
-        """Extra method state to checkpoint beyond networks and optimisers (e.g. a stage counter)."""
+        """Extra method state to checkpoint beyond networks, optimisers, schedules and averages."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
 
+    # -- sampling ------------------------------------------------------------------------------
+    @classmethod
+    def sample_recipe(cls, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, recipe: Recipe) -> torch.Tensor:
+        """Images in [-1, 1] from standard-normal `z` with generator `net`, following `recipe`.
+        Readers of saved generators call this on the method's class; methods with samplers of
+        their own override it. The default knows `sidbench.teachers.sampling.SAMPLERS`."""
+        return sample_with_recipe(net, z, labels, recipe)
+
+    def sample(self, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Images from noise with a given generator network (the trainer passes the EMA copy)."""
+        return self.sample_recipe(net, z, labels, self.sampling())
+
 
 METHODS: Registry[type[Method]] = Registry("method", "sidbench.methods")
 register_method = METHODS.register
+
+__all__ = ["METHODS", "Method", "Recipe", "SAMPLERS", "Stage", "register_method"]

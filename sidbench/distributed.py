@@ -83,13 +83,29 @@ def broadcast_object(obj: T) -> T:
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """The mean over ranks of each value. Every rank must pass the same keys; a NaN or inf on any
     rank reaches all of them, so decisions taken on the result (stop on non-finite losses) agree."""
-    if not is_distributed() or not values:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
+    return reduce_values(values, {}, device)[0]
+
+
+def reduce_values(mean: dict[str, Any], total: dict[str, Any], device: torch.device) -> tuple[dict[str, float], dict[str, float]]:
+    """(mean over ranks of `mean`, sum over ranks of `total`) in one collective, as floats.
+
+    Values may be floats or tensors on `device`; they are read back with a single host
+    synchronisation, so an iteration's logs cost one sync however many values it has. Every rank
+    must pass the same keys."""
+    keys = [("m", k) for k in sorted(mean)] + [("t", k) for k in sorted(total)]
+    if not keys:
+        return {}, {}
+    values = [mean[k] if kind == "m" else total[k] for kind, k in keys]
+    t = torch.stack([torch.as_tensor(v, device=device).to(torch.float64).reshape(()) for v in values])
+    if is_distributed():
+        dist.all_reduce(t)
+        world = dist.get_world_size()
+        n_mean = len(mean)
+        t[:n_mean] /= world
+    out = t.tolist()
+    means = {k: v for (kind, k), v in zip(keys, out) if kind == "m"}
+    totals = {k: v for (kind, k), v in zip(keys, out) if kind == "t"}
+    return means, totals
 
 
 def wrap_ddp(networks: dict[str, torch.nn.Module], device: torch.device) -> dict[str, Any]:

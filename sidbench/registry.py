@@ -2,10 +2,14 @@
 
 Built-in methods register when `sidbench.methods` is imported; third-party packages declare an
 entry point in the group `sidbench.methods` (`name = "package.module:Class"`) and are loaded on
-the first lookup, without touching this repository.
+the first lookup, without touching this repository. A method that is not packaged (one file on
+the Python path) is loaded by naming its module in `$SIDBENCH_PLUGINS` (comma-separated): the
+module registers itself with the decorator when imported; torchrun's workers inherit the variable.
 """
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
@@ -45,6 +49,8 @@ class Registry(Generic[T]):
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
+        for module in filter(None, (m.strip() for m in os.environ.get("SIDBENCH_PLUGINS", "").split(","))):
+            importlib.import_module(module)
         for ep in entry_points(group=self.entry_point_group):
             if ep.name in self._items:
                 continue  # a built-in or an explicit registration wins

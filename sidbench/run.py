@@ -14,8 +14,10 @@ from rich.console import Console
 from sidbench.data.real import open_real_images
 from sidbench.distributed import broadcast_object, init_from_env, local_rank, pick_device, shutdown, wrap_ddp
 from sidbench.eval.evaluator import Evaluator
+from sidbench.eval.generators import GENERATOR_FILENAME
 from sidbench.labels import label_frequencies, label_sampler
 from sidbench.methods import METHODS
+from sidbench.methods.base import Method
 from sidbench.teachers.load import load_teacher, save_native_teacher
 from sidbench.tracking import code_version, find_run_dir, start_tracker, tracking_uri
 from sidbench.trainer.checkpoint import load_checkpoint
@@ -35,12 +37,9 @@ class RunResult:
 
 
 def dry_run(cfg: DictConfig) -> str:
-    """The resolved config and the networks each method would build; loads nothing."""
+    """The resolved config and the networks the method would build (asked of the method); loads nothing."""
     teacher = OmegaConf.to_container(cfg.dataset.teacher.constructor, resolve=True)
-    student = dict(teacher)
-    if cfg.method.get("dropout") is not None:
-        student["dropout"] = cfg.method.dropout
-    nets = {"teacher": teacher, "generator": student, "fake_score": student}
+    nets = METHODS.get(str(cfg.method.name)).plan_networks(cfg.method, teacher)
     return OmegaConf.to_yaml(cfg) + "\n# network constructors\n" + json.dumps(nets, indent=2)
 
 
@@ -155,9 +154,15 @@ def _run(cfg: DictConfig, device: torch.device, rank: int, world: int) -> RunRes
             trainer.log(metrics)
         else:
             metrics = trainer.last_metrics
-    gen_path = save_native_teacher(trainer.ema.module, method.describe_networks().get("generator", teacher.constructor),
-                                   run_dir / "generator.safetensors",
-                                   {"method": str(cfg.method.name), "kimg": progress.kimg, "sampling": {"sigma_init": cfg.method.get("sigma_init")}})
+    gen_path = save_generator(trainer, method, run_dir, str(cfg.method.name))
     tracker.log_artifact(gen_path)
     tracker.finish()
     return RunResult(run_dir, progress, metrics, getattr(tracker, "run_id", None))
+
+
+def save_generator(trainer: Trainer, method: Method, run_dir: Path, method_name: str) -> Path:
+    """The EMA generator with everything needed to sample it: its constructor, weights, and the
+    method's sampling recipe (with its NFE), all written by the method."""
+    recipe = method.sampling()
+    info = {"method": method_name, "kimg": trainer.progress.kimg, "sampling": recipe, "nfe": int(recipe.get("nfe", 1))}
+    return save_native_teacher(trainer.ema.module, method.generator_constructor(), run_dir / GENERATOR_FILENAME, info)

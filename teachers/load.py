@@ -90,7 +90,7 @@ def resolve_teacher_path(cfg: DictConfig | dict[str, Any]) -> str:
     if cfg.get("url"):
         from sidbench.download import cached_download
 
-        return str(cached_download(cfg.url, sha256=cfg.get("sha256")))
+        return str(cached_download(cfg.url, sha256=cfg.get("sha256"), hint="set dataset.teacher.path=<a local copy>"))
     raise TeacherLoadError("the dataset card's teacher has no path, builtin or url; set dataset.teacher.path=<file>")
 
 

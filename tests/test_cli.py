@@ -29,6 +29,21 @@ def test_dry_run_prints_config_and_constructors_without_loading(dataset: str, ca
     assert not (run_env / "runs").exists() and not (run_env / "cache").exists()
 
 
+def test_dry_run_asks_the_method_which_networks_it_builds(capsys: pytest.CaptureFixture[str], run_env: Path) -> None:
+    import sidbench.testing.staged  # noqa: F401  (registers "staged-toy", whose plan has no fake score)
+
+    assert main(["run", "dataset=cifar10", "dry_run=true"]) == 0
+    sid = json.loads(capsys.readouterr().out.split("# network constructors\n")[1])
+    # SiD's students take the preset's dropout; the teacher keeps its own
+    assert sid["generator"]["dropout"] == sid["fake_score"]["dropout"] == 0.13 and sid["teacher"]["dropout"] == 0.13
+    assert main(["run", "dataset=ffhq64", "method.dropout=0.2", "dry_run=true"]) == 0
+    sid = json.loads(capsys.readouterr().out.split("# network constructors\n")[1])
+    assert sid["generator"]["dropout"] == sid["fake_score"]["dropout"] == 0.2 and sid["teacher"]["dropout"] == 0.05
+    assert main(["run", "method=staged-toy", "dry_run=true"]) == 0
+    toy = json.loads(capsys.readouterr().out.split("# network constructors\n")[1])
+    assert set(toy) == {"teacher", "generator"}
+
+
 def test_list_shows_methods_and_datasets(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
@@ -64,18 +79,19 @@ def test_run_end_to_end_logs_to_mlflow(tiny_teacher: Path, run_env: Path) -> Non
     assert run.info.status == "FINISHED"
     assert run.data.tags["method"] == "sid" and run.data.tags["dataset"] == "digits" and run.data.tags["seed"] == "0"
     assert "code_version" in run.data.tags and run.data.params["method.alpha"] == "1.2"
-    for key in ("loss/fake_score", "loss/generator", "eval/fd_pixel", "teacher/fd_pixel", "network_passes", "seconds", "kimg"):
+    for key in ("loss/fake_score", "loss/generator", "eval/fd_pixel", "teacher/fd_pixel", "compute/passes", "compute/teacher_passes", "compute/flops", "seconds", "kimg"):
         assert key in run.data.metrics, key
     history = client.get_metric_history(run.info.run_id, "eval/fd_pixel")
     assert len(history) >= 2  # at the start and at least once more
-    assert run.data.metrics["network_passes"] == 13 * 64  # 8 iterations x batch 8 x 13 passes
+    # 8 iterations x batch 8 x 11 passes per image (counted: see tests/methods/test_sid_method.py)
+    assert run.data.metrics["compute/passes"] == 11 * 64 and run.data.metrics["compute/teacher_passes"] == 2 * 64
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "samples", "generator.safetensors"} <= artifacts
     # the same lines, readable without MLflow, beside the checkpoint
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     local = [(int(d["kimg"]), d["eval/fd_pixel"]) for d in lines if "eval/fd_pixel" in d]
     assert local == [(int(m.step), pytest.approx(m.value)) for m in history]
-    assert lines[-1]["network_passes"] == 13 * 64
+    assert lines[-1]["compute/passes"] == 11 * 64 and lines[-1]["compute/flops"] > 0
 
 
 def test_offline_teacher_download_fails_at_once_with_one_line(run_env: Path, capsys: pytest.CaptureFixture[str]) -> None:

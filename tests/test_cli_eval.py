@@ -342,7 +342,7 @@ def test_fid_of_a_saved_generator_matches_the_run(tiny_run, capsys: pytest.Captu
     assert main(["fid", str(gen), "dataset=digits", "--num", "64", "--batch", "64", "device=cpu"]) == 0
     captured = capsys.readouterr()
     name, value = _machine_line(captured.out)
-    assert name == "fd_pixel" and "sigma_init 2.5" in captured.err and "sid" in captured.err
+    assert name == "fd_pixel" and "one_step (sigma 2.5), 1 NFE" in captured.err and "sid" in captured.err
     # The same noise, labels and weights as the run's own last evaluation: the same number.
     assert value == pytest.approx(result.metrics["eval/fd_pixel"], rel=1e-4)
 
@@ -376,22 +376,31 @@ def test_fid_of_a_saved_generator_against_statistics(tiny_run, tmp_path: Path, f
     assert _machine_line(capsys.readouterr().out)[1] > 0.01
 
 
-def test_load_generator_samples_sigma_init_from_the_file(tiny_run, tmp_path: Path) -> None:
+def test_load_generator_follows_the_recipe_the_method_wrote(tiny_run, tmp_path: Path) -> None:
     from sidbench.eval.generators import load_generator
-    from sidbench.teachers.load import load_native_teacher, save_native_teacher
+    from sidbench.teachers.load import TeacherLoadError, load_native_teacher, save_native_teacher
 
     _, result = tiny_run
     gen = load_generator(result.run_dir)
-    assert gen.shape == (1, 8, 8) and gen.label_dim == 0 and gen.sigma_init == 2.5 and gen.sigma_init_recorded
+    assert gen.shape == (1, 8, 8) and gen.label_dim == 0
+    assert gen.recipe == {"sampler": "one_step", "sigma": 2.5, "nfe": 1} and gen.nfe == 1 and gen.method == "sid"
     z = torch.randn(3, 1, 8, 8)
-    sigma = torch.full((3,), 2.5)
-    torch.testing.assert_close(gen(z, None), gen.net(2.5 * z, sigma, None))
+    torch.testing.assert_close(gen(z, None), gen.net(2.5 * z, torch.full((3,), 2.5), None))
 
     constructor, state, info = load_native_teacher(result.run_dir / "generator.safetensors")
     net = gen.net
-    other = save_native_teacher(net, constructor, tmp_path / "g.safetensors", {**info, "sampling": {"sigma_init": 1.5}})
+    other = save_native_teacher(net, constructor, tmp_path / "g.safetensors",
+                                {**info, "sampling": {"sampler": "one_step", "sigma": 1.5, "nfe": 1}})
     torch.testing.assert_close(load_generator(other)(z, None), net(1.5 * z, torch.full((3,), 1.5), None))
+    # a multi-step recipe: Heun on the given grid, 2 x 2 - 1 = 3 NFE
+    calls = []
+    steps = load_generator(save_native_teacher(net, constructor, tmp_path / "heun.safetensors",
+                                               {**info, "sampling": {"sampler": "heun", "sigmas": [80.0, 1.0, 0.0], "nfe": 3}}))
+    steps.net.register_forward_pre_hook(lambda m, a: calls.append(a[1][0].item()))
+    steps(z, None)
+    assert calls == pytest.approx([80.0, 1.0, 1.0])
+    # no recipe, no guess
     bare = save_native_teacher(net, constructor, tmp_path / "bare.safetensors", {})
-    loaded = load_generator(bare)
-    assert loaded.sigma_init == 2.5 and not loaded.sigma_init_recorded
+    with pytest.raises(TeacherLoadError, match="records no sampling recipe"):
+        load_generator(bare)
     assert len(state) == len(net.state_dict())

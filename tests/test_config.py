@@ -22,7 +22,9 @@ def test_published_sid_settings(dataset: str) -> None:
     m, t = cfg.method, cfg.trainer
     assert (m.alpha, m.lr_generator, m.lr_fake_score, m.dropout, m.augment_p, m.g_beta1, m.adam_eps) == (
         alpha, lr, lr, dropout, augment_p, g_beta1, eps)
-    assert (t.batch, t.precision, t.ema_halflife_kimg, t.ema_rampup, t.kimg) == (batch, precision, ema, 0.05, kimg)
+    assert (t.batch, t.precision, t.ema_halflife_kimg, t.ema_rampup) == (batch, precision, ema, 0.05)
+    # the card's budget is SiD's published length, in SiD's counted passes (11 per generated image)
+    assert t.kimg is None and (t.budget.unit, t.budget.value) == ("passes", kimg * 1000 * 11)
     # the same in every published run
     assert (m.sigma_init, m.t_max, m.fake_beta1, m.loss_scale_generator, m.loss_scale_fake_score) == (2.5, 800, 0.0, 100, 1)
     assert (m.p_mean, m.p_std) == (-1.2, 1.2)

@@ -4,37 +4,32 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import importlib.util
 import io
-import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from sidbench import download
-from sidbench.download import (
-    ChecksumError,
-    DownloadError,
-    cache_path,
-    cached_download,
-    default_cache_dir,
-    local_or_download,
-)
+from sidbench.download import ChecksumError, DownloadError, cached_download, default_cache_dir, sha256_file
 
-PAYLOAD = bytes((i * 7 + i // 251) % 256 for i in range(300_000))  # a few chunks' worth, not uniform
-CUT_AFTER = 100_000
+PAYLOAD = bytes((i * 7 + i // 251) % 256 for i in range(300_000))  # several chunks' worth, not uniform
+REPO = Path(__file__).resolve().parents[1]
 
 
 class _Server:
-    """Serves PAYLOAD under a few paths, each with its own behaviour, and logs every request."""
+    """Serves `files` on 127.0.0.1 (an ephemeral port) and logs the path of every request."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.requests: list[str] = []
         self.files: dict[str, bytes] = {}
-        self.cuts: dict[str, int] = {}  # path -> how many more responses to cut after CUT_AFTER bytes
-        self.ignore_range: set[str] = set()
-        self.bytes_sent = 0
+        self.fail: dict[str, int] = {}  # path -> how many more requests get HTTP 500
+        self.delay: dict[str, float] = {}  # path -> seconds to wait before answering
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -42,50 +37,32 @@ class _Server:
                 pass
 
             def do_GET(self):
-                rng = self.headers.get("Range")
-                server.requests.append((self.path, rng))
+                server.requests.append(self.path)
+                time.sleep(server.delay.get(self.path, 0.0))
+                if server.fail.get(self.path, 0) > 0:
+                    server.fail[self.path] -= 1
+                    self.send_error(500)
+                    return
                 data = server.files.get(self.path)
                 if data is None:
                     self.send_error(404)
                     return
-                start = 0
-                if rng and self.path not in server.ignore_range:
-                    start = int(rng.removeprefix("bytes=").split("-")[0])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
-                body = data[start:]
-                if server.cuts.get(self.path, 0) > 0:
-                    server.cuts[self.path] -= 1
-                    body = body[:CUT_AFTER]  # then the connection closes: a broken transfer
-                # Counted before writing: the client may finish reading (and the test assert)
-                # before this thread returns from write().
-                server.bytes_sent += len(body)
-                self.wfile.write(body)
-                self.wfile.flush()
-                self.close_connection = True
+                self.wfile.write(data)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
-        self.thread.daemon = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def count(self, path: str) -> int:
-        return sum(1 for p, _ in self.requests if p == path)
+        return self.requests.count(path)
 
 
 @pytest.fixture()
@@ -102,11 +79,11 @@ def server():
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
-    """No proxies (only 127.0.0.1 is ever contacted), no retry waits, a private cache folder."""
+    """No proxies (only 127.0.0.1 is ever contacted) and a private cache folder."""
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setattr(download, "_RETRY_BACKOFF_S", 0.0)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("SIDBENCH_CACHE", str(tmp_path / "cache"))
 
 
@@ -118,6 +95,11 @@ def _closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _cache_files(folder: Path) -> set[str]:
+    """What the cache holds, without the (empty) lock files that let processes wait for each other."""
+    return {p.name for p in folder.iterdir() if not p.name.endswith(".lock")} if folder.exists() else set()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,20 +116,27 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "sidbench"
 
 
-def test_plain_download_then_cache_hit(server, tmp_path):
+def test_sha256_file(tmp_path):
+    f = tmp_path / "x.bin"
+    f.write_bytes(PAYLOAD)
+    assert sha256_file(f) == _sha(PAYLOAD) == sha256_file(str(f))
+
+
+def test_first_download_then_cached_use_without_a_request(server, tmp_path):
     server.files["/pretrained/model.pkl"] = PAYLOAD
     url = server.url("/pretrained/model.pkl")
     path = cached_download(url, progress=False)
-    assert path == tmp_path / "cache" / "model.pkl" == cache_path(url)
+    assert path == tmp_path / "cache" / "model.pkl"
     assert path.read_bytes() == PAYLOAD
-    assert (tmp_path / "cache" / "model.pkl.sha256").read_text().split()[0] == _sha(PAYLOAD)
-    assert not (tmp_path / "cache" / "model.pkl.part").exists()
+    # The record is in sha256sum's format, as caches made by earlier versions have it.
+    assert (tmp_path / "cache" / "model.pkl.sha256").read_text().split() == [_sha(PAYLOAD), "model.pkl"]
+    assert _cache_files(tmp_path / "cache") == {"model.pkl", "model.pkl.sha256"}  # no temporary file left
     assert server.count("/pretrained/model.pkl") == 1
 
-    # Cache hit: same path, no second request.
-    again = cached_download(url, progress=False, sha256=_sha(PAYLOAD))
-    assert again == path
-    assert server.count("/pretrained/model.pkl") == 1
+    # Later uses: the same path and no further request, with or without a known hash.
+    assert cached_download(url, progress=False) == path
+    assert cached_download(url, progress=False, sha256=_sha(PAYLOAD)) == path
+    assert server.requests == ["/pretrained/model.pkl"]
 
 
 def test_explicit_filename_and_cache_dir(server, tmp_path):
@@ -155,74 +144,51 @@ def test_explicit_filename_and_cache_dir(server, tmp_path):
     path = cached_download(server.url("/x/y.npz"), "ref.npz", cache_dir=tmp_path / "other", progress=False)
     assert path == tmp_path / "other" / "ref.npz"
     assert path.read_bytes() == PAYLOAD
-    with pytest.raises(ValueError):
-        cached_download(server.url("/x/y.npz"), "../escape.npz", progress=False)
+    for bad in ("../escape.npz", "a/b.npz", ".."):
+        with pytest.raises(ValueError):
+            cached_download(server.url("/x/y.npz"), bad, progress=False)
+    with pytest.raises(ValueError):  # no file name in the address
+        cached_download(server.url("/"), progress=False)
+    assert server.count("/x/y.npz") == 1 and server.count("/") == 0
 
 
-def test_progress_bar_on_a_terminal(server, monkeypatch):
+@pytest.mark.skipif(importlib.util.find_spec("tqdm") is None, reason="pooch draws its progress bar with tqdm")
+def test_progress_bar_only_on_a_terminal(server, monkeypatch):
     class FakeTTY(io.StringIO):
         def isatty(self):
             return True
 
-    fake = FakeTTY()
-    monkeypatch.setattr("sys.stderr", fake)
     server.files["/bar.bin"] = PAYLOAD
-    path = cached_download(server.url("/bar.bin"), progress=True)
-    assert path.read_bytes() == PAYLOAD
-    assert "bar.bin" in fake.getvalue()
+    server.files["/nobar.bin"] = PAYLOAD
+    tty, log = FakeTTY(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", tty)
+    assert cached_download(server.url("/bar.bin"), progress=True).read_bytes() == PAYLOAD
+    monkeypatch.setattr(sys, "stderr", log)
+    assert cached_download(server.url("/nobar.bin"), progress=True).read_bytes() == PAYLOAD
+    assert "100%" in tty.getvalue()
+    assert log.getvalue() == ""
 
 
-def test_resume_with_range_after_connection_cut(server, tmp_path):
-    server.files["/cut.bin"] = PAYLOAD
-    server.cuts["/cut.bin"] = 1
-    path = cached_download(server.url("/cut.bin"), progress=False, retries=2)
-    assert path.read_bytes() == PAYLOAD
-    assert server.requests == [("/cut.bin", None), ("/cut.bin", f"bytes={CUT_AFTER}-")]
-    assert server.bytes_sent == len(PAYLOAD)  # nothing was sent twice
-
-
-def test_resume_from_a_part_file_left_by_an_earlier_run(server, tmp_path):
-    server.files["/left.bin"] = PAYLOAD
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "left.bin.part").write_bytes(PAYLOAD[:12345])
-    path = cached_download(server.url("/left.bin"), progress=False)
-    assert path.read_bytes() == PAYLOAD
-    assert server.requests == [("/left.bin", "bytes=12345-")]
-
-
-def test_server_that_ignores_range_restarts_from_zero(server):
-    server.files["/norange.bin"] = PAYLOAD
-    server.cuts["/norange.bin"] = 1
-    server.ignore_range.add("/norange.bin")
-    path = cached_download(server.url("/norange.bin"), progress=False, retries=2)
-    assert path.read_bytes() == PAYLOAD
-    assert server.requests == [("/norange.bin", None), ("/norange.bin", f"bytes={CUT_AFTER}-")]
-    assert server.bytes_sent == CUT_AFTER + len(PAYLOAD)
-
-
-def test_part_longer_than_the_file_starts_over(server, tmp_path):
-    server.files["/short.bin"] = PAYLOAD[:1000]
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "short.bin.part").write_bytes(b"x" * 5000)  # 416 from the server
-    path = cached_download(server.url("/short.bin"), progress=False)
-    assert path.read_bytes() == PAYLOAD[:1000]
-
-
-def test_cut_every_time_gives_up_after_the_retries(server, tmp_path):
-    server.files["/flaky.bin"] = PAYLOAD
-    server.cuts["/flaky.bin"] = 100
-    server.ignore_range.add("/flaky.bin")  # so no attempt makes it to the end
-    with pytest.raises(DownloadError) as err:
-        cached_download(server.url("/flaky.bin"), progress=False, retries=2)
-    assert server.count("/flaky.bin") == 3
-    assert "flaky.bin" in str(err.value)
-    assert not (tmp_path / "cache" / "flaky.bin").exists()
+def test_known_hash_mismatch_is_refused_and_nothing_is_kept(server, tmp_path):
+    server.files["/model.pkl"] = PAYLOAD
+    url = server.url("/model.pkl")
+    wrong = _sha(b"something else")
+    with pytest.raises(ChecksumError) as err:
+        cached_download(url, progress=False, sha256=wrong, retries=0)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "model.pkl" in msg and url in msg and wrong in msg and _sha(PAYLOAD) in msg
+    assert str(tmp_path / "cache" / "model.pkl") in msg  # where a verified copy can go
+    assert isinstance(err.value, DownloadError)  # callers catching DownloadError see it too
+    assert _cache_files(tmp_path / "cache") == set()
+    # With the right hash (in any case) it works.
+    assert cached_download(url, progress=False, sha256=_sha(PAYLOAD).upper()).read_bytes() == PAYLOAD
+    with pytest.raises(ValueError):
+        cached_download(url, progress=False, sha256="abc")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "append"])
-def test_damaged_cached_file_is_reported_and_fetched_again(server, caplog, damage):
+def test_recorded_hash_is_checked_on_later_use(server, tmp_path, damage):
     server.files["/model.pkl"] = PAYLOAD
     url = server.url("/model.pkl")
     path = cached_download(url, progress=False)
@@ -235,86 +201,159 @@ def test_damaged_cached_file_is_reported_and_fetched_again(server, caplog, damag
         data += b"junk"
     path.write_bytes(bytes(data))
 
-    with caplog.at_level(logging.WARNING, logger="sidbench.download"):
-        again = cached_download(url, progress=False)
-    assert again == path
-    assert path.read_bytes() == PAYLOAD
-    assert server.count("/model.pkl") == 2
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and str(path) in warnings[0].getMessage()
-    assert "\n" not in warnings[0].getMessage()
-
-
-def test_copy_put_by_hand_is_used_without_network(tmp_path):
-    url = f"http://127.0.0.1:{_closed_port()}/edm/model.pkl"
-    target = cache_path(url)
-    target.parent.mkdir(parents=True)
-    target.write_bytes(PAYLOAD)
-    assert cached_download(url, progress=False) == target
-    assert (target.parent / "model.pkl.sha256").read_text().split()[0] == _sha(PAYLOAD)
-    # An expected hash is checked against the hand-made copy too.
-    assert cached_download(url, progress=False, sha256=_sha(PAYLOAD)) == target
-
-
-def test_sha256_mismatch_raises_and_keeps_nothing(server, tmp_path):
-    server.files["/model.pkl"] = PAYLOAD
-    wrong = _sha(b"something else")
     with pytest.raises(ChecksumError) as err:
-        cached_download(server.url("/model.pkl"), progress=False, sha256=wrong)
+        cached_download(url, progress=False)
     msg = str(err.value)
-    assert "\n" not in msg and "model.pkl" in msg and wrong in msg and _sha(PAYLOAD) in msg
-    assert isinstance(err.value, DownloadError)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")) == []
-    # With the right hash it works.
-    assert cached_download(server.url("/model.pkl"), progress=False, sha256=_sha(PAYLOAD).upper()).exists()
-    with pytest.raises(ValueError):
-        cached_download(server.url("/model.pkl"), progress=False, sha256="abc")
+    assert "\n" not in msg and str(path) in msg and "delete" in msg
+    assert path.read_bytes() == bytes(data)  # reported, not silently replaced
+    assert server.count("/model.pkl") == 1
+
+    # Doing what the message says: the file is fetched again and then passes.
+    path.unlink()
+    assert cached_download(url, progress=False).read_bytes() == PAYLOAD
+    assert cached_download(url, progress=False) == path
+    assert server.count("/model.pkl") == 2
 
 
-def test_cached_file_that_differs_from_the_given_sha256_is_fetched_again(server, caplog):
+def test_cached_file_that_differs_from_the_known_hash_is_refused(server, tmp_path):
     server.files["/a.bin"] = PAYLOAD
-    path = cache_path(server.url("/a.bin"))
+    path = tmp_path / "cache" / "a.bin"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"stale")
-    with caplog.at_level(logging.WARNING, logger="sidbench.download"):
+    with pytest.raises(ChecksumError) as err:
         cached_download(server.url("/a.bin"), progress=False, sha256=_sha(PAYLOAD))
-    assert path.read_bytes() == PAYLOAD
-    assert any(str(path) in r.getMessage() for r in caplog.records)
-
-
-def test_unreachable_address_gives_one_line_error_with_the_path(tmp_path):
-    url = f"http://127.0.0.1:{_closed_port()}/edm/pretrained/edm-ffhq-64x64-uncond-vp.pkl"
-    with pytest.raises(DownloadError) as err:
-        cached_download(url, progress=False, retries=1, timeout=5)
     msg = str(err.value)
-    expected_path = tmp_path / "cache" / "edm-ffhq-64x64-uncond-vp.pkl"
-    assert "\n" not in msg
-    assert msg.startswith("could not download edm-ffhq-64x64-uncond-vp.pkl from " + url)
-    assert f"put a copy at {expected_path} and run again" in msg
-    assert err.value.path == expected_path and err.value.url == url
-    assert not expected_path.exists()
+    assert "\n" not in msg and str(path) in msg and _sha(PAYLOAD) in msg
+    assert server.count("/a.bin") == 0
+
+
+def test_copy_put_by_hand_or_left_by_an_earlier_version_is_used_without_network(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = f"http://127.0.0.1:{_closed_port()}/edm"
+    # By hand, without a record: used as it is, and its SHA-256 recorded.
+    (cache / "model.pkl").write_bytes(PAYLOAD)
+    assert cached_download(f"{dead}/model.pkl", progress=False) == cache / "model.pkl"
+    assert (cache / "model.pkl.sha256").read_text().split()[0] == _sha(PAYLOAD)
+    assert cached_download(f"{dead}/model.pkl", progress=False, sha256=_sha(PAYLOAD)) == cache / "model.pkl"
+    # A file and record in the format earlier versions wrote.
+    (cache / "old.npz").write_bytes(PAYLOAD[:5000])
+    (cache / "old.npz.sha256").write_text(f"{_sha(PAYLOAD[:5000])}  old.npz\n")
+    assert cached_download(f"{dead}/old.npz", progress=False) == cache / "old.npz"
+
+
+def test_retries_after_a_transient_server_error(server, tmp_path):
+    server.files["/flaky.bin"] = PAYLOAD
+    server.fail["/flaky.bin"] = 1
+    path = cached_download(server.url("/flaky.bin"), progress=False, retries=1)
+    assert path.read_bytes() == PAYLOAD
+    assert server.count("/flaky.bin") == 2
+    assert (tmp_path / "cache" / "flaky.bin.sha256").read_text().split()[0] == _sha(PAYLOAD)
+
+
+def test_gives_up_after_the_retries(server, tmp_path):
+    server.files["/down.bin"] = PAYLOAD
+    server.fail["/down.bin"] = 100
+    with pytest.raises(DownloadError) as err:
+        cached_download(server.url("/down.bin"), progress=False, retries=1)
+    msg = str(err.value)
+    assert "\n" not in msg and "down.bin" in msg and "500" in msg
+    assert server.count("/down.bin") == 2
+    assert _cache_files(tmp_path / "cache") == set()
 
 
 def test_http_404_is_not_retried(server):
     with pytest.raises(DownloadError) as err:
         cached_download(server.url("/missing.pkl"), progress=False, retries=3)
-    assert "HTTP 404" in str(err.value)
+    assert "404" in str(err.value)
     assert server.count("/missing.pkl") == 1
 
 
-def test_local_or_download(server, tmp_path):
-    mine = tmp_path / "mine.pkl"
-    mine.write_bytes(b"my own weights")
-    dead = f"http://127.0.0.1:{_closed_port()}/model.pkl"
-    # An explicit local path is used as it is: the (unreachable) address is never contacted.
-    assert local_or_download(dead, local=mine) == mine
-    assert local_or_download(str(mine)) == mine
-    assert local_or_download(mine.as_uri()) == mine
-    with pytest.raises(FileNotFoundError):
-        local_or_download(dead, local=tmp_path / "nope.pkl")
-    with pytest.raises(ChecksumError):
-        local_or_download(dead, local=mine, sha256=_sha(b"other"))
-    # Without a local copy it downloads into the cache.
-    server.files["/model.pkl"] = PAYLOAD
-    got = local_or_download(server.url("/model.pkl"), progress=False)
-    assert got == tmp_path / "cache" / "model.pkl" and got.read_bytes() == PAYLOAD
+_CHILD = """
+import sys
+from sidbench.download import cached_download
+print("ready", flush=True)
+sys.stdin.readline()
+print(cached_download(sys.argv[1], progress=False), flush=True)
+"""
+
+
+def test_two_processes_download_the_same_file_once(server, tmp_path):
+    server.files["/teacher.pkl"] = PAYLOAD
+    server.delay["/teacher.pkl"] = 1.0  # the second process asks while the first still waits
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _CHILD, server.url("/teacher.pkl")], cwd=REPO, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        for p in procs:  # both imported and waiting: then both start at once
+            assert p.stdout.readline().strip() == "ready"
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    expected = tmp_path / "cache" / "teacher.pkl"
+    assert [Path(out.strip()) for out, _ in results] == [expected, expected]
+    assert expected.read_bytes() == PAYLOAD
+    assert server.count("/teacher.pkl") == 1
+    assert _cache_files(tmp_path / "cache") == {"teacher.pkl", "teacher.pkl.sha256"}
+
+
+def test_unreachable_address_gives_one_line_error_naming_file_address_and_place(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}/edm/pretrained/edm-ffhq-64x64-uncond-vp.pkl"
+    with pytest.raises(DownloadError) as err:
+        cached_download(url, progress=False, retries=0, timeout=5, hint="set dataset.teacher.path=<file>")
+    msg = str(err.value)
+    expected_path = tmp_path / "cache" / "edm-ffhq-64x64-uncond-vp.pkl"
+    assert "\n" not in msg
+    assert msg.startswith("could not download edm-ffhq-64x64-uncond-vp.pkl from " + url)
+    assert f"put a copy at {expected_path}" in msg and "refused" in msg.lower()
+    assert msg.endswith("set dataset.teacher.path=<file>")
+    assert err.value.path == expected_path and err.value.url == url
+    assert _cache_files(tmp_path / "cache") == set()
+
+
+_OFFLINE_CHILD = """
+import sys
+from sidbench.download import DownloadError, cached_download
+try:
+    cached_download(sys.argv[1], progress=True, retries=1)
+except DownloadError as e:
+    print(e)
+"""
+
+
+def test_nothing_but_the_error_reaches_the_user(tmp_path):
+    # In a process of its own, so that all it writes to stderr (a log line, a bar) is seen.
+    url = f"http://127.0.0.1:{_closed_port()}/teacher.pkl"
+    done = subprocess.run([sys.executable, "-c", _OFFLINE_CHILD, url], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.count("\n") == 1 and url in done.stdout and str(tmp_path / "cache" / "teacher.pkl") in done.stdout
+
+
+def test_failed_name_lookup_is_not_retried(monkeypatch, tmp_path):
+    # As on a machine without network: the lookup of 127.0.0.1 itself is made to fail, so nothing
+    # is contacted at all.
+    lookups = []
+
+    def no_dns(*args, **kwargs):
+        lookups.append(args[0])
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    url = f"http://127.0.0.1:{_closed_port()}/model.pkl"
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        cached_download(url, progress=False, retries=3)
+    assert time.monotonic() - start < 1.0  # no waits between retries
+    assert lookups == ["127.0.0.1"]
+    msg = str(err.value)
+    assert "\n" not in msg and url in msg and str(tmp_path / "cache" / "model.pkl") in msg
+    assert "resolve" in msg

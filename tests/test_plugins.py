@@ -33,13 +33,8 @@ class TeacherRegression(Method):
     def optimizers(self):
         return {"generator": self.opt}
 
-    @property
-    def passes_per_sample(self):
-        return 4.0
-
-    def sample(self, net, z, labels):
-        s = self.cfg.sigma_init
-        return net(z * s, torch.full((z.shape[0],), s), labels)
+    def sampling(self):
+        return {"sampler": "one_step", "sigma": self.cfg.sigma_init, "nfe": 1}
 
     def train_step(self, ctx):
         def loss_fn(n):
@@ -47,7 +42,7 @@ class TeacherRegression(Method):
             with torch.no_grad():
                 target = self.sample(self.teacher.net, z, None)
             loss = ((self.sample(ctx.net("generator"), z, None) - target) ** 2).sum()
-            return loss, {"regression": loss.item() / n}
+            return loss, {"regression": loss.detach() / n}
         return ctx.update("generator", loss_fn)
 '''
 

@@ -140,12 +140,16 @@ class FitsRealImages(Method):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._opt
 
-    @property
-    def passes_per_sample(self) -> float:
-        return 3
+    def sampling(self) -> dict:
+        return {"sampler": "conv", "nfe": 1}
 
-    def sample(self, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    @classmethod
+    def sample_recipe(cls, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, recipe: dict) -> torch.Tensor:
         return net(z).clamp(-1, 1)
+
+    @classmethod
+    def plan_networks(cls, cfg: Any, teacher_constructor: dict) -> dict:
+        return {"generator": {"precond": "none", "note": "a 3x3 convolution"}}
 
     def train_step(self, ctx: StepContext) -> dict[str, float]:
         def loss(n: int) -> tuple[torch.Tensor, dict[str, float]]:

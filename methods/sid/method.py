@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from sidbench.augment import AugmentPipe
-from sidbench.methods.base import Method, register_method
+from sidbench.methods.base import Method, Recipe, register_method
 from sidbench.methods.sid.loss import edm_training_sigma, fake_score_loss, finite_samples, generator_loss, generator_sigma
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
@@ -35,7 +35,6 @@ class SiD(Method):
             "fake_score": torch.optim.Adam(self.fake_score.parameters(), lr=cfg.lr_fake_score, betas=(cfg.fake_beta1, 0.999), eps=eps),
         }
         self.augment = AugmentPipe(p=cfg.augment_p) if cfg.augment_p > 0 else None
-        self._overrides = overrides
 
     # -- contract ------------------------------------------------------------------------------
     def networks(self) -> dict[str, torch.nn.Module]:
@@ -44,23 +43,16 @@ class SiD(Method):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._optimizers
 
-    @property
-    def passes_per_sample(self) -> float:
-        # fake-score update: G forward (1) + fake forward and backward (3);
-        # generator update: G forward and backward (3) + teacher and fake score each forward and
-        # backward to the input (3 + 3).
-        return 4 + 9
+    @classmethod
+    def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        student = {**teacher_constructor, **({"dropout": cfg.dropout} if cfg.get("dropout") is not None else {})}
+        return {"teacher": dict(teacher_constructor), "generator": student, "fake_score": dict(student)}
 
-    def describe_networks(self) -> dict[str, dict[str, Any]]:
-        c = {**self.teacher.constructor, **self._overrides}
-        return {"generator": c, "fake_score": c, "teacher": self.teacher.constructor}
-
-    def sample(self, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        s = self.cfg.sigma_init
-        return net(z * s, torch.full((z.shape[0],), s, device=z.device), labels)
+    def sampling(self) -> Recipe:
+        return {"sampler": "one_step", "sigma": float(self.cfg.sigma_init), "nfe": 1}
 
     # -- one iteration -------------------------------------------------------------------------
-    def train_step(self, ctx: StepContext) -> dict[str, float]:
+    def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         logs = ctx.update("fake_score", lambda n: self._fake_score_loss(ctx, n), loss_scale=self.cfg.loss_scale_fake_score)
         logs |= ctx.update("generator", lambda n: self._generator_loss(ctx, n), loss_scale=self.cfg.loss_scale_generator)
         return logs
@@ -69,7 +61,7 @@ class SiD(Method):
         z = torch.randn(n, *self.teacher.shape, device=self.device)
         return self.sample(net, z, labels)
 
-    def _fake_score_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _fake_score_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = ctx.labels(n)
         self.generator.eval()
         with torch.no_grad():
@@ -79,12 +71,13 @@ class SiD(Method):
             x_g, augment_labels = self.augment(x_g)
         fake = ctx.net("fake_score").train()
         sigma = edm_training_sigma(n, self.cfg.p_mean, self.cfg.p_std, device=self.device)
-        denoised = fake(x_g + sigma * torch.randn_like(x_g), sigma.flatten(), labels, augment_labels=augment_labels)
-        loss = fake_score_loss(denoised.float(), x_g, sigma)
-        total = loss.sum()
-        return total, {"fake_score": total.item() / n}
+        denoised = fake(x_g + sigma * torch.randn_like(x_g), sigma.flatten(), labels, augment_labels=augment_labels).float()
+        # As published, samples whose x_g or denoised output hold a NaN leave the sum.
+        total, dropped = drop_nonfinite(fake_score_loss(denoised, x_g, sigma), x_g, denoised)
+        ctx.log("dropped_fake_score", dropped)
+        return total, {"fake_score": total.detach() / n}
 
-    def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = ctx.labels(n)
         generator = ctx.net("generator").train()
         self.fake_score.eval()  # no dropout inside the generator's loss
@@ -93,14 +86,17 @@ class SiD(Method):
         x_t = x_g + sigma * torch.randn_like(x_g)
         y_real = self.teacher.net(x_t, sigma.flatten(), labels).float()
         y_fake = self.fake_score(x_t, sigma.flatten(), labels).float()
-        total, dropped = reduce_generator_loss(generator_loss(x_g, y_real, y_fake, self.cfg.alpha), x_g, y_real, y_fake)
+        total, dropped = drop_nonfinite(generator_loss(x_g, y_real, y_fake, self.cfg.alpha), x_g, y_real, y_fake)
+        ctx.log("dropped_generator", dropped)
         # All samples dropped is a failure the trainer must see, not a zero loss.
-        value = total.item() / n if dropped < n else float("nan")
-        return total, {"generator": value, "dropped_samples": float(dropped)}
+        value = torch.where(dropped < n, total.detach() / n, torch.full_like(total, float("nan")))
+        return total, {"generator": value}
 
 
-def reduce_generator_loss(loss: torch.Tensor, x_g: torch.Tensor, y_real: torch.Tensor, y_fake: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Sum of SiD's per-element loss over the samples whose x_g, y_real and y_fake are all finite
-    (the others are dropped); the trainer's context then scales it and divides by the batch."""
-    keep = finite_samples(x_g, y_real, y_fake)
-    return loss[keep].sum(), int((~keep).sum())
+def drop_nonfinite(loss: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the per-element `loss` over the samples finite in all `tensors`, number dropped).
+
+    The trainer's context then scales the sum and divides by the whole micro-batch, dropped
+    samples included, as the published code does. The count stays a tensor (no host sync)."""
+    keep = finite_samples(*tensors)
+    return torch.where(keep.view(-1, *[1] * (loss.ndim - 1)), loss, 0).sum(), (~keep).sum()

@@ -147,10 +147,7 @@ def run_fid(
             gen = load_generator(gen_path, dev)
             sample_source, shape, label_dim = gen, gen.shape, gen.label_dim
             source_name = str(gen_path)
-            recorded = "" if gen.sigma_init_recorded else " (default; the file records none)"
-            method = gen.info.get("method")
-            notes.append(("generator", f"{method or 'unknown method'}, {gen.info.get('kimg', '?')} kimg, "
-                                       f"sigma_init {gen.sigma_init:g}{recorded}"))
+            notes.append(("generator", gen.describe()))
             what = f"generator {gen_path}"
         _check_fits(cfg, shape, label_dim, what)
         num = num or int(cfg.eval.final_samples)

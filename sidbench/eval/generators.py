@@ -1,14 +1,16 @@
-"""Sample functions for evaluation: a saved one-step generator, or a teacher's Heun sampler.
+"""Sample functions for evaluation: a saved generator, or a teacher's Heun sampler.
 
 A finished run writes `generator.safetensors` (our teacher format: weights, the network's
-constructor, and `{"method", "kimg", "sampling": {"sigma_init"}}` as info). `load_generator`
-turns that file, or the run folder holding it, back into a `SampleFn`:
-`x = net(sigma_init * z, sigma_init, labels)` (SPEC section 4), so `sidbench fid` and any later
-harness score exactly what the run's own evaluator scored.
+constructor, and as info `{"method", "kimg", "sampling": <the method's recipe>, "nfe"}`).
+`load_generator` turns that file, or the run folder holding it, back into a `SampleFn` that
+follows the recipe through the method's own `sample_recipe` (a one-step generator at its sigma, a
+multi-step student with its steps), so `sidbench fid` and the harness score exactly what the run's
+own evaluator scored. Nothing is assumed: a file that records no recipe is refused.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,6 @@ from sidbench.teachers.load import TeacherLoadError, load_teacher_file
 
 #: The file a finished run writes its EMA generator to.
 GENERATOR_FILENAME = "generator.safetensors"
-#: The noise level of a generator whose file records none (SiD's value, SPEC section 4).
-DEFAULT_SIGMA_INIT = 2.5
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:
@@ -45,21 +45,22 @@ def generator_file(path: str | os.PathLike) -> Path:
 
 
 class SavedGenerator:
-    """A `SampleFn` over a saved one-step generator: `(z, labels) -> net(sigma_init z, sigma_init, labels)`.
+    """A `SampleFn` over a saved generator: `(z, labels) -> images`, following its recipe.
 
     Attributes describe it for the caller: `shape` (C, H, W) and `label_dim` of the network,
-    `sigma_init` (and `sigma_init_recorded`: whether the file said so), `info` (the file's info),
-    `path`.
+    `recipe` (the sampling recipe) and `nfe`, `method`, `info` (the file's info), `path`.
     """
 
-    def __init__(self, net: torch.nn.Module, constructor: dict[str, Any], info: dict[str, Any], path: Path) -> None:
+    def __init__(self, net: torch.nn.Module, constructor: dict[str, Any], info: dict[str, Any], path: Path,
+                 sampler: Callable[..., torch.Tensor]) -> None:
         self.net = net
         self.constructor = constructor
         self.info = info
         self.path = path
-        recorded = (info.get("sampling") or {}).get("sigma_init")
-        self.sigma_init_recorded = recorded is not None
-        self.sigma_init = float(recorded) if recorded is not None else DEFAULT_SIGMA_INIT
+        self.recipe: dict[str, Any] = dict(info["sampling"])
+        self.method = str(info.get("method", ""))
+        self.nfe = int(self.recipe.get("nfe", info.get("nfe", 1)))
+        self._sampler = sampler
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -74,23 +75,44 @@ class SavedGenerator:
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
+    def describe(self) -> str:
+        """One line for the user: method, length of training, recipe."""
+        steps = ", ".join(f"{k} {v}" for k, v in self.recipe.items() if k not in ("sampler", "nfe"))
+        return f"{self.method or 'unknown method'}, {self.info.get('kimg', '?')} kimg, {self.recipe.get('sampler')} ({steps}), {self.nfe} NFE"
+
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        sigma = torch.full((z.shape[0],), self.sigma_init, device=z.device, dtype=z.dtype)
-        return self.net(z * self.sigma_init, sigma, labels)
+        return self._sampler(self.net, z, labels, self.recipe)
+
+
+def _recipe(info: dict[str, Any], file: Path) -> dict[str, Any]:
+    recipe = info.get("sampling")
+    if recipe and "sampler" not in recipe and "sigma_init" in recipe:  # files written before recipes had names
+        return {"sampler": "one_step", "sigma": float(recipe["sigma_init"]), "nfe": 1}
+    if not recipe or "sampler" not in recipe:
+        raise TeacherLoadError(f"generator file {file} records no sampling recipe (info 'sampling'); "
+                               "it was not written by `sidbench run`: save it with its method's recipe")
+    return dict(recipe)
 
 
 def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu") -> SavedGenerator:
     """The saved generator at `path` (a `generator.safetensors` or a run folder) as a `SampleFn`.
 
     The network is built with `load_teacher_file` (the constructor stored in the file, weights
-    loaded strictly), frozen, in eval mode, on `device`. `sigma_init` comes from the file's info
-    (`sampling.sigma_init`), else 2.5.
+    loaded strictly), frozen, in eval mode, on `device`; it samples through the recorded method's
+    `sample_recipe` (a method from a plugin must be installed to read its generators).
     """
+    from sidbench.methods import METHODS
+    from sidbench.teachers.sampling import sample_with_recipe
+
     file = generator_file(path)
     net, constructor, info = load_teacher_file(file)
+    info = {**info, "sampling": _recipe(info, file)}
+    method = info.get("method")
+    # a file without a method can still name one of the shared samplers
+    sampler = METHODS.get(str(method)).sample_recipe if method else sample_with_recipe
     net = net.to(device).eval().requires_grad_(False)
-    return SavedGenerator(net, constructor, info, file)
+    return SavedGenerator(net, constructor, info, file, sampler)
 
 
 def teacher_sampler(net: torch.nn.Module, num_steps: int):

@@ -1,13 +1,16 @@
 """What the trainer hands a method for one iteration: micro-batching, precision, loss scaling,
-gradient sanitising and the optimiser step, the same for every method."""
+gradient sanitising and clipping, the optimiser steps, counted compute and logged values, the
+same for every method."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from sidbench.data.real import RealImages
+from sidbench.seeding import seed_torch
+from sidbench.trainer.compute import ComputeCounter
 
 # Mixed precision is autocast only: weights, their gradients, Adam's states and the EMA stay
 # float32 (autocast casts per operation, and the casts' backward hands float32 gradients to the
@@ -38,8 +41,9 @@ def configure_cuda_math(tf32: bool, cudnn_benchmark: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = cudnn_benchmark
 
-#: loss_fn(micro_batch_size) -> (loss summed over the micro-batch's elements, {name: value to log})
-LossFn = Callable[[int], tuple[torch.Tensor, dict[str, float]]]
+#: loss_fn(micro_batch_size) -> (loss summed over the micro-batch's elements, {name: value to log}).
+#: Logged values may be tensors: they are gathered on the device and read once per iteration.
+LossFn = Callable[[int], tuple[torch.Tensor, dict[str, "torch.Tensor | float"]]]
 
 
 def sanitize_gradients(params: list[torch.nn.Parameter]) -> None:
@@ -47,6 +51,15 @@ def sanitize_gradients(params: list[torch.nn.Parameter]) -> None:
     for p in params:
         if p.grad is not None:
             torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+
+def clip_gradients(params: list[torch.nn.Parameter], norm: float | None, value: float | None) -> None:
+    """Clip by value, then by the global norm over `params` (torch.nn.utils), on the gradient as
+    backpropagated, i.e. after loss scaling, as the published codes clip."""
+    if value is not None:
+        torch.nn.utils.clip_grad_value_(params, value)
+    if norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, norm)
 
 
 def split_batch(batch: int, batch_gpu: int | None) -> list[int]:
@@ -73,6 +86,7 @@ class StepContext:
         rank: int = 0,
         world_size: int = 1,
         real_data: RealImages | None = None,
+        counter: ComputeCounter | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
@@ -84,13 +98,15 @@ class StepContext:
         self.precision = precision
         self._label_sampler = label_sampler
         self._real_data = real_data  # only for methods that declare `uses_real_data`
-        self._wrapped = wrapped or {}  # DDP wrappers, used only for the network being updated
-        self._updating: str | None = None
+        self._wrapped = wrapped or {}  # DDP wrappers, used only for the networks being updated
+        self._updating: frozenset[str] = frozenset()
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.counter = counter or ComputeCounter(count_flops=False)
         self.iteration = 0  # set by the trainer before each iteration
         self._update_index = (-1, 0)  # (iteration, updates so far in it)
+        self._logged: dict[str, list[torch.Tensor | float]] = {}
 
     def autocast(self) -> contextlib.AbstractContextManager:
         dtype = PRECISIONS[self.precision]
@@ -113,24 +129,42 @@ class StepContext:
         return self._real_data.draw(n, self.device)
 
     def net(self, name: str) -> torch.nn.Module:
-        """The network to call: its DDP wrapper while it is the one being updated, else the module
+        """The network to call: its DDP wrapper while it is one being updated, else the module
         itself (a frozen pass through another network must not take part in DDP's reduction)."""
-        if name == self._updating and name in self._wrapped:
+        if name in self._updating and name in self._wrapped:
             return self._wrapped[name]
         return self.networks[name]
 
+    def log(self, name: str, value: torch.Tensor | float) -> None:
+        """Log a number that is not a loss (a step count, dropped samples, mean logits) as
+        `train/<name>`: averaged over the calls of an iteration and over processes, then over the
+        logging tick. A tensor stays on the device; the trainer reads all values once an iteration."""
+        self._logged.setdefault(name, []).append(value.detach() if isinstance(value, torch.Tensor) else float(value))
+
+    def take_logs(self) -> dict[str, torch.Tensor | float]:
+        """The values `log` gathered since the last call, each averaged over its calls."""
+        out = {k: sum(v) / len(v) for k, v in self._logged.items()}
+        self._logged = {}
+        return out
+
+    def precompute(self) -> contextlib.AbstractContextManager:
+        """Context for work done before training (teacher samples, regression pairs), so that its
+        network calls are charged to the run's compute. Seeded by the run seed alone."""
+        seed_torch(self.seed, 2**32)  # a stream of its own, apart from every (iteration, update)
+        return self.counter.precompute()
+
     @contextlib.contextmanager
-    def _only_trains(self, name: str) -> Iterator[None]:
-        # Gradients reach only the updated network's parameters; the others pass gradients to
+    def _only_trains(self, names: frozenset[str]) -> Iterator[None]:
+        # Gradients reach only the updated networks' parameters; the others pass gradients to
         # their inputs but accumulate nothing (and cost no weight-gradient compute).
         previous = {k: [p.requires_grad for p in n.parameters()] for k, n in self.networks.items()}
         for k, n in self.networks.items():
-            n.requires_grad_(k == name)
-        self._updating = name
+            n.requires_grad_(k in names)
+        self._updating = names
         try:
             yield
         finally:
-            self._updating = None
+            self._updating = frozenset()
             for k, n in self.networks.items():
                 for p, flag in zip(n.parameters(), previous[k]):
                     p.requires_grad_(flag)
@@ -140,34 +174,54 @@ class StepContext:
         # micro-batch index): a resumed run repeats the same draws, and N processes with batch_gpu
         # draw exactly what one process draws with the same global batch and batch_gpu.
         global_index = self.rank * len(self.micro_batches) + micro_index
-        torch.manual_seed(hash((self.seed, self.iteration, update_index, global_index)) % (2**63))
+        seed_torch(self.seed, self.iteration, update_index, global_index)
 
-    def update(self, name: str, loss_fn: LossFn, loss_scale: float = 1.0) -> dict[str, float]:
-        """One optimiser step of network `name` on this process's batch.
+    def update(
+        self,
+        names: str | Sequence[str],
+        loss_fn: LossFn,
+        loss_scale: float = 1.0,
+        clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None,
+    ) -> dict[str, torch.Tensor | float]:
+        """One optimiser step of each network in `names` (one name, or several trained jointly,
+        e.g. a fake score and its GAN head, each with its own optimiser) on this process's batch.
 
         For each micro-batch: `loss_fn(m)` returns the loss summed over its elements; we
         backpropagate `loss * loss_scale / batch` (so the step sees the batch mean, as in EDM and
-        SiD), sanitise the gradients, and step. Returns the logs averaged over micro-batches.
+        SiD). Then the gradients are sanitised (non-finite to finite), clipped if asked (by value,
+        then by the norm over all the updated networks together) and every optimiser steps.
+        Returns the logs averaged over micro-batches (tensors stay on the device).
         """
-        optimizer = self.optimizers[name]
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        optimizer.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
-        wrapper = self._wrapped.get(name)
+        group = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in group if n not in self.optimizers]
+        if unknown:
+            raise KeyError(f"update of {unknown}: no optimiser of that name; the method's optimizers() has {sorted(self.optimizers)}")
+        optimizers = [self.optimizers[n] for n in group]
+        params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        logs: dict[str, torch.Tensor | float] = {}
+        wrappers = [self._wrapped[n] for n in group if n in self._wrapped]
         it, k = self._update_index
         update_index = k if it == self.iteration else 0
         self._update_index = (self.iteration, update_index + 1)
-        with self._only_trains(name):
+        with self._only_trains(frozenset(group)):
             for i, m in enumerate(self.micro_batches):
                 self._seed_micro_batch(update_index, i)
                 last = i == len(self.micro_batches) - 1
-                sync = contextlib.nullcontext() if (wrapper is None or last) else wrapper.no_sync()
-                with sync:
+                with contextlib.ExitStack() as sync:
+                    if not last:  # DDP reduces once, after the last micro-batch
+                        for w in wrappers:
+                            sync.enter_context(w.no_sync())
                     with self.autocast():
                         loss, items = loss_fn(m)
                     (loss.float() * (loss_scale / self.batch)).backward()
-                for k, v in items.items():
-                    logs[k] = logs.get(k, 0.0) + float(v) * m / self.batch
+                for key, v in items.items():
+                    v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+                    logs[key] = logs.get(key, 0.0) + v * (m / self.batch)
         sanitize_gradients(params)
-        optimizer.step()
+        clip_gradients(params, clip_grad_norm, clip_grad_value)
+        for opt in optimizers:
+            opt.step()
         return logs

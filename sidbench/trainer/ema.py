@@ -1,4 +1,5 @@
-"""Exponential moving average of the generator, with EDM's half-life and ramp-up."""
+"""Exponential moving averages of a network: the generator's (EDM's half-life and ramp-up), and
+any a method keeps of its own (consistency distillation's target network, with a constant mu)."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,9 @@ import torch
 def ema_beta(batch: int, images_seen: int, halflife_kimg: float, rampup: float | None) -> float:
     """beta = 0.5 ** (batch / max(min(halflife, images_seen * rampup), 1e-8)), lengths in images.
 
-    The ramp-up keeps the average short early on, when the generator still moves fast.
+    `images_seen` counts the images before the current batch, as EDM's and SiD's loops do (they
+    update the average, then advance the counter): the first update copies the network. The
+    ramp-up keeps the average short early on, when the generator still moves fast.
     """
     halflife = halflife_kimg * 1000
     if rampup is not None:
@@ -20,20 +23,32 @@ def ema_beta(batch: int, images_seen: int, halflife_kimg: float, rampup: float |
 class EMA:
     """A frozen copy of a network whose parameters trail the live ones."""
 
-    def __init__(self, net: torch.nn.Module, halflife_kimg: float, rampup: float | None = 0.05) -> None:
+    def __init__(self, net: torch.nn.Module, halflife_kimg: float | None = None, rampup: float | None = 0.05) -> None:
         self.halflife_kimg = halflife_kimg
         self.rampup = rampup
         self.module = copy.deepcopy(net).eval().requires_grad_(False)
 
-    @torch.no_grad()
     def update(self, net: torch.nn.Module, batch: int, images_seen: int) -> float:
+        """Average with EDM's half-life; `images_seen` before this batch."""
+        if self.halflife_kimg is None:
+            raise ValueError("this average has no half-life; call blend(net, beta)")
         beta = ema_beta(batch, images_seen, self.halflife_kimg, self.rampup)
+        self.blend(net, beta)
+        return beta
+
+    @torch.no_grad()
+    def blend(self, net: torch.nn.Module, beta: float) -> None:
+        """average <- beta * average + (1 - beta) * net."""
         for p_ema, p in zip(self.module.parameters(), net.parameters()):
             p_ema.lerp_(p.detach(), 1 - beta)
         # The networks' only buffers are constant resampling filters: copy, never average.
         for b_ema, b in zip(self.module.buffers(), net.buffers()):
             b_ema.copy_(b)
-        return beta
+
+    @torch.no_grad()
+    def reset(self, net: torch.nn.Module) -> None:
+        """Start the average again from `net` (a stage boundary may ask for it)."""
+        self.blend(net, 0.0)
 
     def state_dict(self) -> dict:
         return self.module.state_dict()

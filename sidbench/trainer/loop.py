@@ -1,7 +1,9 @@
 """The one training loop, shared by every method. It knows no method by name.
 
-It counts generator images seen, network passes and seconds; decides when to log, evaluate,
-draw sample grids and checkpoint; and resumes exactly from its last checkpoint.
+It counts generator images seen, compute (network passes and FLOPs, measured by
+`sidbench.trainer.compute`) and seconds; ends the run at its budget; enters the method's stages;
+steps the LR schedules; decides when to log, evaluate, draw sample grids and checkpoint; and
+resumes exactly from its last checkpoint, across stage boundaries too.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +19,23 @@ import torch
 from omegaconf import DictConfig
 
 from sidbench.data.real import RealImages
-from sidbench.distributed import all_reduce_mean, barrier
+from sidbench.distributed import barrier, reduce_values
 from sidbench.eval.evaluator import Evaluator
-from sidbench.methods.base import Method
+from sidbench.methods.base import Method, Stage
+from sidbench.trainer.budget import Budget, crossed_fractions, log_fractions
 from sidbench.trainer.checkpoint import load_checkpoint, save_atomic
+from sidbench.trainer.compute import ComputeCounter
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.ema import EMA
 from sidbench.trainer.progress import ProgressDisplay
+from sidbench.trainer.schedule import restart
 from sidbench.tracking import NullTracker
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: Every logged line, also kept beside the checkpoint: readable without MLflow (one JSON object a
 #: line, like EDM's stats.jsonl). A resumed run appends; readers keep the last line of a kimg.
 METRICS_NAME = "metrics.jsonl"
+CHECKPOINT_FORMAT = 2
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,15 +44,24 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class Progress:
+    """The run's counters, global over processes; checkpointed."""
+
     images_seen: int = 0
     iteration: int = 0
-    network_passes: float = 0.0
+    passes: float = 0.0
+    teacher_passes: float = 0.0
+    flops: float = 0.0
     seconds: float = 0.0
     eval_seconds: float = 0.0
+    stage: int = 0
 
     @property
     def kimg(self) -> float:
         return self.images_seen / 1000
+
+    def counters(self) -> dict[str, float]:
+        """The budget units' values."""
+        return {"kimg": self.kimg, "passes": self.passes, "flops": self.flops, "seconds": self.seconds}
 
 
 def crossed(before: int, after: int, every_kimg: float | None) -> bool:
@@ -60,6 +75,24 @@ def crossed(before: int, after: int, every_kimg: float | None) -> bool:
 def crossed_point(before: int, after: int, kimg: float) -> bool:
     """Did images seen pass the point `kimg` between two iterations?"""
     return before < kimg * 1000 <= after
+
+
+def budget_of(cfg: DictConfig) -> Budget:
+    """`trainer.kimg`, when set, is the shorthand for a budget of that many kimg; else
+    `trainer.budget` ({unit, value})."""
+    if cfg.get("kimg") is not None:
+        return Budget("kimg", float(cfg.kimg))
+    return Budget(str(cfg.budget.unit), float(cfg.budget.value))
+
+
+def stage_index(stages: list[Stage], images_seen: int, iteration: int) -> int:
+    """The last stage whose start has been reached."""
+    index = 0
+    for i, st in enumerate(stages):
+        reached = images_seen >= st.start * 1000 if st.unit == "kimg" else iteration >= st.start
+        if reached:
+            index = i
+    return index
 
 
 class Trainer:
@@ -89,42 +122,74 @@ class Trainer:
         self.reference_metrics = reference_metrics or {}
         if cfg.batch % world_size:
             raise ValueError(f"trainer.batch={cfg.batch} is not divisible by the {world_size} processes; pick a multiple")
+        self.budget = budget_of(cfg)
+        self.stages = method.stages()
         generator = method.networks()[method.generator_name]
         self.ema = EMA(generator, cfg.ema_halflife_kimg, cfg.ema_rampup)
+        self.counter = ComputeCounter(count_flops=bool(cfg.get("count_flops", True)))
         self.ctx = StepContext(
             method.networks(), method.optimizers(), device,
             batch=cfg.batch // world_size, batch_gpu=cfg.get("batch_gpu"), precision=cfg.precision,
             label_sampler=label_sampler, wrapped=wrapped, seed=cfg.seed, rank=rank, world_size=world_size,
-            real_data=real_data,
+            real_data=real_data, counter=self.counter,
         )
+        self._attach_counter()
         self.progress = Progress()
         self.checkpoint_path = run_dir / CHECKPOINT_NAME
         self.last_good_checkpoint: Path | None = None
         self.last_metrics: dict[str, float] = {}
         self.stopped_by_time = False
+        log = cfg.get("eval_log_points") or {}
+        self.eval_fractions = sorted({*map(float, cfg.get("eval_at_fraction") or []),
+                                      *log_fractions(int(log.get("count", 0) or 0), float(log.get("first", 0.01)))})
+
+    def _attach_counter(self) -> None:
+        m = self.method
+        self.counter.attach({**m.frozen_networks(), **{k: a.module for k, a in m.averages().items()}, **m.networks()})
+
+    def _own_frozen(self) -> dict[str, torch.nn.Module]:
+        """Frozen networks that are not the loaded teacher (a promoted student): checkpointed."""
+        return {k: v for k, v in self.method.frozen_networks().items() if v is not self.method.teacher.net}
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        m = self.method
         return {
-            "format": 1,
-            "networks": {k: v.state_dict() for k, v in self.method.networks().items()},
-            "optimizers": {k: v.state_dict() for k, v in self.method.optimizers().items()},
+            "format": CHECKPOINT_FORMAT,
+            "networks": {k: v.state_dict() for k, v in m.networks().items()},
+            "optimizers": {k: v.state_dict() for k, v in m.optimizers().items()},
+            "schedulers": {k: v.state_dict() for k, v in m.schedulers().items()},
+            "frozen": {k: v.state_dict() for k, v in self._own_frozen().items()},
+            "averages": {k: v.state_dict() for k, v in m.averages().items()},
             "ema": self.ema.state_dict(),
-            "method": self.method.state_dict(),
+            "counter": self.counter.state_dict(),
+            "method": m.state_dict(),
             "progress": asdict(self.progress),
             "rng_cpu": torch.get_rng_state(),
             "mlflow_run_id": getattr(self.tracker, "run_id", None) or "",
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, net in self.method.networks().items():
+        m = self.method
+        # The method's own state first: it may rebuild networks for the stage it was in.
+        m.load_state_dict(state["method"])
+        for k, net in m.networks().items():
             net.load_state_dict(state["networks"][k])
-        for k, opt in self.method.optimizers().items():
+        for k, opt in m.optimizers().items():
             opt.load_state_dict(state["optimizers"][k])
+        for k, sched in m.schedulers().items():
+            sched.load_state_dict(state.get("schedulers", {})[k])
+        for k, net in self._own_frozen().items():
+            net.load_state_dict(state["frozen"][k])
+        for k, avg in m.averages().items():
+            avg.load_state_dict(state["averages"][k])
         self.ema.load_state_dict(state["ema"])
-        self.method.load_state_dict(state["method"])
-        self.progress = Progress(**state["progress"])
+        if "counter" in state:
+            self.counter.load_state_dict(state["counter"])
+        known = {f.name for f in fields(Progress)}
+        self.progress = Progress(**{k: v for k, v in state["progress"].items() if k in known})
         torch.set_rng_state(state["rng_cpu"])
+        self._attach_counter()
 
     def resume(self, path: Path | None = None) -> bool:
         path = path or self.checkpoint_path
@@ -146,7 +211,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Rank 0 evaluates; the other ranks wait for it at a barrier. Every rank calls this at the
-        same iterations (the schedule depends only on images seen), so the barriers pair up."""
+        same iterations (the schedule depends only on global counters), so the barriers pair up."""
         out = self._evaluate() if self.rank == 0 else {}
         barrier()
         return out
@@ -166,75 +231,120 @@ class Trainer:
         p = self.progress
         # `seconds` counts training only; evaluation time is its own line (each evaluation's
         # `eval/seconds`, and the running total here).
-        line = {**metrics, "kimg": p.kimg, "network_passes": p.network_passes, "seconds": p.seconds,
-                "eval/seconds_total": p.eval_seconds}
+        line = {**metrics, "kimg": p.kimg, "compute/passes": p.passes, "compute/teacher_passes": p.teacher_passes,
+                "compute/flops": p.flops, "budget/fraction": self.budget.fraction(p.counters()),
+                "seconds": p.seconds, "eval/seconds_total": p.eval_seconds}
         self.tracker.log_metrics(line, step=int(p.kimg))
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / METRICS_NAME, "a") as f:
                 f.write(json.dumps(line) + "\n")
 
+    # -- stages --------------------------------------------------------------------------------
+    def _enter_stages(self) -> dict[str, float]:
+        """Enter every stage whose start was reached since the last iteration, in order."""
+        p = self.progress
+        target = stage_index(self.stages, p.images_seen, p.iteration)
+        entered = target != p.stage
+        while p.stage < target:
+            p.stage += 1
+            st = self.stages[p.stage]
+            schedulers = self.method.schedulers()
+            for name in st.reset_optimizers:
+                self.method.optimizers()[name].state.clear()
+                if name in schedulers:
+                    restart(schedulers[name])
+            if st.reset_ema:
+                self.ema.reset(self.method.networks()[self.method.generator_name])
+            self.method.enter_stage(p.stage, st)
+        if entered:
+            self._attach_counter()
+            self.tracker.set_tags({"stage": self.stages[p.stage].name})
+        return {"train/stage": float(p.stage)} if entered else {}
+
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> Progress:
         cfg, p = self.cfg, self.progress
-        total_images = int(round(cfg.kimg * 1000))
-        passes_per_iteration = self.method.passes_per_sample * cfg.batch
-        display = ProgressDisplay(total_images, enabled=self.rank == 0, start=p.images_seen)
+        display = ProgressDisplay(self.budget, enabled=self.rank == 0, start=self.budget.used(p.counters()))
         if p.iteration == 0:
-            self.log({**{f"teacher/{k}": v for k, v in self.reference_metrics.items()}, **self.evaluate()})
+            with self.ctx.precompute():
+                self.method.prepare(self.ctx)
+            _, cost = reduce_values({}, asdict(self.counter.take()), self.device)
+            p.passes, p.teacher_passes, p.flops = cost["passes"], cost["teacher_passes"], cost["flops"]
+            self.log({**{f"teacher/{k}": v for k, v in self.reference_metrics.items()}, **self.evaluate(),
+                      "train/stage": float(p.stage)})
         nonfinite = 0
         sums: dict[str, float] = {}
         count = 0
         max_seconds = cfg.get("max_seconds")
-        done = p.images_seen >= total_images
+        done = self.budget.reached(p.counters())
         with display:
             while not done:
+                stage_logs = self._enter_stages()
                 t0 = time.perf_counter()
                 self.ctx.iteration = p.iteration
-                # The mean over ranks: logs describe the global batch, and every rank takes the
-                # same decision on non-finite losses (a lone rank stopping would hang the others).
-                losses = all_reduce_mean(self.method.train_step(self.ctx), self.device)
-                before = p.images_seen
+                with self.counter.iteration():
+                    losses = self.method.train_step(self.ctx)
+                for sched in self.method.schedulers().values():
+                    sched.step()
+                logged = self.ctx.take_logs()
+                before, fraction_before = p.images_seen, self.budget.fraction(p.counters())
+                # the EMA's ramp-up reads the images seen before this batch, as EDM and SiD do
+                self.ema.update(self.method.networks()[self.method.generator_name], cfg.batch, before)
+                elapsed = time.perf_counter() - t0
+                over = bool(max_seconds) and p.seconds + elapsed + p.eval_seconds >= max_seconds
+                # One collective per iteration: the mean over ranks of the logs (they describe the
+                # global batch, and every rank takes the same decision on non-finite losses), the
+                # sum of the compute, and the time (mean: the ranks stay in step).
+                means, totals = reduce_values(
+                    {**{f"loss/{k}": v for k, v in losses.items()}, **{f"train/{k}": v for k, v in logged.items()},
+                     "_seconds": elapsed},
+                    {**asdict(self.counter.take()), "_over": float(over)}, self.device)
                 p.images_seen += cfg.batch
                 p.iteration += 1
-                p.network_passes += passes_per_iteration
-                self.ema.update(self.method.networks()[self.method.generator_name], cfg.batch, p.images_seen)
-                p.seconds += time.perf_counter() - t0
+                p.passes += totals["passes"]
+                p.teacher_passes += totals["teacher_passes"]
+                p.flops += totals["flops"]
+                p.seconds += means.pop("_seconds")
+                # A wall-clock cap (training plus evaluation); any rank over it stops them all.
+                self.stopped_by_time = totals["_over"] > 0
 
-                if all(math.isfinite(v) for v in losses.values()):
+                loss_values = {k: v for k, v in means.items() if k.startswith("loss/")}
+                if all(math.isfinite(v) for v in loss_values.values()):
                     nonfinite = 0
                 else:
                     nonfinite += 1
                     if nonfinite >= cfg.max_nonfinite:
-                        self._stop_nonfinite(losses, nonfinite)
-                for k, v in losses.items():
+                        self._stop_nonfinite(loss_values, nonfinite)
+                for k, v in means.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
-                # A wall-clock budget (training plus evaluation) ends the run early, like reaching kimg.
-                if max_seconds:
-                    over = p.seconds + p.eval_seconds >= max_seconds
-                    # Ranks' clocks differ: stop when any rank is over, so that all stop together.
-                    self.stopped_by_time = all_reduce_mean({"over": float(over)}, self.device)["over"] > 0
-                done = p.images_seen >= total_images or self.stopped_by_time
+                done = self.budget.reached(p.counters()) or self.stopped_by_time
+                if done:  # iterations of a kind never measured: charged at an estimate, once
+                    self.counter.finish()
+                    p.flops += reduce_values({}, {"flops": self.counter.take().flops}, self.device)[1]["flops"]
 
-                metrics: dict[str, float] = {}
+                metrics: dict[str, float] = dict(stage_logs)
                 if crossed(before, p.images_seen, cfg.tick_kimg) or done:
-                    metrics.update({f"loss/{k}": v / count for k, v in sums.items()})
+                    metrics.update({k: v / count for k, v in sums.items()})
                     sums, count = {}, 0
-                if crossed(before, p.images_seen, cfg.eval_every_kimg) or any(
-                        crossed_point(before, p.images_seen, k) for k in cfg.get("eval_at_kimg") or []) or done:
+                fraction = self.budget.fraction(p.counters())
+                if (crossed(before, p.images_seen, cfg.eval_every_kimg)
+                        or any(crossed_point(before, p.images_seen, k) for k in cfg.get("eval_at_kimg") or [])
+                        or crossed_fractions(fraction_before, fraction, self.eval_fractions) or done):
                     metrics.update(self.evaluate())
                 if metrics:
                     metrics["sec_per_kimg"] = p.seconds / max(p.kimg, 1e-9)
                     self.log(metrics)
-                display.update(p.images_seen, p.seconds, {**losses, **{k: v for k, v in metrics.items() if k.startswith("eval/")}})
+                display.update(p, {**{k.removeprefix("loss/"): v for k, v in loss_values.items()},
+                                   **{k: v for k, v in metrics.items() if k.startswith("eval/")}})
                 if nonfinite == 0 and (crossed(before, p.images_seen, cfg.checkpoint_every_kimg) or done):
                     self.save_checkpoint()
         barrier()  # no rank leaves before rank 0's last checkpoint is on disk
         return p
 
     def _stop_nonfinite(self, losses: dict[str, float], streak: int) -> None:
-        bad = ", ".join(k for k, v in losses.items() if not math.isfinite(v))
+        bad = ", ".join(k.removeprefix("loss/") for k, v in losses.items() if not math.isfinite(v))
         where = (f"the last good checkpoint is {self.last_good_checkpoint} (resume=<run dir> continues from it)"
                  if self.last_good_checkpoint else "no checkpoint was written yet")
         raise NonFiniteLossError(

@@ -282,13 +282,11 @@ def test_missing_local_weights_error_names_address_and_path(monkeypatch, tmp_pat
 def _offline(monkeypatch):
     """Every HTTP request fails as on a machine without network (name lookup fails)."""
     import socket
-    import urllib.error
-    import urllib.request
 
-    def no_network(self, *args, **kwargs):
-        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+    def no_network(*args, **kwargs):  # every name lookup fails, as on a machine without network
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
 
-    monkeypatch.setattr(urllib.request.OpenerDirector, "open", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
 
 
 def test_offline_without_weights_error_names_address_and_path(monkeypatch, tmp_path):

@@ -56,15 +56,15 @@ def test_sigma_draw_covers_published_range() -> None:
 
 
 def test_nan_sample_is_dropped_and_others_unchanged() -> None:
-    from sidbench.methods.sid.method import reduce_generator_loss
+    from sidbench.methods.sid.method import drop_nonfinite
 
     torch.manual_seed(1)
     x_g, y_real, y_fake = torch.randn(4, 1, 2, 2), torch.randn(4, 1, 2, 2), torch.randn(4, 1, 2, 2)
-    clean_total, dropped = reduce_generator_loss(generator_loss(x_g, y_real, y_fake, 1.2), x_g, y_real, y_fake)
+    clean_total, dropped = drop_nonfinite(generator_loss(x_g, y_real, y_fake, 1.2), x_g, y_real, y_fake)
     assert dropped == 0
     y_fake_bad = y_fake.clone()
     y_fake_bad[2, 0, 1, 1] = float("nan")
-    total, dropped = reduce_generator_loss(generator_loss(x_g, y_real, y_fake_bad, 1.2), x_g, y_real, y_fake_bad)
+    total, dropped = drop_nonfinite(generator_loss(x_g, y_real, y_fake_bad, 1.2), x_g, y_real, y_fake_bad)
     assert dropped == 1
     keep = torch.tensor([True, True, False, True])
     expected = generator_loss(x_g, y_real, y_fake, 1.2)[keep].sum()

@@ -53,7 +53,8 @@ def test_augmentation_reaches_only_the_fake_score_update(tiny_teacher: Path) -> 
         net.register_forward_pre_hook(lambda m, args, kwargs: augment.append(kwargs.get("augment_labels")), with_kwargs=True)
     sid.train_step(ctx)
     fake_update, teacher_call, fake_in_g = augment
-    assert fake_update is not None and fake_update.shape == (4, 9) and fake_update[:, 0].abs().sum() >= 0
+    assert fake_update is not None and fake_update.shape == (4, 9)
+    assert set(fake_update[:, 0].tolist()) <= {0.0, 1.0}  # the x-flip label of each sample
     assert teacher_call is None and fake_in_g is None  # zero augmentation labels in the generator update
 
 
@@ -93,10 +94,42 @@ def test_generator_and_fake_score_start_as_teacher_copies(tiny_teacher: Path) ->
         assert net is not teacher.net
 
 
-def test_passes_per_sample_counts_network_calls(tiny_teacher: Path) -> None:
-    sid, ctx, teacher = make_sid(tiny_teacher)
-    calls = record_calls({"generator": sid.generator, "fake_score": sid.fake_score, "teacher": teacher.net})
-    sid.train_step(ctx)
-    # forward = 1; a call that builds a graph is also differentiated (backward = 2)
-    passes = sum(1 + (2 if grad else 0) for _, _, grad, _ in calls)
-    assert passes == sid.passes_per_sample == 13
+def test_counted_passes_match_a_hand_count_of_sids_calls(tiny_teacher: Path) -> None:
+    from sidbench.trainer.compute import ComputeCounter
+
+    sid, _, teacher = make_sid(tiny_teacher)
+    counter = ComputeCounter()
+    counter.attach({"teacher": teacher.net, **sid.networks()})
+    ctx = StepContext(sid.networks(), sid.optimizers(), torch.device("cpu"), batch=4, counter=counter)
+    with counter.iteration():
+        sid.train_step(ctx)
+    # By hand, per generated image (forward 1; backward 2 to the weights, 1 only to the input):
+    #   fake-score update: G forward, no graph (1) + fake score forward and backward (1 + 2)
+    #   generator update:  G forward and backward (1 + 2) + teacher forward, backward to its
+    #                      input (1 + 1) + fake score forward, backward to its input (1 + 1)
+    assert counter.calls == [("generator", 4, False, False), ("fake_score", 4, True, True),
+                             ("generator", 4, True, True), ("teacher", 4, False, True), ("fake_score", 4, False, True)]
+    assert counter.cost.passes == (1 + 3 + 3 + 2 + 2) * 4 and counter.cost.teacher_passes == 2 * 4
+    assert counter.cost.flops > 0
+
+
+def test_fake_score_loss_drops_samples_that_hold_a_nan(tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As published: a sample whose x_g or denoised output holds a NaN leaves the sum; the mean
+    is still over the whole micro-batch (the context divides by it)."""
+    import sidbench.methods.sid.method as sid_module
+
+    sid, ctx, _ = make_sid(tiny_teacher, augment_p=0)
+    per_element: list[torch.Tensor] = []
+    pure = sid_module.fake_score_loss
+    monkeypatch.setattr(sid_module, "fake_score_loss", lambda *a: per_element.append(pure(*a)) or per_element[-1])
+    torch.manual_seed(0)
+    clean, _ = sid._fake_score_loss(ctx, 4)
+    assert ctx.take_logs()["dropped_fake_score"] == 0
+    handle = sid.generator.register_forward_hook(lambda m, a, out: out.index_fill(0, torch.tensor([1]), float("nan")))
+    torch.manual_seed(0)  # the same draws: the other samples see exactly what they saw before
+    poisoned, items = sid._fake_score_loss(ctx, 4)
+    handle.remove()
+    per_sample = per_element[0].flatten(1).sum(1)
+    torch.testing.assert_close(clean, per_sample.sum())
+    torch.testing.assert_close(poisoned, per_sample.sum() - per_sample[1])
+    assert ctx.take_logs()["dropped_fake_score"] == 1 and torch.isfinite(items["fake_score"])

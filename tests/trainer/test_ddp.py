@@ -36,8 +36,8 @@ def common_overrides(teacher: Path) -> list[str]:
                                       "trainer.eval_every_kimg": 0.016, "trainer.checkpoint_every_kimg": 0.016})
 
 
-def launch(module_args: list[str], cwd: Path, nproc: int | None, timeout: float = 300) -> str:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+def launch(module_args: list[str], cwd: Path, nproc: int | None, timeout: float = 300, plugins: str = "") -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "SIDBENCH_PLUGINS": plugins}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else [sys.executable]
     proc = subprocess.run([*launcher, "-m", "sidbench.cli", "run", *module_args], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
@@ -94,3 +94,23 @@ def test_two_processes_match_one_process_and_only_rank0_logs(tiny_teacher: Path,
     # rank 0 evaluated (the metric was logged) and wrote the final artifacts
     assert client.get_metric_history(run.info.run_id, "eval/fd_pixel")
     assert (ddp_dir / "generator.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_staged_method_under_ddp_matches_one_process(tiny_teacher: Path, run_env: Path) -> None:
+    """With a stage boundary (promotion, optimiser and EMA reset), an LR warm-up, gradient-norm
+    clipping, a joint update of two networks and an average of the method's own."""
+    common = [*common_overrides(tiny_teacher), "method=staged-toy", "method.stage_kimg=0.016",
+              "tracking.enabled=false", "eval.enabled=false"]
+    launch([*common, "run_name=ddp"], run_env, nproc=2, plugins="sidbench.testing.staged")
+    launch([*common, "run_name=single"], run_env, nproc=None, plugins="sidbench.testing.staged")
+    ddp, one = (torch.load(run_env / "runs" / "digits" / name / "checkpoint.pt", weights_only=True) for name in ("ddp", "single"))
+    assert ddp["progress"]["stage"] == one["progress"]["stage"] == 1
+    for net in ("generator", "aux"):
+        assert_weights_close(ddp["networks"][net], one["networks"][net], net)
+    assert_weights_close(ddp["frozen"]["teacher"], one["frozen"]["teacher"], "promoted teacher")
+    assert_weights_close(ddp["averages"]["aux_average"], one["averages"]["aux_average"], "aux_average")
+    assert_weights_close(ddp["ema"], one["ema"], "ema")
+    assert ddp["schedulers"]["generator"]["last_epoch"] == one["schedulers"]["generator"]["last_epoch"] == 2
+    assert ddp["progress"]["passes"] == one["progress"]["passes"] > 0
+    assert ddp["progress"]["flops"] == pytest.approx(one["progress"]["flops"])

@@ -29,19 +29,15 @@ class BreaksAfter(Method):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.opt}
 
-    @property
-    def passes_per_sample(self) -> float:
-        return 3.0
-
-    def sample(self, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return net(z, torch.ones(z.shape[0]), labels)
+    def sampling(self) -> dict:
+        return {"sampler": "one_step", "sigma": 1.0, "nfe": 1}
 
     def train_step(self, ctx) -> dict[str, float]:  # noqa: ANN001
         self.calls += 1
         poison = float("nan") if self.calls > self.break_at else 1.0
 
         def loss_fn(n: int) -> tuple[torch.Tensor, dict[str, float]]:
-            x = self.sample(ctx.net("generator"), torch.randn(n, 1, 2, 2), None)
+            x = ctx.net("generator")(torch.randn(n, 1, 2, 2), torch.ones(n), None)
             loss = (x**2).sum() * poison
             return loss, {"regression": loss.item() / n}
 
@@ -51,7 +47,7 @@ class BreaksAfter(Method):
 def test_persistent_nan_stops_with_diagnosis_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     teacher = GaussianTeacher(*random_gaussian(4))
     method = BreaksAfter(teacher, break_at=6)
-    cfg = OmegaConf.create({"kimg": 1.0, "batch": 8, "batch_gpu": None, "precision": "fp32", "ema_halflife_kimg": 1,
+    cfg = OmegaConf.create({"kimg": 1.0, "budget": None, "batch": 8, "batch_gpu": None, "precision": "fp32", "ema_halflife_kimg": 1,
                             "ema_rampup": None, "seed": 0, "tick_kimg": 0.008, "eval_every_kimg": 0,
                             "checkpoint_every_kimg": 0.016, "max_nonfinite": 3, "sample_grids": False})
     trainer = Trainer(cfg, method, tmp_path, torch.device("cpu"))

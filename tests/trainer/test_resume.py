@@ -1,11 +1,12 @@
-"""A run killed with SIGKILL and resumed ends with the same weights as an uninterrupted run."""
+"""A run killed with SIGKILL at a known iteration and resumed ends bit-identical to an
+uninterrupted run: for SiD, and for a method with stages (resumed across the stage boundary),
+LR schedules, gradient clipping, a joint update and an average of its own."""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,43 +14,68 @@ import torch
 
 from sidbench.testing.tiny import tiny_overrides
 
-
-def sidbench(args: list[str], cwd: Path, **popen: object) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "sidbench.cli", "run", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+PLUGINS = Path(__file__).parent / "plugins"
 
 
-def final_weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+def sidbench(args: list[str], cwd: Path, plugins: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SIDBENCH_PLUGINS": ",".join(plugins),
+           "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
+    if kill_at is not None:
+        env["SIDBENCH_PLUGINS"] = ",".join([*plugins, "kill_at_iteration"])
+        env["SIDBENCH_TEST_KILL_AT"] = str(kill_at)
+    return subprocess.run([sys.executable, "-m", "sidbench.cli", "run", *args], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+
+
+def final_state(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    return {**ckpt["networks"], "ema": ckpt["ema"]}
+    out = {**{f"net/{k}": v for k, v in ckpt["networks"].items()}, "ema": ckpt["ema"],
+           **{f"frozen/{k}": v for k, v in ckpt["frozen"].items()}, **{f"avg/{k}": v for k, v in ckpt["averages"].items()}}
+    for name, opt in ckpt["optimizers"].items():
+        for i, state in opt["state"].items():
+            out[f"opt/{name}/{i}"] = {k: torch.as_tensor(v) for k, v in state.items()}
+    return out
+
+
+def kill_resume_and_compare(common: list[str], run_env: Path, plugins: list[str], kill_at: int,
+                            boundary: int | None = None) -> None:
+    full = sidbench([*common, "run_name=full"], run_env, plugins)
+    assert full.returncode == 0, full.stdout
+    killed = sidbench([*common, "run_name=killed"], run_env, plugins, kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout
+    killed_dir = run_env / "runs" / "digits" / "killed"
+    progress = torch.load(killed_dir / "checkpoint.pt", weights_only=True)["progress"]
+    assert 0 < progress["iteration"] < kill_at + 1
+    if boundary is not None:  # the checkpoint is from before the boundary; the resumed run crosses it
+        assert progress["iteration"] <= boundary and progress["stage"] == 0
+    resumed = sidbench([*common, f"resume={killed_dir}"], run_env, plugins)
+    assert resumed.returncode == 0, resumed.stdout
+    assert "resumed" in resumed.stdout
+
+    a, b = final_state(run_env / "runs" / "digits" / "full"), final_state(killed_dir)
+    assert a.keys() == b.keys()
+    for part in a:
+        assert a[part].keys() == b[part].keys(), part
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+    if boundary is not None:
+        assert torch.load(killed_dir / "checkpoint.pt", weights_only=True)["progress"]["stage"] == 1
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted_run(tiny_teacher: Path, run_env: Path) -> None:
+def test_sid_killed_at_iteration_5_then_resumed_matches_uninterrupted_run(tiny_teacher: Path, run_env: Path) -> None:
+    # 20 iterations of batch 8, checkpoints every 4: killed as iteration 5 starts (last checkpoint
+    # after iteration 4), resumed from there
     common = tiny_overrides(tiny_teacher, **{"trainer.kimg": 0.16, "trainer.checkpoint_every_kimg": 0.032,
                                              "trainer.eval_every_kimg": 0.08})
-    full = sidbench([*common, "run_name=full"], run_env)
-    out, _ = full.communicate(timeout=600)
-    assert full.returncode == 0, out
+    kill_resume_and_compare(common, run_env, [], kill_at=5)
 
-    killed = sidbench([*common, "run_name=killed"], run_env)
-    ckpt = run_env / "runs" / "digits" / "killed" / "checkpoint.pt"
-    deadline = time.monotonic() + 300
-    while not ckpt.exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.communicate(timeout=60)
-    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
-    seen = torch.load(ckpt, weights_only=True)["progress"]["images_seen"]
-    assert 0 < seen < 160
 
-    resumed = sidbench([*common, f"resume={ckpt.parent}"], run_env)
-    out, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, out
-    assert "resumed" in out
-
-    a, b = final_weights(run_env / "runs" / "digits" / "full"), final_weights(ckpt.parent)
-    for net in a:
-        for key in a[net]:
-            assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs after resume"
+@pytest.mark.slow
+def test_staged_method_resumed_across_its_stage_boundary_matches_uninterrupted_run(tiny_teacher: Path, run_env: Path) -> None:
+    # 8 iterations of batch 8; the second stage starts at 32 images (iteration 4); checkpoints
+    # every 2 iterations; killed as iteration 5 starts, so the last checkpoint (after iteration 4)
+    # is still in stage 0 and the resumed run enters stage 1 itself
+    common = tiny_overrides(tiny_teacher, **{"method": "staged-toy", "trainer.kimg": 0.064,
+                                             "trainer.checkpoint_every_kimg": 0.016, "trainer.eval_every_kimg": 0.032})
+    kill_resume_and_compare(common, run_env, ["sidbench.testing.staged"], kill_at=5, boundary=4)

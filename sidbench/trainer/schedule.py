@@ -1,0 +1,55 @@
+"""Learning-rate schedules as `torch.optim.lr_scheduler.LambdaLR` factors: linear warm-up, then
+constant or annealed. The trainer steps every method's schedulers once per iteration (so a TTUR
+generator that steps every 5th iteration still follows the iteration count, as DMD2 does), saves
+them in checkpoints, and restarts them at a stage boundary that resets their optimiser."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+ANNEALING = ("constant", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class WarmupAnneal:
+    """The LR factor at iteration t: t / warmup during the warm-up (0 at the first step, as
+    diffusers' `constant_with_warmup` that DMD2 uses), then 1, or annealed to `final` over
+    `anneal_iterations` (linearly or along a half cosine). A dataclass, so it pickles."""
+
+    warmup: int = 0
+    anneal: str = "constant"
+    anneal_iterations: int = 0
+    final: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.anneal not in ANNEALING:
+            raise ValueError(f"unknown LR annealing {self.anneal!r}; use one of {', '.join(ANNEALING)}")
+        if self.warmup < 0 or self.anneal_iterations < 0:
+            raise ValueError("LR warm-up and annealing lengths must be >= 0")
+
+    def __call__(self, t: int) -> float:
+        if t < self.warmup:
+            return t / self.warmup
+        if self.anneal == "constant" or self.anneal_iterations == 0:
+            return 1.0
+        f = min((t - self.warmup) / self.anneal_iterations, 1.0)
+        shape = 1 - f if self.anneal == "linear" else 0.5 * (1 + math.cos(math.pi * f))
+        return self.final + (1 - self.final) * shape
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, warmup: int = 0, anneal: str = "constant",
+                anneal_iterations: int = 0, final: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A scheduler for `optimizer` with `WarmupAnneal`'s factors."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupAnneal(warmup, anneal, anneal_iterations, final))
+
+
+def restart(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Back to the schedule's first iteration (its optimiser's state was reset too)."""
+    scheduler.last_epoch = 0
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        raise TypeError(f"a stage can restart only closed-form LambdaLR schedules, not {type(scheduler).__name__}")
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(0)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]

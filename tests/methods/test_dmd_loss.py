@@ -1,0 +1,275 @@
+"""DMD / DMD2 loss formulas at fixed draws (SPEC section 5); expected values by hand or autograd."""
+from __future__ import annotations
+
+import math
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from sidbench.methods.baselines.dmd import loss as dmd_loss
+from sidbench.methods.baselines.dmd.loss import (
+    LPIPSUnavailableError, distribution_matching_loss, dm_gradient, dmd_fake_score_loss, gan_discriminator_loss,
+    gan_generator_loss, karras_grid, regression_loss, sample_grid_sigma,
+)
+
+
+def _karras_small_to_large(i: int, n: int = 1000, lo: float = 0.002, hi: float = 80.0, rho: float = 7.0) -> float:
+    """sigma at index i of the grid read from sigma_min (i = 0) to sigma_max (i = n-1), by hand."""
+    a, b = lo ** (1 / rho), hi ** (1 / rho)
+    return (a + i / (n - 1) * (b - a)) ** rho
+
+
+def _softplus(v: float) -> float:
+    return math.log1p(math.exp(v))
+
+
+# -- grid -----------------------------------------------------------------------------------------
+
+
+def test_grid_runs_small_to_large_with_karras_values() -> None:
+    grid = karras_grid()
+    assert grid.shape == (1000,)
+    assert math.isclose(float(grid[0]), 0.002, rel_tol=1e-12)
+    assert math.isclose(float(grid[-1]), 80.0, rel_tol=1e-12)
+    assert bool((grid[1:] > grid[:-1]).all())
+    for i in (20, 500, 980):
+        assert math.isclose(float(grid[i]), _karras_small_to_large(i), rel_tol=1e-10)
+    # the ends of the DM loss's index range, as numbers: ~0.00323 and ~72.05
+    assert 0.0032 < float(grid[20]) < 0.0033 and 72.0 < float(grid[980]) < 72.1
+
+
+def test_grid_sigma_draw_is_uniform_on_the_inclusive_index_range() -> None:
+    grid = karras_grid()
+    gen = torch.Generator().manual_seed(0)
+    s = sample_grid_sigma(20000, grid, 20, 980, generator=gen)
+    assert s.shape == (20000, 1, 1, 1) and s.dtype == torch.float32
+    idx = torch.searchsorted(grid.float(), s.flatten())  # grid values are distinct: recover the index
+    torch.testing.assert_close(grid.float()[idx], s.flatten())
+    assert int(idx.min()) == 20 and int(idx.max()) == 980  # both ends included
+    assert abs(float(idx.double().mean()) - 500.0) < 5.0  # uniform: mean index (20 + 980) / 2
+
+    whole = torch.searchsorted(grid.float(), sample_grid_sigma(50000, grid, 0, 999, generator=gen).flatten())
+    assert int(whole.min()) == 0 and int(whole.max()) == 999
+
+
+def test_grid_sigma_rejects_a_range_outside_the_grid() -> None:
+    with pytest.raises(ValueError, match="not inside"):
+        sample_grid_sigma(4, karras_grid(), 20, 1000)
+    with pytest.raises(ValueError, match="not inside"):
+        sample_grid_sigma(4, karras_grid(), 30, 20)
+
+
+# -- distribution matching ------------------------------------------------------------------------
+
+
+def test_dm_loss_gradient_is_normalised_score_difference_over_numel() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 4, 4, requires_grad=True)
+    mu_real, mu_fake = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    loss = distribution_matching_loss(x, mu_real, mu_fake)
+    assert loss.ndim == 0
+    loss.backward()
+
+    xd = x.detach()
+    expected = torch.empty_like(xd)
+    for i in range(3):  # SPEC's second form: (mu_fake - mu_real) / mean|x - mu_real|, per sample
+        expected[i] = (mu_fake[i] - mu_real[i]) / (xd[i] - mu_real[i]).abs().mean()
+    torch.testing.assert_close(x.grad, expected / xd.numel())
+    torch.testing.assert_close(dm_gradient(xd, mu_real, mu_fake), expected)
+    torch.testing.assert_close(loss, 0.5 * (expected**2).mean())  # value: 0.5 mean(grad^2)
+
+
+def test_dm_loss_is_zero_when_the_two_scores_agree() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    mu = torch.randn(2, 3, 4, 4)
+    loss = distribution_matching_loss(x, mu, mu.clone())
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert float(x.grad.abs().max()) == 0.0
+
+
+def test_dm_loss_sends_no_gradient_into_the_score_networks() -> None:
+    torch.manual_seed(2)
+    x = torch.randn(2, 1, 4, 4, requires_grad=True)
+    mu_real = torch.randn(2, 1, 4, 4, requires_grad=True)
+    mu_fake = torch.randn(2, 1, 4, 4, requires_grad=True)
+    distribution_matching_loss(x, mu_real, mu_fake).backward()
+    assert mu_real.grad is None and mu_fake.grad is None
+
+
+def test_dm_descent_moves_x_toward_the_teacher() -> None:
+    # mu_fake = x (the fake score sees x as typical): grad = (x - mu_real) / mean|x - mu_real|
+    x = torch.tensor([[[[1.0, -1.0], [3.0, 0.0]]]], requires_grad=True)
+    mu_real = torch.zeros(1, 1, 2, 2)
+    distribution_matching_loss(x, mu_real, x.detach().clone()).backward()
+    mean_abs = (1 + 1 + 3 + 0) / 4
+    torch.testing.assert_close(x.grad, x.detach() / mean_abs / 4)
+    stepped = x.detach() - 0.1 * x.grad
+    assert float((stepped - mu_real).abs().sum()) < float((x.detach() - mu_real).abs().sum())
+
+
+def test_dm_normaliser_is_floored_when_the_teacher_reproduces_x() -> None:
+    x = torch.ones(1, 1, 2, 2)
+    mu_fake = torch.full((1, 1, 2, 2), 0.5)
+    grad = dm_gradient(x, x.clone(), mu_fake)  # mean|p_real| = 0 -> floor 1e-5
+    torch.testing.assert_close(grad, torch.full_like(x, -0.5 / 1e-5))
+    assert bool(torch.isfinite(grad).all())
+
+
+def test_dm_loss_keeps_nan_visible() -> None:
+    x = torch.zeros(2, 1, 2, 2)
+    mu_real = torch.ones(2, 1, 2, 2)
+    mu_fake = torch.zeros(2, 1, 2, 2)
+    mu_fake[1, 0, 0, 0] = float("nan")
+    grad = dm_gradient(x, mu_real, mu_fake)
+    assert bool(torch.isfinite(grad[0]).all()) and not bool(torch.isfinite(grad[1]).all())
+
+
+# -- fake score -----------------------------------------------------------------------------------
+
+
+def test_fake_score_loss_weight_is_snr_plus_inverse_sigma_data_squared() -> None:
+    denoised, x = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
+    sigma = torch.tensor([0.5, 2.0]).reshape(2, 1, 1, 1)
+    got = dmd_fake_score_loss(denoised, x, sigma)
+    assert got.shape == (2, 1, 2, 2)
+    torch.testing.assert_close(got[0], torch.full((1, 2, 2), 4.0 + 4.0))  # 1/0.25 + 1/0.25
+    torch.testing.assert_close(got[1], torch.full((1, 2, 2), 0.25 + 4.0))  # 1/4 + 1/0.25
+    # (denoised - x)^2 scales it: a residual of 3 multiplies by 9
+    torch.testing.assert_close(dmd_fake_score_loss(denoised * 3, x, sigma), got * 9)
+    # another sigma_data
+    torch.testing.assert_close(dmd_fake_score_loss(denoised, x, sigma, sigma_data=1.0)[1], torch.full((1, 2, 2), 1.25))
+
+
+# -- GAN ------------------------------------------------------------------------------------------
+
+
+def test_gan_losses_at_zero_logits_are_log_two() -> None:
+    zero = torch.zeros(5)
+    torch.testing.assert_close(gan_discriminator_loss(zero, zero), torch.tensor(2 * math.log(2)))
+    torch.testing.assert_close(gan_generator_loss(zero), torch.tensor(math.log(2)))
+
+
+def test_gan_losses_match_hand_values() -> None:
+    l_real, l_fake = torch.tensor([2.0, -1.0]), torch.tensor([0.0, 3.0])
+    disc = (_softplus(0.0) + _softplus(3.0)) / 2 + (_softplus(-2.0) + _softplus(1.0)) / 2
+    gen = (_softplus(-0.0) + _softplus(-3.0)) / 2
+    torch.testing.assert_close(gan_discriminator_loss(l_real, l_fake), torch.tensor(disc))
+    torch.testing.assert_close(gan_generator_loss(l_fake), torch.tensor(gen))
+
+    # gradients: d softplus(v)/dv = sigmoid(v); the head is pushed to raise l_real, lower l_fake
+    l_real.requires_grad_(True), l_fake.requires_grad_(True)
+    gan_discriminator_loss(l_real, l_fake).backward()
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    torch.testing.assert_close(l_real.grad, torch.tensor([-sig(-2.0) / 2, -sig(1.0) / 2]))
+    torch.testing.assert_close(l_fake.grad, torch.tensor([sig(0.0) / 2, sig(3.0) / 2]))
+
+
+# -- regression (DMD v1) --------------------------------------------------------------------------
+
+
+def test_l2_regression_is_per_sample_mean_squared_error() -> None:
+    x = torch.zeros(2, 1, 2, 2)
+    target = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]], [[[2.0, 0.0], [0.0, 0.0]]]])
+    got = regression_loss(x, target)
+    torch.testing.assert_close(got, torch.tensor([1.0, 1.0]))  # 4*1/4 and 4/4
+    with pytest.raises(ValueError, match="shape"):
+        regression_loss(x, target[:1])
+    with pytest.raises(ValueError, match="unknown regression distance"):
+        regression_loss(x, target, distance="l1")
+
+
+@pytest.fixture
+def no_lpips_cache():
+    dmd_loss._lpips_model.cache_clear()
+    yield
+    dmd_loss._lpips_model.cache_clear()
+
+
+def test_lpips_missing_package_is_a_clear_one_line_error(monkeypatch: pytest.MonkeyPatch, no_lpips_cache: None) -> None:
+    monkeypatch.setitem(sys.modules, "lpips", None)  # `import lpips` now raises ImportError
+    x = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(LPIPSUnavailableError, match="pip install lpips") as info:
+        regression_loss(x, x, distance="lpips")
+    assert isinstance(info.value, RuntimeError) and "\n" not in str(info.value)
+
+
+def test_lpips_on_gray_images_needs_adapt_gray() -> None:
+    x = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="adapt_gray=True") as info:
+        regression_loss(x, x, distance="lpips")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="1- or 3-channel"):
+        regression_loss(torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8), distance="lpips")
+
+
+class _RecordingLPIPS(torch.nn.Module):
+    """Stands in for lpips.LPIPS: mean squared difference per image, inputs recorded."""
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __init__(self, net: str = "alex", verbose: bool = True):
+        super().__init__()
+        self.net = net
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        _RecordingLPIPS.seen.append((a.detach(), b.detach()))
+        return ((a - b) ** 2).mean(dim=(1, 2, 3), keepdim=True)
+
+
+def _fake_lpips_package(root: Path, with_linear: bool = True) -> types.ModuleType:
+    pkg = root / "lpips"
+    (pkg / "weights" / "v0.1").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    if with_linear:
+        (pkg / "weights" / "v0.1" / "vgg.pth").write_bytes(b"")
+    module = types.ModuleType("lpips")
+    module.__file__ = str(pkg / "__init__.py")
+    module.LPIPS = _RecordingLPIPS
+    return module
+
+
+def test_lpips_missing_weights_name_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_lpips_cache: None
+) -> None:
+    monkeypatch.setitem(sys.modules, "lpips", _fake_lpips_package(tmp_path / "a", with_linear=False))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    x = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(LPIPSUnavailableError, match="linear weights missing"):
+        regression_loss(x, x, distance="lpips")
+
+    monkeypatch.setitem(sys.modules, "lpips", _fake_lpips_package(tmp_path / "b"))
+    with pytest.raises(LPIPSUnavailableError) as info:
+        regression_loss(x, x, distance="lpips")
+    message = str(info.value)
+    assert "VGG16_Weights.IMAGENET1K_V1" in message and str(tmp_path / "hub" / "checkpoints" / "vgg16-") in message
+    assert "\n" not in message
+
+
+def test_lpips_gets_rgb_images_at_the_resize_resolution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_lpips_cache: None
+) -> None:
+    monkeypatch.setitem(sys.modules, "lpips", _fake_lpips_package(tmp_path))
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    (hub / "checkpoints" / "vgg16-397923af.pth").write_bytes(b"")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    _RecordingLPIPS.seen.clear()
+
+    # constant images stay constant under bilinear resizing: the distance is (0.5 - (-0.5))^2 = 1
+    x = torch.full((2, 1, 8, 8), 0.5, requires_grad=True)
+    target = torch.full((2, 1, 8, 8), -0.5)
+    got = regression_loss(x, target, distance="lpips", adapt_gray=True)
+    torch.testing.assert_close(got, torch.tensor([1.0, 1.0]))
+    a, b = _RecordingLPIPS.seen[-1]
+    assert a.shape == (2, 3, 224, 224) and b.shape == (2, 3, 224, 224)
+    torch.testing.assert_close(a, torch.full_like(a, 0.5))  # still in [-1, 1]: no rescaling to [0, 1]
+    got.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0  # the metric passes gradients to x
+
+    regression_loss(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), distance="lpips", lpips_resize=None)
+    assert _RecordingLPIPS.seen[-1][0].shape == (1, 3, 8, 8)
