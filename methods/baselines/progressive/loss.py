@@ -1,0 +1,194 @@
+"""Progressive distillation (Salimans & Ho 2022, arXiv 2202.00512) in EDM's sigma form, as pure functions.
+
+Symbols as in the paper and SPEC section 5, with EDM's variance-exploding noising
+(Karras et al. 2022, arXiv 2206.00364), where DDIM is the Euler method on the probability-flow ODE
+dx/ds = (x - D(x, s)) / s:
+  N          number of student steps in the current stage (the teacher has 2N)
+  t, t2, t3  sigma(i/N), sigma((i+0.5)/N), sigma((i+1)/N): one student step, two teacher steps
+  x_t        x + t n (x a data image or a teacher sample)
+  x_t3       the teacher's two Euler steps x_t -> x_t2 -> x_t3
+  x_tilde    the denoiser output that makes ONE Euler step t -> t3 land on x_t3 (the target)
+
+The grid. sigma(f) is Karras' schedule read as a continuous function of f in [0, 1]: f = 0 gives
+sigma_max, f = 1 gives sigma_min. An N-step student samples on sigma(i/N), i = 0..N-1, and then on a
+final point which by default is 0, not sigma_min (`final_zero=True`):
+  - as in EDM's sampler, whose grid ends with sigma_N = 0, and as in the paper, whose last step
+    reaches t = 0 (alpha = 1, sigma = 0: the clean image);
+  - an Euler step to 0 returns D(x, s) itself, so a 1-step student is x = D(sigma_max z, sigma_max),
+    the same one-step generator form as SiD's and DMD's (evaluated like them, sigma_init = 80);
+  - halving N keeps every other point, so the teacher's 2N-step grid contains the student's: the
+    student of one stage samples on exactly the points its loss trained it on, and becomes the
+    teacher of the next stage on the same points.
+`final_zero=False` keeps sigma_min as the last point (the sample then carries sigma_min = 0.002 of
+noise, a quarter of a uint8 level).
+Note the mapping of N differs from EDM's Heun grid `karras_sigmas(N)`, whose N nonzero points are
+spaced i/(N-1) to reach sigma_min: that grid does not nest under halving. Here
+`student_sigmas(N)` is `karras_sigmas(N + 1)` with its sigma_min point dropped.
+
+Losses are returned UNREDUCED (same shape as the image); the method reduces them.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "karras_sigma", "stage_sigmas", "sample_stage_sigmas", "euler_step", "progressive_target",
+    "teacher_target", "progressive_loss", "student_sigmas", "euler_sample",
+]
+
+#: ``denoiser(x, sigma[B], class_labels) -> x0_hat``, as EDM networks and `Teacher.net` are.
+Denoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+
+
+def karras_sigma(f: Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
+    """Karras' schedule as a continuous function: sigma(f) = (a + f (b - a))^rho with
+    a = sigma_max^(1/rho), b = sigma_min^(1/rho); sigma(0) = sigma_max, sigma(1) = sigma_min."""
+    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return (a + f * (b - a)) ** rho
+
+
+def stage_sigmas(
+    num_steps: int,
+    i: Tensor,
+    *,
+    final_zero: bool = True,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(t, t2, t3) = (sigma(i/N), sigma((i+0.5)/N), sigma((i+1)/N)), each of shape [B, 1, 1, 1],
+    for integer step indices ``i`` [B] in [0, N-1]. With ``final_zero`` the last step (i = N-1)
+    ends at t3 = 0 (see the module docstring); t2 is then sigma((N-0.5)/N) > 0, as always."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    i = torch.as_tensor(i)
+    if i.numel() and (int(i.min()) < 0 or int(i.max()) >= num_steps):
+        raise ValueError(f"step indices must lie in [0, {num_steps - 1}], got [{int(i.min())}, {int(i.max())}]")
+    f = i.to(torch.float64).reshape(-1, 1, 1, 1) / num_steps  # computed in float64, cast at the end
+    step = 1.0 / num_steps
+    t, t2, t3 = (karras_sigma(f + k * step, sigma_min, sigma_max, rho) for k in (0.0, 0.5, 1.0))
+    if final_zero:
+        t3 = torch.where(i.reshape(-1, 1, 1, 1) == num_steps - 1, torch.zeros_like(t3), t3)
+    return t.to(dtype), t2.to(dtype), t3.to(dtype)
+
+
+def sample_stage_sigmas(
+    n: int,
+    num_steps: int,
+    *,
+    final_zero: bool = True,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`stage_sigmas` at a step index drawn uniformly from {0, ..., N-1} per sample."""
+    i = torch.randint(0, num_steps, (n,), device=device, generator=generator)
+    return stage_sigmas(num_steps, i, final_zero=final_zero, sigma_min=sigma_min, sigma_max=sigma_max,
+                        rho=rho, dtype=dtype)
+
+
+def _per_sample(sigma: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor]:
+    """A noise level (a number, 0-d, [B] or [B,1,1,1]) as ([B] for the network, [B,1,..] to broadcast)."""
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
+    flat = s.expand(x.shape[0]) if s.numel() == 1 else s
+    if flat.numel() != x.shape[0]:
+        raise ValueError(f"sigma has {flat.numel()} values for a batch of {x.shape[0]}")
+    return flat, flat.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def euler_step(
+    denoiser: Denoiser, x: Tensor, s_from: Tensor | float, s_to: Tensor | float, labels: Tensor | None = None
+) -> Tensor:
+    """One Euler (DDIM) step of the probability-flow ODE: x + (s_to - s_from) (x - D(x, s_from)) / s_from.
+
+    Sigmas are per sample ([B] or [B,1,1,1]) or shared (a number). Where s_to = 0 the step is
+    exactly D(x, s_from) (the formula's value, without its rounding). Returns ``x``'s dtype: pass
+    a float64 ``x`` for a float64 state (EDM's sampler does; `teacher_target` does).
+    """
+    s_flat, s_col = _per_sample(s_from, x)
+    _, to_col = _per_sample(s_to, x)
+    denoised = denoiser(x, s_flat, labels).to(x.dtype)
+    stepped = x + (to_col - s_col) * (x - denoised) / s_col
+    return torch.where(to_col == 0, denoised, stepped)
+
+
+def progressive_target(x_t: Tensor, t: Tensor, x_t3: Tensor, t3: Tensor) -> Tensor:
+    """x_tilde = x_t - t (x_t3 - x_t) / (t3 - t): the D at (x_t, t) whose Euler step t -> t3 lands on x_t3.
+
+    (The paper's x_tilde = (z_t3 - (sigma_t3/sigma_t) z_t) / (alpha_t3 - (sigma_t3/sigma_t) alpha_t)
+    with alpha = 1, sigma = t.) Check: x_t + (t3 - t)(x_t - x_tilde)/t = x_t + (x_t3 - x_t) = x_t3.
+    """
+    x_tilde = x_t - t * (x_t3 - x_t) / (t3 - t)  # t > t3 >= 0: the divisor is never 0
+    # t3 = 0: x_t - t (x_t3 - x_t) / (0 - t) = x_t + (x_t3 - x_t) = x_t3. Return it exactly, so the
+    # last step's target is the teacher's own x_t3 = D(x_t2, t2) with no rounding from the formula.
+    return torch.where(t3 == 0, x_t3, x_tilde)
+
+
+@torch.no_grad()
+def teacher_target(
+    teacher: Denoiser, x_t: Tensor, t: Tensor, t2: Tensor, t3: Tensor, labels: Tensor | None = None
+) -> Tensor:
+    """x_tilde from the teacher's two Euler steps x_t -> x_t2 -> x_t3 (2 NFE, no graph).
+
+    The steps run with a float64 state: the target divides x_t3 - x_t by t3 - t, which near
+    sigma_min at N = 4096 is about 0.6% of t, so float32 rounding of x_t3 would be amplified ~160x.
+    Returns ``x_t``'s dtype.
+    """
+    x = x_t.to(torch.float64)
+    t, t2, t3 = (s.to(torch.float64) for s in (t, t2, t3))
+    x_t2 = euler_step(teacher, x, t, t2, labels)
+    x_t3 = euler_step(teacher, x_t2, t2, t3, labels)
+    _, t_col = _per_sample(t, x)
+    _, t3_col = _per_sample(t3, x)
+    return progressive_target(x, t_col, x_t3, t3_col).to(x_t.dtype)
+
+
+def progressive_loss(denoised: Tensor, x_tilde: Tensor, t: Tensor) -> Tensor:
+    """max(1/t^2, 1) (D_student(x_t, t) - x_tilde)^2 per element: the paper's "truncated SNR"
+    weight max(alpha^2/sigma^2, 1), with SNR = 1/t^2 in EDM's form. ``t`` broadcasts ([B,1,1,1])."""
+    weight = (1 / t**2).clamp(min=1.0)
+    return weight * (denoised - x_tilde) ** 2
+
+
+def student_sigmas(
+    num_steps: int,
+    *,
+    final_zero: bool = True,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The sampling grid of an N-step student, float64, length N + 1: sigma(i/N) for i = 0..N-1,
+    then 0 (or sigma_min without ``final_zero``). These are exactly the (t, t3) pairs
+    `stage_sigmas` trains on, so `euler_sample` on this grid takes the steps the student learned."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    f = torch.arange(num_steps + 1, dtype=torch.float64, device=device) / num_steps
+    sigmas = karras_sigma(f, sigma_min, sigma_max, rho)
+    if final_zero:
+        sigmas[-1] = 0.0
+    return sigmas
+
+
+@torch.no_grad()
+def euler_sample(net: Denoiser, z: Tensor, labels: Tensor | None, sigmas: Tensor) -> Tensor:
+    """Deterministic Euler (DDIM) sampling of a progressive student: x = sigma_0 z, then one Euler
+    step per interval of ``sigmas`` (N NFE on `student_sigmas(N)`).
+
+    Euler, not Heun: the student was trained so that one of its Euler steps t -> t3 reproduces
+    the teacher's two Euler steps t -> t2 -> t3; sampled this way, an N-step student follows its
+    2N-step teacher. The state is float64 (as in EDM's sampler); returns ``z``'s dtype.
+    """
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device=z.device)
+    x = z.to(torch.float64) * sigmas[0]
+    for s_from, s_to in zip(sigmas[:-1], sigmas[1:]):
+        x = euler_step(net, x, s_from, s_to, labels)
+    return x.to(z.dtype)
