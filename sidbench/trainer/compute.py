@@ -127,55 +127,60 @@ class ComputeCounter:
 
     # -- what is charged -------------------------------------------------------------------------
     @contextlib.contextmanager
+    def _counting(self, measure: bool) -> Iterator[list[float]]:
+        """Hooks on for the block; with `measure`, its FLOPs land in the yielded list."""
+        flops: list[float] = []
+        mode = FlopCounterMode(display=False) if measure else contextlib.nullcontext()
+        self._active = True
+        try:
+            with mode:
+                yield flops
+        finally:
+            self._active = False
+        if measure:
+            flops.append(float(mode.get_total_flops()))
+
+    @contextlib.contextmanager
     def iteration(self) -> Iterator[None]:
         """Charge one training iteration (all its updates) to the counters."""
         self._calls = []
         predicted = self._next_kind.get(self._last_kind)
         measure = self.count_flops and (predicted is None or predicted not in self._flops_of_kind or predicted in self._owed)
-        flop_mode = FlopCounterMode(display=False) if measure else contextlib.nullcontext()
-        self._active = True
-        try:
-            with flop_mode:
-                yield
-        finally:
-            self._active = False
+        with self._counting(measure) as measured:
+            yield
         kind = tuple((r.network, r.images, r.trained, r.backward) for r in self._calls)
         self._next_kind[self._last_kind] = kind
         self._last_kind = kind
         if not self.count_flops:
             return
         if measure:
-            flops = float(flop_mode.get_total_flops())
-            self._flops_of_kind[kind] = flops
-            self.cost.flops += flops * (1 + self._owed.pop(kind, 0))
+            self._flops_of_kind[kind] = measured[0]
+            self.cost.flops += measured[0] * (1 + self._owed.pop(kind, 0))
         elif kind in self._flops_of_kind:
             self.cost.flops += self._flops_of_kind[kind]
         else:
             self._owed[kind] = self._owed.get(kind, 0) + 1
+
+    @staticmethod
+    def _passes_of(kind: tuple[Call, ...]) -> float:
+        return sum(images * (1 + (2 if trained else 1) * backward) for _, images, trained, backward in kind)
 
     def finish(self) -> None:
         """Charge iterations still owed (a kind that never recurred) at the FLOPs per pass measured
         on the other kinds: an estimate, only for kinds seen once or twice in a whole run."""
         if not self._owed:
             return
-        passes = {k: sum(c[1] * (1 + (2 if c[2] else 1) * c[3]) for c in k) for k in self._flops_of_kind}
-        per_pass = sum(self._flops_of_kind.values()) / max(sum(passes.values()), 1)
+        per_pass = sum(self._flops_of_kind.values()) / max(sum(map(self._passes_of, self._flops_of_kind)), 1)
         for kind, count in self._owed.items():
-            self.cost.flops += count * per_pass * sum(c[1] * (1 + (2 if c[2] else 1) * c[3]) for c in kind)
+            self.cost.flops += count * per_pass * self._passes_of(kind)
         self._owed.clear()
 
     @contextlib.contextmanager
     def precompute(self) -> Iterator[None]:
         """Charge work done before training (teacher samples, regression pairs): always measured."""
-        flop_mode = FlopCounterMode(display=False) if self.count_flops else contextlib.nullcontext()
-        self._active = True
-        try:
-            with flop_mode:
-                yield
-        finally:
-            self._active = False
-        if self.count_flops:
-            self.cost.flops += float(flop_mode.get_total_flops())
+        with self._counting(self.count_flops) as measured:
+            yield
+        self.cost.flops += sum(measured)
 
     def charge(self, cost: Cost) -> None:
         """Charge a cost measured elsewhere (e.g. recorded beside a cache of teacher samples)."""
