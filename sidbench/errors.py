@@ -4,6 +4,7 @@ from __future__ import annotations
 from sidbench.config import ConfigError
 from sidbench.data.real import DataError
 from sidbench.download import DownloadError
+from sidbench.methods.baselines.distance import LPIPSUnavailableError
 from sidbench.eval.reference import ReferenceStatsError
 from sidbench.registry import UnknownNameError
 from sidbench.teachers.edm_pickle import EDMCheckpointError
@@ -18,7 +19,7 @@ class InputError(RuntimeError):
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, UnknownNameError, DataError, DownloadError, ReferenceStatsError, EDMCheckpointError, TeacherLoadError, CheckpointError, NonFiniteLossError,
-    InputError,
+    InputError, LPIPSUnavailableError,
 )
 
 

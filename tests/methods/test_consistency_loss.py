@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
-from sidbench.methods.baselines.consistency import loss as cm
 from sidbench.methods.baselines.consistency.loss import (
-    ConsistencyParam, LPIPSUnavailableError, adjacent_grid_points, build_consistency_network,
-    consistency_coefficients, consistency_constructor, consistency_loss, ema_update_, grid_points,
-    heun_teacher_step, multistep_consistency_sample,
+    ConsistencyParam, adjacent_grid_points, build_consistency_network, consistency_coefficients,
+    consistency_constructor, ema_update_, grid_points, heun_teacher_step, multistep_consistency_sample,
 )
 from sidbench.teachers.networks import build_edm_network
 from sidbench.testing.gaussian import GaussianDenoiser
@@ -179,65 +175,6 @@ def test_heun_step_to_zero_is_an_euler_step() -> None:
     got = heun_teacher_step(gaussian_teacher(), x_t, col([0.8, 0.8]), col([0.0, 0.4]))
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got[0], x_t[0] * C**2 / (C**2 + 0.64))  # the Euler step to 0 is D
-
-
-# -- the distance ------------------------------------------------------------------------------
-def test_l2_distance_per_sample() -> None:
-    a, b = torch.zeros(2, 1, 2, 2), torch.tensor([1.0, 2.0]).reshape(2, 1, 1, 1).expand(2, 1, 2, 2)
-    b = b.clone()
-    b[1, 0, 0, 0] = 0.0  # squared differences 4, 4, 4, 0: mean 3
-    torch.testing.assert_close(consistency_loss(a, b), torch.tensor([1.0, 3.0]))
-    with pytest.raises(ValueError, match="unknown distance"):
-        consistency_loss(a, b, distance="l1")
-
-
-def test_lpips_missing_package_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cm, "_LPIPS_CACHE", {})
-    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips -> ImportError
-    x = torch.zeros(2, 3, 8, 8)
-    with pytest.raises(LPIPSUnavailableError, match="pip install lpips") as info:
-        consistency_loss(x, x, distance="lpips")
-    assert isinstance(info.value, RuntimeError) and "\n" not in str(info.value)
-
-
-def test_lpips_missing_weights_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cm, "_LPIPS_CACHE", {})
-    fake = types.ModuleType("lpips")
-
-    def offline(**kwargs: object) -> None:
-        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>\nmore detail")
-
-    fake.LPIPS = offline
-    monkeypatch.setitem(sys.modules, "lpips", fake)
-    x = torch.zeros(1, 3, 8, 8)
-    with pytest.raises(LPIPSUnavailableError, match="net='vgg'") as info:
-        consistency_loss(x, x, distance="lpips")
-    assert "\n" not in str(info.value) and "name resolution" in str(info.value)
-
-
-def test_lpips_gray_input_and_resizing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cm, "_LPIPS_CACHE", {})
-    seen = []
-
-    class FakeLPIPS(torch.nn.Module):
-        def __init__(self, **kwargs: object) -> None:
-            super().__init__()
-
-        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            seen.append(tuple(a.shape))
-            return (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
-
-    fake = types.ModuleType("lpips")
-    fake.LPIPS = FakeLPIPS
-    monkeypatch.setitem(sys.modules, "lpips", fake)
-    gray = torch.zeros(2, 1, 8, 8)
-    other = torch.ones(2, 1, 8, 8)
-    with pytest.raises(ValueError, match="adapt_gray") as info:
-        consistency_loss(gray, other, distance="lpips")
-    assert "\n" not in str(info.value)
-    got = consistency_loss(gray, other, distance="lpips", adapt_gray=True)
-    assert seen == [(2, 3, 224, 224)]
-    torch.testing.assert_close(got, torch.ones(2))
 
 
 # -- EMA and sampling ------------------------------------------------------------------------------

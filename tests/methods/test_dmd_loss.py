@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import math
-import sys
-import types
-from pathlib import Path
 
 import pytest
 import torch
 
-from sidbench.methods.baselines.dmd import loss as dmd_loss
 from sidbench.methods.baselines.dmd.loss import (
-    LPIPSUnavailableError, distribution_matching_loss, dm_gradient, dmd_fake_score_loss, gan_discriminator_loss,
-    gan_generator_loss, karras_grid, regression_loss, sample_grid_sigma,
+    distribution_matching_loss, dm_gradient, dmd_fake_score_loss, gan_discriminator_loss, gan_generator_loss,
+    karras_grid, sample_grid_sigma,
 )
 
 
@@ -168,108 +164,3 @@ def test_gan_losses_match_hand_values() -> None:
     torch.testing.assert_close(l_real.grad, torch.tensor([-sig(-2.0) / 2, -sig(1.0) / 2]))
     torch.testing.assert_close(l_fake.grad, torch.tensor([sig(0.0) / 2, sig(3.0) / 2]))
 
-
-# -- regression (DMD v1) --------------------------------------------------------------------------
-
-
-def test_l2_regression_is_per_sample_mean_squared_error() -> None:
-    x = torch.zeros(2, 1, 2, 2)
-    target = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]], [[[2.0, 0.0], [0.0, 0.0]]]])
-    got = regression_loss(x, target)
-    torch.testing.assert_close(got, torch.tensor([1.0, 1.0]))  # 4*1/4 and 4/4
-    with pytest.raises(ValueError, match="shape"):
-        regression_loss(x, target[:1])
-    with pytest.raises(ValueError, match="unknown regression distance"):
-        regression_loss(x, target, distance="l1")
-
-
-@pytest.fixture
-def no_lpips_cache():
-    dmd_loss._lpips_model.cache_clear()
-    yield
-    dmd_loss._lpips_model.cache_clear()
-
-
-def test_lpips_missing_package_is_a_clear_one_line_error(monkeypatch: pytest.MonkeyPatch, no_lpips_cache: None) -> None:
-    monkeypatch.setitem(sys.modules, "lpips", None)  # `import lpips` now raises ImportError
-    x = torch.zeros(2, 3, 8, 8)
-    with pytest.raises(LPIPSUnavailableError, match="pip install lpips") as info:
-        regression_loss(x, x, distance="lpips")
-    assert isinstance(info.value, RuntimeError) and "\n" not in str(info.value)
-
-
-def test_lpips_on_gray_images_needs_adapt_gray() -> None:
-    x = torch.zeros(2, 1, 8, 8)
-    with pytest.raises(ValueError, match="adapt_gray=True") as info:
-        regression_loss(x, x, distance="lpips")
-    assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="1- or 3-channel"):
-        regression_loss(torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8), distance="lpips")
-
-
-class _RecordingLPIPS(torch.nn.Module):
-    """Stands in for lpips.LPIPS: mean squared difference per image, inputs recorded."""
-
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def __init__(self, net: str = "alex", verbose: bool = True):
-        super().__init__()
-        self.net = net
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        _RecordingLPIPS.seen.append((a.detach(), b.detach()))
-        return ((a - b) ** 2).mean(dim=(1, 2, 3), keepdim=True)
-
-
-def _fake_lpips_package(root: Path, with_linear: bool = True) -> types.ModuleType:
-    pkg = root / "lpips"
-    (pkg / "weights" / "v0.1").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    if with_linear:
-        (pkg / "weights" / "v0.1" / "vgg.pth").write_bytes(b"")
-    module = types.ModuleType("lpips")
-    module.__file__ = str(pkg / "__init__.py")
-    module.LPIPS = _RecordingLPIPS
-    return module
-
-
-def test_lpips_missing_weights_name_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_lpips_cache: None
-) -> None:
-    monkeypatch.setitem(sys.modules, "lpips", _fake_lpips_package(tmp_path / "a", with_linear=False))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    x = torch.zeros(1, 3, 8, 8)
-    with pytest.raises(LPIPSUnavailableError, match="linear weights missing"):
-        regression_loss(x, x, distance="lpips")
-
-    monkeypatch.setitem(sys.modules, "lpips", _fake_lpips_package(tmp_path / "b"))
-    with pytest.raises(LPIPSUnavailableError) as info:
-        regression_loss(x, x, distance="lpips")
-    message = str(info.value)
-    assert "VGG16_Weights.IMAGENET1K_V1" in message and str(tmp_path / "hub" / "checkpoints" / "vgg16-") in message
-    assert "\n" not in message
-
-
-def test_lpips_gets_rgb_images_at_the_resize_resolution(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_lpips_cache: None
-) -> None:
-    monkeypatch.setitem(sys.modules, "lpips", _fake_lpips_package(tmp_path))
-    hub = tmp_path / "hub"
-    (hub / "checkpoints").mkdir(parents=True)
-    (hub / "checkpoints" / "vgg16-397923af.pth").write_bytes(b"")
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-    _RecordingLPIPS.seen.clear()
-
-    # constant images stay constant under bilinear resizing: the distance is (0.5 - (-0.5))^2 = 1
-    x = torch.full((2, 1, 8, 8), 0.5, requires_grad=True)
-    target = torch.full((2, 1, 8, 8), -0.5)
-    got = regression_loss(x, target, distance="lpips", adapt_gray=True)
-    torch.testing.assert_close(got, torch.tensor([1.0, 1.0]))
-    a, b = _RecordingLPIPS.seen[-1]
-    assert a.shape == (2, 3, 224, 224) and b.shape == (2, 3, 224, 224)
-    torch.testing.assert_close(a, torch.full_like(a, 0.5))  # still in [-1, 1]: no rescaling to [0, 1]
-    got.sum().backward()
-    assert x.grad is not None and float(x.grad.abs().sum()) > 0  # the metric passes gradients to x
-
-    regression_loss(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), distance="lpips", lpips_resize=None)
-    assert _RecordingLPIPS.seen[-1][0].shape == (1, 3, 8, 8)

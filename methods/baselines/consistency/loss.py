@@ -6,7 +6,9 @@ Symbols as in the paper and SPEC section 5:
   t > t2         adjacent points t_{n+1} > t_n of the N-point Karras grid (N = 18 CIFAR-10, 40 ImageNet-64)
   x_t            x + t n; x_t2 one Heun step of the teacher's probability-flow ODE from x_t
   theta-         the target network, an EMA of theta with rate mu
-Loss d(f_theta(x_t, t), stopgrad f_theta-(x_t2, t2)), per sample.
+Loss d(f_theta(x_t, t), stopgrad f_theta-(x_t2, t2)) per sample, the paper's weight lambda = 1:
+`sidbench.methods.baselines.distance.image_distance` ("l2" or "lpips"), with the target computed
+under no_grad.
 
 The network F is EDM's raw UNet (`net.model` of an EDMPrecond), so the teacher's weights
 initialise the consistency function unchanged, with the precond's own c_in and c_noise; only
@@ -20,26 +22,22 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sidbench.methods.baselines.progressive.loss import _per_sample
 from sidbench.teachers.networks import EDMPrecond, build_edm_network
 from sidbench.teachers.sampling import karras_sigmas
 
 __all__ = [
-    "LPIPSUnavailableError", "consistency_coefficients", "ConsistencyParam", "CONSISTENCY_PARAM",
+    "consistency_coefficients", "ConsistencyParam", "CONSISTENCY_PARAM",
     "consistency_constructor", "build_consistency_network", "grid_points", "adjacent_grid_points",
-    "heun_teacher_step", "load_lpips", "consistency_loss", "ema_update_", "multistep_consistency_sample",
+    "heun_teacher_step", "ema_update_", "multistep_consistency_sample",
 ]
 
 Denoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 #: Value of the constructor key "param" that marks a saved consistency function.
 CONSISTENCY_PARAM = "consistency"
-
-
-class LPIPSUnavailableError(RuntimeError):
-    """The LPIPS distance was asked for but the `lpips` package or its weights cannot be loaded."""
 
 
 def consistency_coefficients(s: Tensor, sigma_min: float = 0.002, sigma_data: float = 0.5) -> tuple[Tensor, Tensor]:
@@ -169,14 +167,6 @@ def adjacent_grid_points(
     return t.reshape(-1, 1, 1, 1).to(dtype), t2.reshape(-1, 1, 1, 1).to(dtype)
 
 
-def _per_sample(sigma: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor]:
-    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
-    flat = s.expand(x.shape[0]) if s.numel() == 1 else s
-    if flat.numel() != x.shape[0]:
-        raise ValueError(f"sigma has {flat.numel()} values for a batch of {x.shape[0]}")
-    return flat, flat.reshape(-1, *([1] * (x.ndim - 1)))
-
-
 @torch.no_grad()
 def heun_teacher_step(
     teacher: Denoiser, x_t: Tensor, t: Tensor | float, t2: Tensor | float, labels: Tensor | None = None
@@ -196,67 +186,6 @@ def heun_teacher_step(
     d2 = (x_euler - teacher(x_euler, t2_safe_flat, labels).to(x_t.dtype)) / t2_safe_col
     x_heun = x_t + (t2_col - t_col) * 0.5 * (d + d2)
     return torch.where(t2_col == 0, x_euler, x_heun)
-
-
-_LPIPS_CACHE: dict[tuple[str, str], nn.Module] = {}
-
-
-def load_lpips(net: str = "vgg", device: torch.device | str = "cpu") -> nn.Module:
-    """The `lpips` package's LPIPS(net) on ``device``, frozen and cached; `LPIPSUnavailableError`
-    (one line) when the package is missing or its weights cannot be loaded offline."""
-    key = (net, str(torch.device(device)))
-    if key not in _LPIPS_CACHE:
-        try:
-            import lpips  # an optional dependency: only the LPIPS distance needs it
-        except ImportError as e:
-            raise LPIPSUnavailableError(
-                "distance='lpips' needs the `lpips` package (pip install lpips); use distance='l2'") from e
-        try:
-            model = lpips.LPIPS(net=net, verbose=False)
-        except Exception as e:  # noqa: BLE001 - offline downloads fail in many ways; report them alike
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise LPIPSUnavailableError(
-                f"LPIPS weights for net={net!r} could not be loaded ({reason}); put them in the torch "
-                f"hub cache or use distance='l2'") from e
-        _LPIPS_CACHE[key] = model.to(device).eval().requires_grad_(False)
-    return _LPIPS_CACHE[key]
-
-
-def consistency_loss(
-    f_student: Tensor,
-    f_target: Tensor,
-    distance: str = "l2",
-    *,
-    adapt_gray: bool = False,
-    lpips_net: str = "vgg",
-    lpips_resize: int | None = 224,
-) -> Tensor:
-    """d(f_theta(x_t, t), f_theta-(x_t2, t2)) per sample, shape [B]; the paper's weight lambda = 1.
-
-    ``"l2"``: mean over pixels of the squared difference. ``"lpips"``: the `lpips` package on images
-    in [-1, 1] (its own input range), bilinearly resized to ``lpips_resize`` when smaller (as the
-    authors do for images under 256 px; None keeps the size). LPIPS is defined on RGB: a
-    1-channel input is refused unless ``adapt_gray`` repeats it to 3 channels.
-    ``f_target`` should carry no graph (the caller computes it under no_grad).
-    """
-    if f_student.shape != f_target.shape:
-        raise ValueError(f"f_student {tuple(f_student.shape)} and f_target {tuple(f_target.shape)} differ in shape")
-    if distance == "l2":
-        return ((f_student - f_target) ** 2).flatten(1).mean(dim=1)
-    if distance != "lpips":
-        raise ValueError(f"unknown distance {distance!r}; expected 'l2' or 'lpips'")
-    channels = f_student.shape[1]
-    if channels == 1 and adapt_gray:
-        f_student, f_target = f_student.repeat(1, 3, 1, 1), f_target.repeat(1, 3, 1, 1)
-    elif channels != 3:
-        hint = "; pass adapt_gray=True to repeat a gray image to RGB" if channels == 1 else ""
-        raise ValueError(f"LPIPS needs 3-channel images, got {channels} channel(s){hint}")
-    model = load_lpips(lpips_net, f_student.device)
-    if lpips_resize is not None and f_student.shape[-1] < lpips_resize:
-        size = (lpips_resize, lpips_resize)
-        f_student = F.interpolate(f_student, size=size, mode="bilinear", align_corners=False)
-        f_target = F.interpolate(f_target, size=size, mode="bilinear", align_corners=False)
-    return model(f_student, f_target).reshape(f_student.shape[0])
 
 
 @torch.no_grad()

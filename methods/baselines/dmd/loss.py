@@ -8,13 +8,12 @@ Symbols as in the papers and SPEC section 5 (EDM form: x_t = x + sigma n, alpha_
   l_real, l_fake   GAN head logits on (noised) real and generated images, one per image
 Reduction: the distribution-matching loss comes back REDUCED (a scalar, mean over every element),
 because its published normalisation is "the gradient w.r.t. x is grad / numel"; the GAN losses are
-reduced means as published; the fake-score and regression losses come back unreduced (per element,
-per sample) for the method to reduce in one visible place, as SiD's losses do.
+reduced means as published; the fake-score loss comes back unreduced (per element) for the method
+to reduce in one visible place, as SiD's losses do.
+DMD's regression loss d(G(z_ref), y_ref), y_ref the teacher's ODE sample from z_ref, is
+`sidbench.methods.baselines.distance.image_distance` (per sample, "l2" or "lpips").
 """
 from __future__ import annotations
-
-import functools
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,16 +23,6 @@ from sidbench.teachers.sampling import karras_sigmas
 SIGMA_DATA = 0.5
 #: floor of the per-sample normaliser mean|p_real| (the same floor SiD puts on its weight)
 NORMALISER_FLOOR = 1e-5
-#: LPIPS backbones: lpips' name -> torchvision weights whose file lpips loads from torch's hub cache
-_LPIPS_BACKBONES = {
-    "alex": "AlexNet_Weights.IMAGENET1K_V1",
-    "vgg": "VGG16_Weights.IMAGENET1K_V1",
-    "squeeze": "SqueezeNet1_1_Weights.IMAGENET1K_V1",
-}
-
-
-class LPIPSUnavailableError(RuntimeError):
-    """LPIPS was asked for but the `lpips` package or its weights are not on this machine."""
 
 
 # -- noise levels ---------------------------------------------------------------------------------
@@ -127,73 +116,3 @@ def gan_generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     """Generator's non-saturating GAN loss: mean softplus(-l_fake) = mean -log sigmoid(l_fake)."""
     return F.softplus(-logits_fake).mean()
 
-
-# -- regression on (noise, teacher sample) pairs (DMD v1) -----------------------------------------
-
-
-def regression_loss(
-    x: torch.Tensor,
-    target: torch.Tensor,
-    distance: str = "l2",
-    *,
-    adapt_gray: bool = False,
-    lpips_net: str = "vgg",
-    lpips_resize: int | None = 224,
-) -> torch.Tensor:
-    """DMD's regression loss per sample [B]: d(G(z_ref), y_ref), y_ref the teacher's ODE sample from z_ref.
-
-    distance "l2": mean over pixels of (x - target)^2. distance "lpips": the LPIPS distance of the
-    `lpips` package (images in [-1, 1], as lpips expects), backbone `lpips_net`; both images are
-    first resized bilinearly to `lpips_resize` x `lpips_resize` (None: as they are), because the
-    ImageNet backbones cannot run on 8x8 or 32x32 inputs. LPIPS needs RGB: a 1-channel image is
-    repeated to 3 channels only when `adapt_gray=True` (a change of metric the caller must opt into).
-    """
-    if x.shape != target.shape:
-        raise ValueError(f"regression_loss: x has shape {tuple(x.shape)} but target {tuple(target.shape)}")
-    if distance == "l2":
-        return ((x - target) ** 2).flatten(1).mean(dim=1)
-    if distance != "lpips":
-        raise ValueError(f"unknown regression distance {distance!r}; expected 'l2' or 'lpips'")
-
-    channels = x.shape[1]
-    if channels == 1:
-        if not adapt_gray:
-            raise ValueError(
-                "LPIPS needs 3-channel images; set adapt_gray=True to repeat the 1-channel teacher's images to RGB")
-        x, target = x.repeat(1, 3, 1, 1), target.repeat(1, 3, 1, 1)
-    elif channels != 3:
-        raise ValueError(f"LPIPS needs 1- or 3-channel images, got {channels} channels")
-    if lpips_resize is not None and x.shape[-2:] != (lpips_resize, lpips_resize):
-        size = (lpips_resize, lpips_resize)
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        target = F.interpolate(target, size=size, mode="bilinear", align_corners=False)
-    model = _lpips_model(lpips_net).to(x.device)
-    return model(x.float(), target.float()).reshape(x.shape[0])
-
-
-@functools.lru_cache(maxsize=None)
-def _lpips_model(net: str) -> torch.nn.Module:
-    """The frozen LPIPS network, loaded once per backbone; checks every file first (no download)."""
-    if net not in _LPIPS_BACKBONES:
-        raise ValueError(f"unknown LPIPS backbone {net!r}; expected one of {sorted(_LPIPS_BACKBONES)}")
-    try:
-        import lpips
-    except ImportError as e:
-        raise LPIPSUnavailableError(
-            "regression distance 'lpips' needs the `lpips` package: pip install lpips (or use distance 'l2')") from e
-
-    # lpips ships its linear layers in the package; the backbone comes from torch's hub cache,
-    # and this machine may have no network: check the file instead of letting torchvision try.
-    linear = Path(lpips.__file__).resolve().parent / "weights" / "v0.1" / f"{net}.pth"
-    if not linear.is_file():
-        raise LPIPSUnavailableError(f"LPIPS linear weights missing: {linear} (reinstall the `lpips` package)")
-    from torchvision.models import get_weight
-
-    weights_name = _LPIPS_BACKBONES[net]
-    backbone = Path(torch.hub.get_dir()) / "checkpoints" / Path(get_weight(weights_name).url).name
-    if not backbone.is_file():
-        raise LPIPSUnavailableError(
-            f"LPIPS backbone weights not found offline: put torchvision's {weights_name} file at {backbone}")
-    model = lpips.LPIPS(net=net, verbose=False)
-    model.eval().requires_grad_(False)  # a fixed metric: gradients flow to the images only
-    return model

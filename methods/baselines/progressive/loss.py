@@ -30,6 +30,7 @@ Losses are returned UNREDUCED (same shape as the image); the method reduces them
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -80,18 +81,14 @@ def sample_stage_sigmas(
     n: int,
     num_steps: int,
     *,
-    final_zero: bool = True,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
-    dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    **grid: Any,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """`stage_sigmas` at a step index drawn uniformly from {0, ..., N-1} per sample."""
+    """`stage_sigmas` at a step index drawn uniformly from {0, ..., N-1} per sample; ``grid`` holds
+    `stage_sigmas`' keywords (final_zero, sigma_min, sigma_max, rho, dtype), passed on unchanged."""
     i = torch.randint(0, num_steps, (n,), device=device, generator=generator)
-    return stage_sigmas(num_steps, i, final_zero=final_zero, sigma_min=sigma_min, sigma_max=sigma_max,
-                        rho=rho, dtype=dtype)
+    return stage_sigmas(num_steps, i, **grid)
 
 
 def _per_sample(sigma: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor]:

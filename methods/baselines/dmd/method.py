@@ -1,0 +1,177 @@
+"""DMD2 (Yin et al. 2024, arXiv 2405.14867) as a method plugin, in the authors' EDM (ImageNet 64)
+form; DMD (Yin et al. 2023, arXiv 2311.18828) beside it in `dmd.py`.
+
+One DMD2 iteration (SPEC section 5):
+  1. on a generator iteration (every `ttur`-th, the two time-scale update rule): x = G(80 z, 80, c)
+     with a graph; L_G = L_DM (+ gan.generator_weight * L_GAN_G); the scores (and the head) are
+     frozen and pass gradients to x only;
+  2. every iteration, on the same x detached and the same labels (made without a graph on the other
+     iterations): L_fake = L_fs (+ gan.discriminator_weight * L_GAN_D), the fake score and its GAN
+     head trained jointly.
+Every logits evaluation draws its own grid index on the whole grid and its own noise. Networks stay
+in the mode they are built in (the students train, the teacher is in eval mode), as in the
+authors' loop, which switches none. The fake
+score sees the real, the fake and its own denoising input in ONE call (concatenated): the network
+is per-sample (GroupNorm, no batch statistics), so this is the same computation as three calls,
+and DDP allows one forward per backward.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from sidbench.config import ConfigError
+from sidbench.methods.base import Method, Recipe, register_method
+from sidbench.methods.baselines.dmd.gan_head import GANHead, bottleneck_shape
+from sidbench.methods.baselines.dmd.loss import (
+    distribution_matching_loss, dmd_fake_score_loss, gan_discriminator_loss, gan_generator_loss, karras_grid,
+    sample_grid_sigma,
+)
+from sidbench.teachers.teacher import Teacher
+from sidbench.trainer.context import StepContext
+from sidbench.trainer.schedule import lr_schedule
+
+
+class DistributionMatching(Method):
+    """What DMD and DMD2 share: the generator at sigma_gen, the fake score, the DM loss, AdamW with
+    a warm-up, and the fake-score update; subclasses add their own generator terms."""
+
+    def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
+        super().__init__(teacher, cfg, device, full_cfg)
+        if int(cfg.ttur) < 1:
+            raise ConfigError(f"method.ttur={cfg.ttur}: the generator steps every ttur-th iteration; use an integer >= 1")
+        self.generator = teacher.init_generator()
+        self.fake_score = teacher.copy_network()
+        self._networks: dict[str, torch.nn.Module] = {"generator": self.generator, "fake_score": self.fake_score}
+        self.grid = karras_grid(int(cfg.grid_points)).to(device)
+        self._stash: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # x and labels of each micro-batch
+
+    def _build_optimizers(self) -> None:
+        cfg = self.cfg
+        lrs = {"generator": cfg.lr_generator}
+        self._optimizers = {
+            name: torch.optim.AdamW(net.parameters(), lr=lrs.get(name, cfg.lr_fake_score), betas=tuple(cfg.betas),
+                                    weight_decay=cfg.weight_decay)
+            for name, net in self._networks.items()
+        }
+        self._schedulers = {k: lr_schedule(opt, warmup=int(cfg.warmup_iterations)) for k, opt in self._optimizers.items()}
+
+    # -- contract ------------------------------------------------------------------------------
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return self._networks
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self._optimizers
+
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        return self._schedulers
+
+    def sampling(self) -> Recipe:
+        return {"sampler": "one_step", "sigma": float(self.cfg.sigma_gen), "nfe": 1}
+
+    @classmethod
+    def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        nets = {"teacher": dict(teacher_constructor), "generator": dict(teacher_constructor), "fake_score": dict(teacher_constructor)}
+        if cfg.get("gan") and cfg.gan.enabled:
+            nets["gan_head"] = {"GANHead": "on the fake score's bottleneck (methods/baselines/dmd/gan_head.py)"}
+        return nets
+
+    # -- pieces of an iteration ----------------------------------------------------------------
+    def _sigma(self, n: int, low: int, high: int) -> torch.Tensor:
+        return sample_grid_sigma(n, self.grid, low, high, device=self.device)
+
+    def _generate(self, net: torch.nn.Module, n: int, labels: torch.Tensor | None) -> torch.Tensor:
+        z = torch.randn(n, *self.teacher.shape, device=self.device)
+        return self.sample(net, z, labels).float()
+
+    def _dm_loss(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """L_DM on the micro-batch, as a mean over its elements; the scores run without a graph."""
+        n = x.shape[0]
+        sigma = self._sigma(n, int(self.cfg.dm_index_min), int(self.cfg.dm_index_max))
+        x_t = x.detach() + sigma * torch.randn_like(x)
+        with torch.no_grad():
+            mu_real = self.teacher.net(x_t, sigma.flatten(), labels).float()
+            mu_fake = self.fake_score(x_t, sigma.flatten(), labels).float()
+        return distribution_matching_loss(x, mu_real, mu_fake)
+
+    def _fake_inputs(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This micro-batch's x and labels: the generator update's, detached, or new ones."""
+        if self._stash:
+            return self._stash.pop(0)
+        labels = ctx.labels(n)
+        with torch.no_grad():
+            return self._generate(self.generator, n, labels), labels
+
+    def _denoising_loss(self, denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """L_fs summed over the micro-batch's samples, each the mean over its elements (the context
+        divides by the batch: the published mean over all elements)."""
+        return dmd_fake_score_loss(denoised, x, sigma).flatten(1).mean(1).sum()
+
+
+@register_method("dmd2")
+class DMD2(DistributionMatching):
+    description = "DMD2 (Yin et al. 2024): distribution matching, two time-scale updates, optional GAN head"
+
+    def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
+        super().__init__(teacher, cfg, device, full_cfg)
+        self.gan = bool(cfg.gan.enabled)
+        self.uses_real_data = self.gan  # the GAN head alone needs real images
+        if self.gan:
+            try:
+                c, h, w = bottleneck_shape(self.fake_score, teacher.shape)
+            except TypeError as e:  # a network that cannot return its bottleneck features
+                raise ConfigError(f"method.gan.enabled=true needs a fake score that returns its bottleneck "
+                                  f"(return_bottleneck=True); {type(self.fake_score).__name__} cannot ({e})") from None
+            self.gan_head = GANHead(c, h).to(device)
+            self._networks["gan_head"] = self.gan_head
+        self._build_optimizers()
+
+    def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        logs: dict[str, Any] = {}
+        self._stash = []
+        clip = self.cfg.grad_clip
+        if ctx.iteration % int(self.cfg.ttur) == 0:
+            logs |= ctx.update("generator", lambda n: self._generator_loss(ctx, n), clip_grad_norm=clip)
+        critic = ["fake_score", "gan_head"] if self.gan else "fake_score"
+        logs |= ctx.update(critic, lambda n: self._fake_loss(ctx, n), clip_grad_norm=clip)
+        return logs
+
+    def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = ctx.labels(n)
+        x = self._generate(ctx.net("generator"), n, labels)
+        self._stash.append((x.detach(), labels))
+        dm = self._dm_loss(x, labels)
+        total, logs = dm * n, {"dm": dm.detach()}
+        if self.gan:  # the frozen fake score and head pass the gradient to x only
+            sigma = self._sigma(n, 0, len(self.grid) - 1)
+            _, features = self.fake_score(x + sigma * torch.randn_like(x), sigma.flatten(), labels, return_bottleneck=True)
+            gan = gan_generator_loss(self.gan_head(features).float())
+            total = total + float(self.cfg.gan.generator_weight) * gan * n
+            logs["gan_generator"] = gan.detach()
+        return total, logs
+
+    def _fake_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, labels = self._fake_inputs(ctx, n)
+        fake = ctx.net("fake_score")
+        sigma = self._sigma(n, 0, len(self.grid) - 1)
+        x_t = x + sigma * torch.randn_like(x)
+        if not self.gan:
+            denoised = fake(x_t, sigma.flatten(), labels).float()
+            fs = self._denoising_loss(denoised, x, sigma)
+            return fs, {"fake_score": fs.detach() / n}
+        x_real, labels_real = ctx.real(n)
+        s_real, s_fake = self._sigma(n, 0, len(self.grid) - 1), self._sigma(n, 0, len(self.grid) - 1)
+        inputs = torch.cat([x_t, x_real + s_real * torch.randn_like(x_real), x + s_fake * torch.randn_like(x)])
+        sigmas = torch.cat([sigma, s_real, s_fake]).flatten()
+        all_labels = None if labels is None else torch.cat([labels, labels_real, labels])
+        denoised, features = fake(inputs, sigmas, all_labels, return_bottleneck=True)
+        logits = ctx.net("gan_head")(features[n:]).float()
+        l_real, l_fake = logits[:n], logits[n:]
+        fs = self._denoising_loss(denoised[:n].float(), x, sigma)
+        d = gan_discriminator_loss(l_real, l_fake)
+        ctx.log("logits_real", l_real.mean())
+        ctx.log("logits_fake", l_fake.mean())
+        total = fs + float(self.cfg.gan.discriminator_weight) * d * n
+        return total, {"fake_score": fs.detach() / n, "gan_discriminator": d.detach()}
