@@ -24,3 +24,20 @@ def test_shipped_teacher_matches_its_dataset_card(name: str) -> None:
     net = build_edm_network(constructor)
     net.load_state_dict(state, strict=True)
     assert sum(p.numel() for p in net.parameters()) == info["parameters"] == card["parameters"]
+
+
+@pytest.mark.slow
+def test_shipped_digits_teacher_distance_is_remeasured_from_its_weights() -> None:
+    """The README's headline ratio divides by the teacher's fd_pixel in its card: measure it again
+    from the shipped weights (Heun, the card's steps, 2000 samples of the evaluation's noise)."""
+    import torch
+
+    from sidbench.teachers.load import load_teacher
+    from sidbench.teachers.train import measure_teacher
+
+    cfg = compose(["dataset=digits"])
+    card = json.loads(builtin_teacher_path("digits").with_name("card.json").read_text())
+    teacher = load_teacher(cfg.dataset.teacher, "cpu")
+    measured = measure_teacher(teacher.net, cfg, torch.device("cpu"), card["metric_samples"], card["sampler"]["steps"])
+    assert measured["fd_pixel"] == pytest.approx(card["metrics"]["fd_pixel"], rel=1e-4)
+    assert measured["fd_digits"] == pytest.approx(card["metrics"]["fd_digits"], rel=1e-3)
