@@ -71,8 +71,12 @@ class Method(ABC):
     #: one-line description shown by `sidbench list`
     description: ClassVar[str] = ""
     generator_name: ClassVar[str] = "generator"
-    #: whether `train_step` draws real training images through `ctx.real(n)`
+    #: whether `train_step` draws real training images through `ctx.real(n)` (an instance may
+    #: set it from its config, e.g. when only an optional GAN head reads images)
     uses_real_data: ClassVar[bool] = False
+    #: a dataclass of `sidbench.schema.setting(...)` fields: `cfg.method` is checked against it
+    #: before a run starts (wrong types and out-of-range values are one line, exit code 2)
+    config_schema: ClassVar[type | None] = None
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         self.teacher = teacher

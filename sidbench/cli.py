@@ -30,6 +30,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args)
     cfg = compose(overrides)
+    from sidbench.schema import validate_run_config
+
+    validate_run_config(cfg)  # here, before torchrun: a bad setting is one line, not one traceback per rank
     if cfg.dry_run:
         from sidbench.run import dry_run
 

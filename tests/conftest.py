@@ -34,3 +34,17 @@ def run_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("SIDBENCH_CACHE", str(tmp_path / "cache"))
     return tmp_path
+
+
+@pytest.fixture
+def kill_env():
+    """f(iteration, plugins="") -> the environment of a `sidbench run` process that SIGKILLs itself
+    when the trainer starts that iteration (tests/trainer/plugins/kill_at_iteration.py)."""
+    here = str(Path(__file__).parent / "trainer" / "plugins")
+
+    def env(iteration: int, plugins: str = "") -> dict[str, str]:
+        return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+                "SIDBENCH_PLUGINS": ",".join(filter(None, [plugins, "kill_at_iteration"])),
+                "SIDBENCH_TEST_KILL_AT": str(iteration), "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+
+    return env

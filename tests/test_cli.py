@@ -61,8 +61,9 @@ def test_help_of_each_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_missing_teacher_file_is_one_line(run_env: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    # the digits default runs as 2 processes under torchrun: still exactly one line, exit code 1
-    assert main(["run", "dataset.teacher.path=/nonexistent/teacher.pkl", "device=cpu"]) == 1
+    # the digits default runs as 2 processes under torchrun: refused before it starts, exactly one
+    # line, exit code 2 (a bad setting: sidbench/schema.py checks that a given teacher.path exists)
+    assert main(["run", "dataset.teacher.path=/nonexistent/teacher.pkl", "device=cpu"]) == 2
     err = capfd.readouterr().err.strip()
     assert "/nonexistent/teacher.pkl" in err and err.count("\n") == 0
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from sidbench.augment import AugmentPipe
 from sidbench.methods.base import Method, Recipe, register_method
+from sidbench.methods.sid.schema import SiDSchema
 from sidbench.methods.sid.loss import edm_training_sigma, fake_score_loss, finite_samples, generator_loss, generator_sigma
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
@@ -23,6 +24,7 @@ from sidbench.trainer.context import StepContext
 @register_method("sid")
 class SiD(Method):
     description = "Score identity Distillation (Zhou et al. 2024): data-free, one-step"
+    config_schema = SiDSchema
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)

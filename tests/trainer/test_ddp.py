@@ -114,3 +114,28 @@ def test_staged_method_under_ddp_matches_one_process(tiny_teacher: Path, run_env
     assert ddp["schedulers"]["generator"]["last_epoch"] == one["schedulers"]["generator"]["last_epoch"] == 2
     assert ddp["progress"]["passes"] == one["progress"]["passes"] > 0
     assert ddp["progress"]["flops"] == pytest.approx(one["progress"]["flops"])
+
+
+@pytest.mark.slow
+def test_resume_with_another_process_count_or_micro_batch(tiny_teacher: Path, run_env: Path, kill_env) -> None:  # noqa: ANN001
+    """What the README says about resuming on other hardware: the same micro-batch size
+    (`trainer.batch_gpu`) on another number of processes continues with the very same draws (the
+    weights equal an uninterrupted run's up to reduction round-off); another micro-batch size
+    continues the run, but from then on with other draws."""
+    common = common_overrides(tiny_teacher)  # 4 iterations of global batch 8 in micro-batches of 4
+    launch([*common, "run_name=full", "tracking.enabled=false"], run_env, nproc=None)
+    full = torch.load(run_env / "runs" / "digits" / "full" / "checkpoint.pt", weights_only=True)
+    for name, nproc, extra in (("two-processes", 2, []), ("other-micro-batch", None, ["trainer.batch_gpu=2"])):
+        args = [*common, f"run_name={name}", "tracking.enabled=false"]
+        killed = subprocess.run([sys.executable, "-m", "sidbench.cli", "run", *args], cwd=run_env, env=kill_env(3),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+        assert killed.returncode == -9, killed.stdout  # killed as iteration 3 starts: checkpoint after 2
+        launch([*args, *extra, f"resume={run_env / 'runs' / 'digits' / name}"], run_env, nproc=nproc)
+        resumed = torch.load(run_env / "runs" / "digits" / name / "checkpoint.pt", weights_only=True)
+        assert resumed["progress"]["iteration"] == 4
+        if not extra:
+            for net in ("generator", "fake_score"):
+                assert_weights_close(full["networks"][net], resumed["networks"][net], net)
+        else:
+            diff = max(float((full["networks"]["generator"][k] - v).abs().max()) for k, v in resumed["networks"]["generator"].items())
+            assert diff > 10 * RTOL_OF_SCALE  # other draws after the resume

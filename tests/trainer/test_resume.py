@@ -14,15 +14,7 @@ import torch
 
 from sidbench.testing.tiny import tiny_overrides
 
-PLUGINS = Path(__file__).parent / "plugins"
-
-
-def sidbench(args: list[str], cwd: Path, plugins: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SIDBENCH_PLUGINS": ",".join(plugins),
-           "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
-    if kill_at is not None:
-        env["SIDBENCH_PLUGINS"] = ",".join([*plugins, "kill_at_iteration"])
-        env["SIDBENCH_TEST_KILL_AT"] = str(kill_at)
+def sidbench(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sidbench.cli", "run", *args], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
 
@@ -37,18 +29,19 @@ def final_state(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def kill_resume_and_compare(common: list[str], run_env: Path, plugins: list[str], kill_at: int,
+def kill_resume_and_compare(common: list[str], run_env: Path, kill_env, plugins: str, kill_at: int,  # noqa: ANN001
                             boundary: int | None = None) -> None:
-    full = sidbench([*common, "run_name=full"], run_env, plugins)
+    plain = {**os.environ, "PYTHONUNBUFFERED": "1", "SIDBENCH_PLUGINS": plugins}
+    full = sidbench([*common, "run_name=full"], run_env, plain)
     assert full.returncode == 0, full.stdout
-    killed = sidbench([*common, "run_name=killed"], run_env, plugins, kill_at=kill_at)
+    killed = sidbench([*common, "run_name=killed"], run_env, kill_env(kill_at, plugins))
     assert killed.returncode == -signal.SIGKILL, killed.stdout
     killed_dir = run_env / "runs" / "digits" / "killed"
     progress = torch.load(killed_dir / "checkpoint.pt", weights_only=True)["progress"]
     assert 0 < progress["iteration"] < kill_at + 1
     if boundary is not None:  # the checkpoint is from before the boundary; the resumed run crosses it
         assert progress["iteration"] <= boundary and progress["stage"] == 0
-    resumed = sidbench([*common, f"resume={killed_dir}"], run_env, plugins)
+    resumed = sidbench([*common, f"resume={killed_dir}"], run_env, plain)
     assert resumed.returncode == 0, resumed.stdout
     assert "resumed" in resumed.stdout
 
@@ -63,19 +56,20 @@ def kill_resume_and_compare(common: list[str], run_env: Path, plugins: list[str]
 
 
 @pytest.mark.slow
-def test_sid_killed_at_iteration_5_then_resumed_matches_uninterrupted_run(tiny_teacher: Path, run_env: Path) -> None:
+def test_sid_killed_at_iteration_5_then_resumed_matches_uninterrupted_run(tiny_teacher: Path, run_env: Path, kill_env) -> None:  # noqa: ANN001
     # 20 iterations of batch 8, checkpoints every 4: killed as iteration 5 starts (last checkpoint
     # after iteration 4), resumed from there
     common = tiny_overrides(tiny_teacher, **{"trainer.kimg": 0.16, "trainer.checkpoint_every_kimg": 0.032,
                                              "trainer.eval_every_kimg": 0.08})
-    kill_resume_and_compare(common, run_env, [], kill_at=5)
+    kill_resume_and_compare(common, run_env, kill_env, "", kill_at=5)
 
 
 @pytest.mark.slow
-def test_staged_method_resumed_across_its_stage_boundary_matches_uninterrupted_run(tiny_teacher: Path, run_env: Path) -> None:
+def test_staged_method_resumed_across_its_stage_boundary_matches_uninterrupted_run(tiny_teacher: Path, run_env: Path,
+                                                                                  kill_env) -> None:  # noqa: ANN001
     # 8 iterations of batch 8; the second stage starts at 32 images (iteration 4); checkpoints
     # every 2 iterations; killed as iteration 5 starts, so the last checkpoint (after iteration 4)
     # is still in stage 0 and the resumed run enters stage 1 itself
     common = tiny_overrides(tiny_teacher, **{"method": "staged-toy", "trainer.kimg": 0.064,
                                              "trainer.checkpoint_every_kimg": 0.016, "trainer.eval_every_kimg": 0.032})
-    kill_resume_and_compare(common, run_env, ["sidbench.testing.staged"], kill_at=5, boundary=4)
+    kill_resume_and_compare(common, run_env, kill_env, "sidbench.testing.staged", kill_at=5, boundary=4)

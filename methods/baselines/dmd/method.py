@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from sidbench.config import ConfigError
 from sidbench.methods.base import Method, Recipe, register_method
 from sidbench.methods.baselines.dmd.gan_head import GANHead, bottleneck_shape
+from sidbench.methods.baselines.dmd.schema import DMD2Schema
 from sidbench.methods.baselines.dmd.loss import (
     distribution_matching_loss, dmd_fake_score_loss, gan_discriminator_loss, gan_generator_loss, karras_grid,
     sample_grid_sigma,
@@ -42,6 +43,9 @@ class DistributionMatching(Method):
         super().__init__(teacher, cfg, device, full_cfg)
         if int(cfg.ttur) < 1:
             raise ConfigError(f"method.ttur={cfg.ttur}: the generator steps every ttur-th iteration; use an integer >= 1")
+        if not 0 <= int(cfg.dm_index_min) <= int(cfg.dm_index_max) < int(cfg.grid_points):
+            raise ConfigError(f"method.dm_index_min={cfg.dm_index_min}, dm_index_max={cfg.dm_index_max}: need "
+                              f"0 <= min <= max < method.grid_points={cfg.grid_points}")
         self.generator = teacher.init_generator()
         self.fake_score = teacher.copy_network()
         self._networks: dict[str, torch.nn.Module] = {"generator": self.generator, "fake_score": self.fake_score}
@@ -113,6 +117,7 @@ class DistributionMatching(Method):
 @register_method("dmd2")
 class DMD2(DistributionMatching):
     description = "DMD2 (Yin et al. 2024): distribution matching, two time-scale updates, optional GAN head"
+    config_schema = DMD2Schema
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)

@@ -1,0 +1,36 @@
+"""The settings of DMD2's and DMD's configs and their allowed values, checked by `sidbench.schema`
+before a run starts (other keys of `cfg.method` are left alone)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sidbench.schema import setting
+
+
+@dataclass
+class GANSchema:
+    enabled: bool = setting()
+    generator_weight: float = setting(ge=0)
+    discriminator_weight: float = setting(ge=0)
+
+
+@dataclass
+class DistributionMatchingSchema:
+    name: str = setting()
+    sigma_gen: float = setting(gt=0)
+    lr: float = setting(gt=0)
+    lr_generator: float = setting(gt=0)
+    lr_fake_score: float = setting(gt=0)
+    betas: list[float] = setting(ge=0, lt=1)
+    weight_decay: float = setting(ge=0)
+    warmup_iterations: int = setting(ge=0)
+    grad_clip: float | None = setting(gt=0)
+    ttur: int = setting(ge=1)                 # the generator steps every ttur-th iteration
+    grid_points: int = setting(ge=2)
+    dm_index_min: int = setting(ge=0)
+    dm_index_max: int = setting(ge=0)
+
+
+@dataclass
+class DMD2Schema(DistributionMatchingSchema):
+    gan: GANSchema = field(default_factory=GANSchema)

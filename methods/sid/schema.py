@@ -1,0 +1,27 @@
+"""The settings of SiD's config (`method/sid.yaml`) and their allowed values, checked by
+`sidbench.schema` before a run starts. Other keys of `cfg.method` are left alone."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sidbench.schema import setting
+
+
+@dataclass
+class SiDSchema:
+    name: str = setting()
+    alpha: float = setting()                      # any finite weight (0.5 and 1.2 in the paper)
+    sigma_init: float = setting(gt=0)
+    t_max: float = setting(gt=0, le=1000)         # u ~ U(0, t_max/1000)
+    lr: float = setting(gt=0)
+    lr_generator: float = setting(gt=0)
+    lr_fake_score: float = setting(gt=0)
+    g_beta1: float = setting(ge=0, lt=1)
+    fake_beta1: float = setting(ge=0, lt=1)
+    adam_eps: float = setting(gt=0)
+    loss_scale_generator: float = setting(gt=0)
+    loss_scale_fake_score: float = setting(gt=0)
+    dropout: float | None = setting(ge=0, lt=1)   # null keeps the teacher's
+    augment_p: float = setting(ge=0, le=1)
+    p_mean: float = setting()
+    p_std: float = setting(gt=0)

@@ -1,0 +1,368 @@
+"""Typed schemas of the `sidbench run` config, checked in the parent process before anything starts.
+
+Each group is a dataclass: a field's annotation is its type (`int`, `float`, `str`, `bool`, `X | None`,
+`list[X]` or a nested schema) and `setting(...)` states its allowed values. `validate_run_config`
+walks the resolved config against them and raises one `ConfigError` (exit code 2) whose single line
+names the setting, the bad value and what is allowed: `trainer.batch=-3: must be an integer >= 1`.
+Keys a schema does not name are left alone (plugins may carry more), and keys it names but the config
+lacks are skipped. A method's schema is its class's `config_schema` (methods/base.py).
+
+No torch at import time: choices that live in torch-heavy modules are looked up when checking.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from sidbench.config import ConfigError
+
+Choices = Sequence[str] | Callable[[], Sequence[str]]
+
+
+def setting(*, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+            choices: Choices | None = None, pattern: str | None = None, exists: bool = False,
+            allowed: str | None = None) -> Any:
+    """A schema field: bounds for numbers, `choices` (a sequence, or a function that returns one)
+    or a full-match `pattern` for strings, `exists` for paths that must be on disk; `allowed`
+    replaces the generated description of what is allowed."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "pattern": pattern, "exists": exists,
+            "allowed": allowed}
+    return dataclasses.field(metadata={k: v for k, v in meta.items() if v is not None and v is not False})  # keep bounds of 0
+
+
+# -- choices owned by other modules (imported when checking: some import torch) ----------------
+def _budget_units() -> Sequence[str]:
+    from sidbench.trainer.budget import UNITS
+
+    return UNITS
+
+
+def _precisions() -> Sequence[str]:
+    from sidbench.trainer.context import PRECISIONS
+
+    return tuple(PRECISIONS)
+
+
+def _metric_names() -> Sequence[str]:
+    from sidbench.eval.factory import METRIC_NAMES
+
+    return METRIC_NAMES
+
+
+def _fid_modes() -> Sequence[str]:
+    from sidbench.eval.fid import FID_MODES
+
+    return FID_MODES
+
+
+LABEL_MODES = ("cyclic", "uniform")  # sidbench.eval.images.draw_labels
+
+
+# -- the groups ------------------------------------------------------------------------------------
+@dataclass
+class BudgetSchema:
+    unit: str = setting(choices=_budget_units)
+    value: float = setting(gt=0)
+
+
+@dataclass
+class LogPointsSchema:
+    count: int = setting(ge=0)
+    first: float = setting(gt=0, le=1)
+
+
+@dataclass
+class TrainerSchema:
+    budget: BudgetSchema
+    kimg: float | None = setting(gt=0)
+    max_seconds: float | None = setting(gt=0)
+    count_flops: bool = setting()
+    batch: int = setting(ge=1)
+    batch_gpu: int | None = setting(ge=1)
+    precision: str = setting(choices=_precisions)
+    tf32: bool = setting()
+    cudnn_benchmark: bool = setting()
+    ema_halflife_kimg: float = setting(ge=0)
+    ema_rampup: float | None = setting(ge=0)
+    seed: int = setting()
+    tick_kimg: float | None = setting(ge=0)  # intervals: 0 or null turns them off
+    eval_every_kimg: float | None = setting(ge=0)
+    eval_at_kimg: list[float] = setting(ge=0)
+    eval_at_fraction: list[float] = setting(gt=0, le=1)
+    eval_log_points: LogPointsSchema
+    checkpoint_every_kimg: float | None = setting(ge=0)
+    max_nonfinite: int = setting(ge=1)
+    sample_grids: bool = setting()
+
+
+@dataclass
+class TeacherSchema:
+    path: str | None = setting(exists=True, allowed="an existing file (an EDM .pkl or a sidbench .safetensors)")
+    sampler_steps: int = setting(ge=1)
+
+
+@dataclass
+class ImagesSchema:
+    path: str | None = setting(exists=True, allowed="an existing dataset zip or folder")
+
+
+@dataclass
+class DatasetSchema:
+    name: str = setting()
+    resolution: int = setting(ge=1)
+    channels: int = setting(ge=1)
+    label_dim: int = setting(ge=0)
+    metric: str = setting(choices=_metric_names)
+    eval_samples: int = setting(ge=1)
+    final_samples: int = setting(ge=1)
+    teacher: TeacherSchema
+    images: ImagesSchema
+    budget: BudgetSchema
+
+
+@dataclass
+class EvalSchema:
+    enabled: bool = setting()
+    metric: str = setting(choices=_metric_names)
+    num_samples: int = setting(ge=1)
+    final_samples: int = setting(ge=1)
+    batch_size: int = setting(ge=1)
+    label_mode: str = setting(choices=LABEL_MODES)
+    seed: int = setting()
+    fid_mode: str = setting(choices=_fid_modes)
+    inception_path: str | None = setting(exists=True, allowed="an existing Inception-v3 TorchScript file")
+
+
+@dataclass
+class TrackingSchema:
+    enabled: bool = setting()
+    uri: str | None = setting()
+
+
+@dataclass
+class RunSchema:
+    """The top level; `method` has its method's schema and `resume` its own check."""
+
+    output_root: str = setting()
+    run_name: str | None = setting()
+    dry_run: bool = setting()
+    device: str = setting(pattern=r"auto|cpu|cuda(:\d+)?", allowed="auto, cpu, cuda or cuda:N")
+    threads: int | None = setting(ge=1)
+    processes: int = setting(ge=1)
+    tracking: TrackingSchema
+    dataset: DatasetSchema
+    trainer: TrainerSchema
+    eval: EvalSchema
+
+
+def method_schema(name: str) -> type | None:
+    """The schema of method `name`'s config: its class's `config_schema` (None: not checked)."""
+    from sidbench.methods import METHODS
+
+    return getattr(METHODS.get(name), "config_schema", None)
+
+
+# -- checking --------------------------------------------------------------------------------------
+def validate_run_config(cfg: DictConfig) -> None:
+    """Check the resolved `sidbench run` config; raise ConfigError (one line) on the first bad setting."""
+    check(RunSchema, cfg)
+    schema = method_schema(str(cfg.method.name))
+    if schema is not None:
+        check(schema, cfg.method, "method")
+    _check_device(str(cfg.device))
+    _check_batch_split(cfg)
+    if cfg.get("resume") not in (None, ""):
+        _check_resume(cfg)
+
+
+def check(schema: type, node: Any, prefix: str = "") -> None:
+    """Check the keys of `node` that `schema` (a dataclass) names; `prefix` is the node's dotted key."""
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{prefix}={_show(node)}: must be a group of settings")
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if f.name in node:
+            _check_value(hints[f.name], f.metadata, node[f.name], f"{prefix}.{f.name}" if prefix else f.name)
+
+
+def _check_value(tp: Any, meta: typing.Mapping[str, Any], value: Any, key: str) -> None:
+    base, optional = _split_optional(tp)
+    if value is None and optional:
+        return
+    if dataclasses.is_dataclass(base):
+        if value is None:
+            raise ConfigError(f"{key}=null: must be a group of settings")
+        check(base, value, key)
+        return
+    if typing.get_origin(base) is list:
+        (item,) = typing.get_args(base)
+        if not isinstance(value, (ListConfig, list)) or not all(_scalar_ok(item, meta, v) for v in value):
+            raise ConfigError(f"{key}={_show(value)}: must be {_describe(tp, meta)}")
+        return
+    if not _scalar_ok(base, meta, value):
+        raise ConfigError(f"{key}={_show(value)}: must be {_describe(tp, meta)}")
+
+
+def _split_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], len(args) < len(typing.get_args(tp))
+    return tp, False
+
+
+def _choices(meta: typing.Mapping[str, Any]) -> Sequence[str] | None:
+    choices = meta.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def _scalar_ok(tp: Any, meta: typing.Mapping[str, Any], value: Any) -> bool:
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp in (int, float):
+        # bool is an int to Python, and a number given as a string ("abc", '"3"') is no number
+        if isinstance(value, bool) or not isinstance(value, int if tp is int else (int, float)):
+            return False
+        if not math.isfinite(value):
+            return False
+        return all(bound is None or ok for bound, ok in (
+            (meta.get("ge"), value >= meta.get("ge", 0)), (meta.get("gt"), value > meta.get("gt", 0)),
+            (meta.get("le"), value <= meta.get("le", 0)), (meta.get("lt"), value < meta.get("lt", 0))))
+    if tp is str:
+        if not isinstance(value, str):
+            return False
+        choices = _choices(meta)
+        if choices is not None and value not in choices:
+            return False
+        if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
+            return False
+        return not meta.get("exists") or Path(value).expanduser().exists()
+    raise TypeError(f"schema type {tp!r} is not supported")
+
+
+def _describe(tp: Any, meta: typing.Mapping[str, Any]) -> str:
+    """What is allowed, in words: 'an integer >= 1', 'null or a number in (0, 1]', 'one of a, b'."""
+    base, optional = _split_optional(tp)
+    if typing.get_origin(base) is list:
+        (item,) = typing.get_args(base)
+        text = "a list of " + _describe_scalar(item, meta, plural=True)
+    else:
+        text = _describe_scalar(base, meta)
+    # a path that is not there: the user meant to give one, "null or" would not help
+    return f"null or {text}" if optional and not meta.get("exists") else text
+
+
+def _describe_scalar(tp: Any, meta: typing.Mapping[str, Any], plural: bool = False) -> str:
+    if meta.get("allowed"):
+        return meta["allowed"]
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        choices = _choices(meta)
+        return f"one of {', '.join(choices)}" if choices is not None else ("strings" if plural else "a string")
+    noun = ("integers" if plural else "an integer") if tp is int else ("numbers" if plural else "a number")
+    lo = ("[", meta["ge"]) if "ge" in meta else ("(", meta["gt"]) if "gt" in meta else None
+    hi = ("]", meta["le"]) if "le" in meta else (")", meta["lt"]) if "lt" in meta else None
+    if lo and hi:
+        return f"{noun} in {lo[0]}{lo[1]:g}, {hi[1]:g}{hi[0]}"
+    if lo:
+        return f"{noun} {'>=' if lo[0] == '[' else '>'} {lo[1]:g}"
+    if hi:
+        return f"{noun} {'<=' if hi[0] == ']' else '<'} {hi[1]:g}"
+    return noun
+
+
+def _show(value: Any) -> str:
+    """The value as the user would write it. Lists and odd strings are shown as Python literals,
+    (['a', 1]): the CLI prints through rich, which would take a bare `[word]` for markup."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return value if re.fullmatch(r"[^\s\[\]'\"]+", value) else repr(value)
+    return repr(value)
+
+
+# -- checks across settings, and of the machine and the files they name ----------------------------
+def _check_device(device: str) -> None:
+    if not device.startswith("cuda"):
+        return
+    import torch  # only for CUDA devices: the other checks need no torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"device={device}: this machine has no CUDA device (torch.cuda.is_available() is False); "
+                          "use device=auto or device=cpu")
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise ConfigError(f"device={device}: this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}")
+
+
+def _check_batch_split(cfg: DictConfig) -> None:
+    """The global batch is split evenly among the processes (the trainer refuses otherwise, in
+    every rank)."""
+    if "WORLD_SIZE" in os.environ:  # inside torchrun: the processes that exist
+        world = int(os.environ["WORLD_SIZE"])
+    else:
+        from sidbench.cli import launch_processes  # the processes `sidbench run` would start
+
+        world = launch_processes(cfg)
+    batch = int(cfg.trainer.batch)
+    if batch % world:
+        raise ConfigError(f"trainer.batch={batch}: must be a multiple of the {world} processes (processes={cfg.processes}); "
+                          f"use e.g. trainer.batch={batch + world - batch % world}")
+
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids (uuid4 hex)
+
+
+def _check_resume(cfg: DictConfig) -> None:
+    """`resume` names a run folder with a readable checkpoint, or an MLflow run id that the tracking
+    store knows and whose folder has one (the same look-up as `sidbench.run.resolve_run_dir`)."""
+    from sidbench.trainer.checkpoint import CheckpointError, load_checkpoint
+    from sidbench.trainer.loop import CHECKPOINT_NAME
+
+    value = str(cfg.resume)
+    where = f"resume={_show(value)}"
+    path = Path(value)
+    if not path.is_dir():
+        if not RUN_ID.fullmatch(value):
+            raise ConfigError(f"{where}: no such run folder, and not an MLflow run id (32 hex digits); "
+                              "give a run folder (runs/<dataset>/<name>) or a run id")
+        path = _mlflow_run_dir(value, cfg, where)
+        if not path.is_dir():
+            raise ConfigError(f"{where}: the MLflow run's folder {path} does not exist")
+    ckpt = path / CHECKPOINT_NAME
+    if not ckpt.is_file():
+        raise ConfigError(f"{where}: no {CHECKPOINT_NAME} in {path} (the run saved no checkpoint); start a new run instead")
+    try:
+        load_checkpoint(ckpt, mmap=True)  # mapped, not read: cheap for checkpoints of any size
+    except CheckpointError as e:
+        raise ConfigError(f"{where}: {' '.join(str(e).split())}") from e
+
+
+def _mlflow_run_dir(run_id: str, cfg: DictConfig, where: str) -> Path:
+    from sidbench.tracking import find_run_dir, tracking_uri
+
+    uri = tracking_uri(cfg)
+    # MLflow would create a missing SQLite store (and log about it): there is no run in one
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"{where}: no such run folder, and no MLflow store at {uri} to look the run id up in")
+    try:
+        return find_run_dir(run_id, uri)
+    except Exception as e:  # noqa: BLE001 - not found, no folder tag, store unreachable: the reason is in the message
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ConfigError(f"{where}: not a run folder, and not a run of the MLflow store {uri} ({reason})") from e

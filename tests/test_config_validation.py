@@ -1,0 +1,127 @@
+"""Bad settings are refused in the parent process, before torchrun starts: exit code 2 and one line
+that names the setting, the bad value and what is allowed (sidbench/schema.py)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+import sidbench.cli
+import sidbench.run
+from sidbench.cli import main
+
+UNKNOWN_RUN_ID = "0123456789abcdef0123456789abcdef"
+
+
+def _folder(root: Path, checkpoint: bytes | None) -> None:
+    (root / "runs" / "digits" / "old").mkdir(parents=True)
+    if checkpoint is not None:
+        (root / "runs" / "digits" / "old" / "checkpoint.pt").write_bytes(checkpoint)
+
+
+# (overrides, the line starts with, and holds; files to make under the run folder first)
+BAD: list[tuple[list[str], str, str, Callable[[Path], None] | None]] = [
+    (["trainer.batch=-3"], "trainer.batch=-3:", "must be an integer >= 1", None),
+    (["trainer.batch=abc"], "trainer.batch=abc:", "must be an integer >= 1", None),
+    (["trainer.batch=1.5"], "trainer.batch=1.5:", "must be an integer >= 1", None),
+    (["trainer.batch=127"], "trainer.batch=127:", "multiple of the 2 processes", None),  # the default's 2 processes
+    (["trainer.batch_gpu=0"], "trainer.batch_gpu=0:", "null or an integer >= 1", None),
+    (["method.alpha=abc"], "method.alpha=abc:", "must be a number", None),
+    (["method.sigma_init=0"], "method.sigma_init=0:", "a number > 0", None),
+    (["method.t_max=1200"], "method.t_max=1200:", "a number in (0, 1000]", None),
+    (["method.lr=nan"], "method.lr=nan:", "a number > 0", None),
+    (["method.g_beta1=1"], "method.g_beta1=1:", "a number in [0, 1)", None),
+    (["method.dropout=1.5"], "method.dropout=1.5:", "null or a number in [0, 1)", None),
+    (["method.augment_p=2"], "method.augment_p=2:", "a number in [0, 1]", None),
+    (["method=dmd2", "method.ttur=0"], "method.ttur=0:", "an integer >= 1", None),  # a baseline's own schema
+    (["method=dmd2", "method.gan.enabled=maybe"], "method.gan.enabled=maybe:", "true or false", None),
+    (["method=dmd2", "method.betas=[0.9,1.5]"], "method.betas=[0.9, 1.5]:", "in [0, 1)", None),
+    (["trainer.precision=fp8"], "trainer.precision=fp8:", "one of fp32, bf16, fp16", None),
+    (["trainer.kimg=-5"], "trainer.kimg=-5:", "null or a number > 0", None),
+    (["trainer.budget.unit=hours"], "trainer.budget.unit=hours:", "one of kimg, passes, flops, seconds", None),
+    (["trainer.budget.value=0"], "trainer.budget.value=0:", "a number > 0", None),
+    (["trainer.max_seconds=-1"], "trainer.max_seconds=-1:", "null or a number > 0", None),
+    (["trainer.eval_at_fraction=[0.5,2]"], "trainer.eval_at_fraction=[0.5, 2]:", "a list of numbers in (0, 1]", None),
+    (["trainer.eval_at_kimg=[abc]"], "trainer.eval_at_kimg=['abc']:", "a list of numbers >= 0", None),
+    (["trainer.max_nonfinite=0"], "trainer.max_nonfinite=0:", "an integer >= 1", None),
+    (["eval.metric=inception_score"], "eval.metric=inception_score:", "one of fd_pixel, fd_digits, fid", None),
+    (["eval.num_samples=0"], "eval.num_samples=0:", "an integer >= 1", None),
+    (["eval.fid_mode=fast"], "eval.fid_mode=fast:", "one of legacy_tensorflow, clean", None),
+    (["device=cuda"], "device=cuda:", "no CUDA device", None),
+    (["device=gpu"], "device=gpu:", "auto, cpu, cuda or cuda:N", None),
+    (["processes=0"], "processes=0:", "an integer >= 1", None),
+    (["threads=-1"], "threads=-1:", "null or an integer >= 1", None),
+    (["dry_run=yes"], "dry_run=yes:", "true or false", None),
+    (["dataset.teacher.path=/nonexistent/teacher.pkl"], "dataset.teacher.path=/nonexistent/teacher.pkl:", "an existing file", None),
+    (["resume=runs/digits/gone"], "resume=runs/digits/gone:", "no such run folder", None),
+    (["resume=runs/digits/old"], "resume=runs/digits/old:", "no checkpoint.pt", lambda root: _folder(root, None)),
+    (["resume=runs/digits/old"], "resume=runs/digits/old:", "is unreadable", lambda root: _folder(root, b"PK\x03\x04cut")),
+    ([f"resume={UNKNOWN_RUN_ID}"], f"resume={UNKNOWN_RUN_ID}:", "no MLflow store", None),  # none made yet
+]
+
+
+@pytest.fixture
+def no_launch(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """As on the CPU machine of the default run (2 processes); records torchrun launches instead
+    of starting them, and fails the test if a run starts in this process."""
+    launched: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sidbench.cli, "relaunch_with_torchrun", lambda n, overrides: launched.append(n) or 0)
+    monkeypatch.setattr(sidbench.run, "run", lambda cfg: pytest.fail("a run started"))
+    return launched
+
+
+@pytest.mark.parametrize(("overrides", "head", "allowed", "setup"), BAD,
+                         ids=[" ".join(b[0]) + ("" if b[3] is None else f" ({b[2]})") for b in BAD])
+def test_bad_setting_is_one_line_before_torchrun(overrides: list[str], head: str, allowed: str,
+                                                  setup: Callable[[Path], None] | None, run_env: Path,
+                                                  no_launch: list[int], capfd: pytest.CaptureFixture[str]) -> None:
+    if setup is not None:
+        setup(run_env)
+    assert main(["run", *overrides]) == 2
+    out, err = capfd.readouterr()
+    assert no_launch == [] and out == ""
+    assert err.count("\n") == 1, err  # exactly one line
+    line = err.strip().removeprefix("error: ")
+    assert line.startswith(head) and allowed in line, line
+
+
+def test_unknown_mlflow_run_id_is_one_line_and_a_known_one_passes(run_env: Path, no_launch: list[int],
+                                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    # an empty store where run_env points MLFLOW_TRACKING_URI, then one run that logged its folder
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_env / 'mlflow.db'}")
+    _folder(run_env, None)
+    torch.save({"mlflow_run_id": None}, run_env / "runs" / "digits" / "old" / "checkpoint.pt")
+    known = client.create_run(client.create_experiment("digits"), tags={"sidbench.run_dir": str(run_env / "runs" / "digits" / "old")})
+    capfd.readouterr()  # MLflow's lines about creating its tables
+
+    assert main(["run", f"resume={UNKNOWN_RUN_ID}"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and f"resume={UNKNOWN_RUN_ID}: not a run folder" in err and "not found" in err, err
+    assert main(["run", f"resume={known.info.run_id}"]) == 0 and no_launch == [2]
+
+
+@pytest.mark.parametrize("overrides", [
+    [],                                                        # the default: 2 processes under torchrun
+    ["trainer.kimg=3"],
+    ["trainer.budget.unit=passes", "trainer.budget.value=1e6"],
+    ["trainer.precision=bf16", "trainer.batch_gpu=16", "method.alpha=-0.5", "method.dropout=null"],
+    ["eval.metric=fd_digits", "device=cpu", "threads=1", "trainer.eval_at_fraction=[0.25,1]"],
+    ["resume=runs/digits/old"],                                # a folder with a readable checkpoint
+], ids=lambda o: " ".join(o) or "default")
+def test_good_settings_reach_torchrun(overrides: list[str], run_env: Path, no_launch: list[int],
+                                      capfd: pytest.CaptureFixture[str]) -> None:
+    _folder(run_env, None)
+    torch.save({"mlflow_run_id": None}, run_env / "runs" / "digits" / "old" / "checkpoint.pt")
+    assert main(["run", *overrides]) == 0
+    assert no_launch == [2] and capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("dataset", ["digits", "digits-cond", "cifar10", "cifar10-cond", "ffhq64", "afhqv2-64", "imagenet64"])
+def test_every_dataset_dry_run_passes(dataset: str, run_env: Path, no_launch: list[int], capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", f"dataset={dataset}", "dry_run=true"]) == 0
+    assert no_launch == [] and capfd.readouterr().err == ""
