@@ -4,7 +4,6 @@
     python benchmarks/sid_cuda_measure.py cifar10 --precisions fp32 bf16 fp16 --tf32 off on
     python benchmarks/sid_cuda_measure.py --json measured.json        # also the rows as JSON
 
-The companion of sid_memory_estimate.py, which traces the same iteration on a CPU: this one runs it.
 SiD is built exactly as `sidbench run` builds it (teacher, generator and fake score from the preset's
 network, its dropout and Adam settings; augmentation on where the preset has it) but with random
 weights, on one GPU, with the trainer's own StepContext and EMA. The micro-batch is the preset's
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("no CUDA device: this script measures a GPU (sid_memory_estimate.py estimates on a CPU)", file=sys.stderr)
+        print("no CUDA device: this script measures a GPU", file=sys.stderr)
         return 2
     from sidbench.config import compose
 

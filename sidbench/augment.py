@@ -77,11 +77,6 @@ import torch.nn.functional as F
 AUGMENT_DIM = 9
 """Width of the augmentation label (the networks' ``augment_dim``)."""
 
-LABEL_NAMES = (
-    "xflip", "yflip", "scale", "rotate_cos_minus_1", "rotate_sin",
-    "aniso_cos", "aniso_sin", "translate_x", "translate_y",
-)
-
 RESAMPLERS = ("sym6", "bilinear")
 
 # Low-pass decomposition filter of the sym6 wavelet (12 taps, sum sqrt(2), orthonormal under even

@@ -32,8 +32,7 @@ touched. (ModuleDict is pickled with protocol 4's ``NEWOBJ``, which names only t
 files and is refused like any other global.)
 
 Public API: :func:`load_edm_checkpoint` (constructor arguments + ``state_dict``, no network code
-needed) and :func:`load_edm_network` (builds the module with
-``sidbench.teachers.networks.build_edm_network`` and loads the weights with ``strict=True``).
+needed); ``sidbench.teachers.load.load_teacher_file`` builds the network from them.
 """
 
 from __future__ import annotations
@@ -59,7 +58,6 @@ __all__ = [
     "ALLOWED_GLOBALS",
     "EDM_PERSISTENCE_VERSION",
     "load_edm_checkpoint",
-    "load_edm_network",
 ]
 
 EDM_PERSISTENCE_VERSION = 6  # `_version` of EDM's torch_utils/persistence.py
@@ -548,59 +546,3 @@ def load_edm_checkpoint(path: str | os.PathLike) -> EDMCheckpoint:
     if not state_dict:
         raise EDMCheckpointError(path, f"its 'ema' network ({ema.class_name}) holds no tensors")
     return EDMCheckpoint(path=path, constructor=constructor, state_dict=state_dict, extra=extra, ema=ema)
-
-
-def _build_edm_network(constructor: dict[str, Any]) -> torch.nn.Module:
-    try:
-        from .networks import build_edm_network
-    except ImportError:
-        from .networks.build import build_edm_network
-    return build_edm_network(dict(constructor))
-
-
-def _examples(keys, n: int = 3) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:n])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
-def load_edm_network(path: str | os.PathLike, device: str | torch.device | None = None) -> torch.nn.Module:
-    """Build the ``ema`` network of an EDM (or SiD) checkpoint with this project's modules.
-
-    Calls ``sidbench.teachers.networks.build_edm_network(constructor)`` and loads the checkpoint's
-    weights with ``strict=True``. Returns the network in eval mode, on ``device`` (default CPU).
-
-    Raises:
-        UnsafeCheckpointError, EDMCheckpointError: as :func:`load_edm_checkpoint`, and when the network
-            cannot be built or its keys/shapes differ from the file's (one line, naming the file).
-    """
-    ckpt = load_edm_checkpoint(path)
-    try:
-        net = _build_edm_network(ckpt.constructor)
-    except Exception as e:  # noqa: BLE001
-        raise EDMCheckpointError(ckpt.path, f"cannot build the network {ckpt.constructor.get('precond')}/"
-                                         f"{ckpt.constructor.get('model_type')} ({type(e).__name__}: {e})") from None
-    expected = net.state_dict()
-    missing = set(expected) - set(ckpt.state_dict)
-    unexpected = set(ckpt.state_dict) - set(expected)
-    reshaped = {k for k in set(expected) & set(ckpt.state_dict) if expected[k].shape != ckpt.state_dict[k].shape}
-    if missing or unexpected or reshaped:
-        parts = []
-        if missing:
-            parts.append(f"missing in the file: {_examples(missing)}")
-        if unexpected:
-            parts.append(f"not in the network: {_examples(unexpected)}")
-        if reshaped:
-            k = sorted(reshaped)[0]
-            parts.append(f"{len(reshaped)} shape mismatches, e.g. {k}: file {tuple(ckpt.state_dict[k].shape)} "
-                         f"vs network {tuple(expected[k].shape)}")
-        raise EDMCheckpointError(ckpt.path, "its weights do not fit the network built from its constructor "
-                                         "arguments; " + "; ".join(parts))
-    try:
-        net.load_state_dict(ckpt.state_dict, strict=True)
-    except RuntimeError as e:
-        raise EDMCheckpointError(ckpt.path, f"loading the weights failed ({_one_line(e, 300)})") from None
-    net.eval()
-    if device is not None:
-        net.to(device)
-    return net

@@ -54,15 +54,32 @@ def load_native_teacher(path: str | Path) -> tuple[dict[str, Any], dict[str, tor
     return json.loads(meta["constructor"]), state, json.loads(meta.get("info", "{}"))
 
 
+def _examples(keys: set[str], n: int = 3) -> str:
+    shown = sorted(keys)
+    return ", ".join(shown[:n]) + (f", ... ({len(shown)} in all)" if len(shown) > n else "")
+
+
 def _build(constructor: dict[str, Any], state: dict[str, torch.Tensor], path: str) -> torch.nn.Module:
+    """The network of `constructor` with the file's weights, loaded strictly; a file that does not
+    fit says which tensors are missing, extra or of another shape, in one line."""
     from sidbench.teachers.networks import build_edm_network
 
     try:
         net = build_edm_network(constructor)
-        net.load_state_dict(state, strict=True)
-    except (RuntimeError, ValueError, TypeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TeacherLoadError(f"teacher file {path} does not fit its network: {first}") from e
+    except (ValueError, TypeError, KeyError) as e:
+        raise TeacherLoadError(f"teacher file {path}: cannot build the network {constructor.get('precond')}/"
+                               f"{constructor.get('model_type')} from its constructor ({type(e).__name__}: {e})") from e
+    expected = net.state_dict()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    reshaped = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    problems = [f"missing in the file: {_examples(missing)}"] if missing else []
+    problems += [f"not in the network: {_examples(unexpected)}"] if unexpected else []
+    if reshaped:
+        k = reshaped[0]
+        problems.append(f"{len(reshaped)} shape mismatches, e.g. {k}: file {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}")
+    if problems:
+        raise TeacherLoadError(f"teacher file {path} does not fit the network its constructor describes: " + "; ".join(problems))
+    net.load_state_dict(state, strict=True)
     return net
 
 

@@ -51,8 +51,6 @@ INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrain
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
 #: Environment variable naming a local copy of the detector file.
 INCEPTION_ENV = "SIDBENCH_INCEPTION"
-#: Feature dimension of the detector's pool layer.
-INCEPTION_DIM = 2048
 #: The clean-fid modes supported; the first is the default.
 FID_MODES = ("legacy_tensorflow", "clean")
 

@@ -44,10 +44,6 @@ class _Precond(nn.Module):
         """(c_skip, c_out, c_in, c_noise) for a float32 sigma of shape [B]."""
         raise NotImplementedError
 
-    def round_sigma(self, sigma: float | Tensor) -> Tensor:
-        """Noise levels are continuous: identity (kept for EDM-style callers)."""
-        return torch.as_tensor(sigma)
-
     def forward(
         self,
         x: Tensor,

@@ -36,7 +36,6 @@ from sidbench.teachers.edm_pickle import (
     PersistentRecord,
     UnsafeCheckpointError,
     load_edm_checkpoint,
-    load_edm_network,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -652,7 +651,9 @@ def _edm_file_from_state_dict(path: Path, constructor: dict, state_dict: dict, b
 @pytest.mark.skipif(not HAVE_BUILD, reason="teachers/networks/build.py not written yet")
 @pytest.mark.skipif(not PARITY.exists(), reason="tests/fixtures/edm-parity.pt missing")
 @pytest.mark.parametrize("config", ["songunet-tiny-cond/EDMPrecond", "dhariwal-tiny-cond/EDMPrecond"])
-def test_load_edm_network_reproduces_the_weights_and_outputs(tmp_path, config):
+def test_load_teacher_file_reproduces_the_weights_and_outputs_of_a_pickle(tmp_path, config):
+    from sidbench.teachers.load import load_teacher_file
+
     from sidbench.teachers.networks import build_edm_network
 
     ref = torch.load(PARITY, weights_only=True)[config]
@@ -662,9 +663,10 @@ def test_load_edm_network_reproduces_the_weights_and_outputs(tmp_path, config):
 
     path = tmp_path / "teacher.pkl"
     markers = _edm_file_from_state_dict(path, ref["constructor"], ref["state_dict"], buffers, tmp_path)
-    net = load_edm_network(path)
+    net, constructor, _ = load_teacher_file(path)
+    net.eval()
     _assert_not_executed(markers)
-    assert not net.training
+    assert constructor == ref["constructor"]
     loaded = net.state_dict()
     assert list(loaded) == list(direct.state_dict())
     assert all(torch.equal(loaded[k], v) for k, v in ref["state_dict"].items())
@@ -676,7 +678,8 @@ def test_load_edm_network_reproduces_the_weights_and_outputs(tmp_path, config):
 
 @pytest.mark.skipif(not HAVE_BUILD, reason="teachers/networks/build.py not written yet")
 @pytest.mark.skipif(not PARITY.exists(), reason="tests/fixtures/edm-parity.pt missing")
-def test_load_edm_network_mismatch_is_one_line(tmp_path):
+def test_a_pickle_that_does_not_fit_its_network_is_one_line(tmp_path):
+    from sidbench.teachers.load import TeacherLoadError, load_teacher_file
     from sidbench.teachers.networks import build_edm_network
 
     ref = torch.load(PARITY, weights_only=True)["songunet-tiny-cond/EDMPrecond"]
@@ -687,23 +690,23 @@ def test_load_edm_network_mismatch_is_one_line(tmp_path):
     sd.pop("model.map_layer0.weight")
     path = tmp_path / "missing.pkl"
     _edm_file_from_state_dict(path, ref["constructor"], sd, buffers, tmp_path)
-    with pytest.raises(EDMCheckpointError) as err:
-        load_edm_network(path)
+    with pytest.raises(TeacherLoadError) as err:
+        load_teacher_file(path)
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg and "missing in the file: model.map_layer0.weight" in msg
 
     # Constructor arguments that do not fit the weights.
     path = tmp_path / "wide.pkl"
     _edm_file_from_state_dict(path, {**ref["constructor"], "model_channels": 32}, ref["state_dict"], buffers, tmp_path)
-    with pytest.raises(EDMCheckpointError, match="shape mismatches") as err:
-        load_edm_network(path)
+    with pytest.raises(TeacherLoadError, match="shape mismatches") as err:
+        load_teacher_file(path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
     # Constructor arguments the builder does not know.
     path = tmp_path / "unknown.pkl"
     _edm_file_from_state_dict(path, {**ref["constructor"], "wings": 2}, ref["state_dict"], buffers, tmp_path)
-    with pytest.raises(EDMCheckpointError, match="cannot build the network") as err:
-        load_edm_network(path)
+    with pytest.raises(TeacherLoadError, match="cannot build the network") as err:
+        load_teacher_file(path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
