@@ -28,11 +28,12 @@ class GaussianDenoiser(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
                 augment_labels: torch.Tensor | None = None) -> torch.Tensor:
         n, d = x.shape[0], self.mean.numel()
+        dtype = self.mean.dtype  # samplers hand float64 states, as EDM's networks accept them
         cov = self.factor @ self.factor.T
-        s2 = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(n) ** 2
-        eye = torch.eye(d, device=x.device, dtype=x.dtype)
+        s2 = torch.as_tensor(sigma, device=x.device).to(dtype).reshape(-1).expand(n) ** 2
+        eye = torch.eye(d, device=x.device, dtype=dtype)
         gain = cov @ torch.linalg.inv(cov + s2[:, None, None] * eye)  # [n, d, d]
-        delta = (x.reshape(n, d) - self.mean)[:, :, None]
+        delta = (x.reshape(n, d).to(dtype) - self.mean)[:, :, None]
         return (self.mean + (gain @ delta)[..., 0]).reshape(x.shape)
 
 

@@ -1,5 +1,6 @@
 """DMD2 (Yin et al. 2024, arXiv 2405.14867) as a method plugin, in the authors' EDM (ImageNet 64)
-form; DMD (Yin et al. 2023, arXiv 2311.18828) beside it in `dmd.py`.
+form, and DMD (Yin et al. 2023, arXiv 2311.18828) beside it: the same distribution matching, no
+TTUR or GAN, plus a regression onto (noise, teacher sample) pairs made before training.
 
 One DMD2 iteration (SPEC section 5):
   1. on a generator iteration (every `ttur`-th, the two time-scale update rule): x = G(80 z, 80, c)
@@ -17,6 +18,8 @@ and DDP allows one forward per backward.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,12 +28,17 @@ from omegaconf import DictConfig
 from sidbench.config import ConfigError
 from sidbench.methods.base import Method, Recipe, register_method
 from sidbench.methods.baselines.dmd.gan_head import GANHead, bottleneck_shape
-from sidbench.methods.baselines.dmd.schema import DMD2Schema
+from sidbench.methods.baselines.distance import DISTANCES, image_distance
+from sidbench.methods.baselines.dmd.schema import DMD2Schema, DMDSchema
+from sidbench.methods.baselines.teacher_samples import (
+    SampleSpec, TeacherSamples, load_teacher_samples, obtain_teacher_samples, teacher_identity,
+)
 from sidbench.methods.baselines.dmd.loss import (
     distribution_matching_loss, dmd_fake_score_loss, gan_discriminator_loss, gan_generator_loss, karras_grid,
     sample_grid_sigma,
 )
 from sidbench.teachers.teacher import Teacher
+from sidbench.trainer.compute import Cost
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.schedule import lr_schedule
 
@@ -180,3 +188,95 @@ class DMD2(DistributionMatching):
         ctx.log("logits_fake", l_fake.mean())
         total = fs + float(self.cfg.gan.discriminator_weight) * d * n
         return total, {"fake_score": fs.detach() / n, "gan_discriminator": d.detach()}
+
+
+@register_method("dmd")
+class DMD(DistributionMatching):
+    """DMD: L_G = L_DM + regression.weight * d(G(z_ref), y_ref) on pairs (z_ref, y_ref) of the
+    teacher's deterministic Heun sampler, made once before training (charged to the run, cached
+    on disk and reused: a run that reuses them is charged their recorded cost, so a warm cache
+    changes no budget); the fake score as in DMD2, every iteration."""
+
+    description = "DMD (Yin et al. 2023): distribution matching plus regression on teacher ODE pairs"
+    config_schema = DMDSchema
+
+    def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
+        super().__init__(teacher, cfg, device, full_cfg)
+        reg = cfg.regression
+        if str(reg.distance) not in DISTANCES:
+            raise ConfigError(f"method.regression.distance={reg.distance}: use one of {', '.join(DISTANCES)}")
+        if reg.distance == "lpips" and teacher.channels == 1 and not reg.adapt_gray:
+            raise ConfigError("method.regression.distance=lpips on a 1-channel teacher needs an adaptation: set "
+                              "method.regression.adapt_gray=true (the channel is repeated to RGB) or use distance=l2")
+        steps = reg.sampler_steps or (full_cfg.dataset.teacher.sampler_steps if full_cfg is not None else 18)
+        freq = None
+        if teacher.label_dim:
+            from sidbench.labels import label_frequencies
+
+            spec_freq = full_cfg.dataset.get("label_freq") if full_cfg is not None else None
+            name = str(full_cfg.dataset.name) if full_cfg is not None else ""
+            freq = tuple(float(v) for v in label_frequencies(teacher.label_dim, spec_freq, name).tolist())
+        self.spec = SampleSpec(teacher_identity(teacher), int(steps), int(reg.pairs), int(reg.seed), int(reg.batch),
+                               tuple(teacher.shape), teacher.label_dim, freq)
+        self.pairs: TeacherSamples | None = None
+        if reg.get("pairs_file"):  # pairs the user made elsewhere: they must be this teacher's
+            self.pairs = self._checked_pairs(Path(str(reg.pairs_file)))
+        self._build_optimizers()
+
+    def _checked_pairs(self, path: Path) -> TeacherSamples:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                recorded = json.loads((f.metadata() or {})["spec"])
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same mistake
+            raise ConfigError(f"method.regression.pairs_file={path}: not a teacher-samples file ({type(e).__name__}: {e})") from None
+        if recorded.get("teacher") != self.spec.teacher:
+            raise ConfigError(f"method.regression.pairs_file={path}: made by teacher {recorded.get('teacher')!r}, "
+                              f"not by this run's {self.spec.teacher!r}; remove the setting to make new pairs")
+        spec = SampleSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in recorded.items() if k != "format"})
+        pairs = load_teacher_samples(path, spec)
+        if pairs is None or pairs.noise is None:
+            raise ConfigError(f"method.regression.pairs_file={path}: unreadable or without the noise of its samples")
+        self.spec = spec
+        return pairs
+
+    def prepare(self, ctx: StepContext) -> None:
+        if self.pairs is not None:  # a file the user gave: charged what it recorded
+            ctx.counter.charge(self.pairs.cost) if ctx.rank == 0 else None
+            return
+        self.pairs, hit = obtain_teacher_samples(self.teacher.net, self.spec, self.device, ctx.rank, ctx.world_size)
+        if hit and ctx.rank == 0:
+            cost = self.pairs.cost
+            ctx.counter.charge(Cost(cost.passes, cost.teacher_passes, cost.flops if ctx.counter.count_flops else 0.0))
+
+    def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        if self.pairs is None:  # a resumed run skips prepare: the cached pairs, without a new charge
+            self.pairs, _ = obtain_teacher_samples(self.teacher.net, self.spec, self.device, ctx.rank, ctx.world_size)
+        self._stash = []
+        clip = self.cfg.grad_clip
+        logs: dict[str, Any] = {}
+        if ctx.iteration % int(self.cfg.ttur) == 0:
+            logs |= ctx.update("generator", lambda n: self._generator_loss(ctx, n), clip_grad_norm=clip)
+        logs |= ctx.update("fake_score", lambda n: self._fake_loss(ctx, n), clip_grad_norm=clip)
+        return logs
+
+    def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = ctx.labels(n)
+        generator = ctx.net("generator")
+        x = self._generate(generator, n, labels)
+        self._stash.append((x.detach(), labels))
+        dm = self._dm_loss(x, labels)
+        reg_cfg = self.cfg.regression
+        z_ref, y_ref, labels_ref = self.pairs.draw_pairs(n, self.device)
+        x_ref = self.sample(generator, z_ref, labels_ref).float()
+        reg = image_distance(x_ref, y_ref, str(reg_cfg.distance), adapt_gray=bool(reg_cfg.adapt_gray))
+        total = dm * n + float(reg_cfg.weight) * reg.sum()
+        return total, {"dm": dm.detach(), "regression": reg.detach().mean()}
+
+    def _fake_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, labels = self._fake_inputs(ctx, n)
+        sigma = self._sigma(n, 0, len(self.grid) - 1)
+        denoised = ctx.net("fake_score")(x + sigma * torch.randn_like(x), sigma.flatten(), labels).float()
+        fs = self._denoising_loss(denoised, x, sigma)
+        return fs, {"fake_score": fs.detach() / n}

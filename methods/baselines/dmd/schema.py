@@ -34,3 +34,20 @@ class DistributionMatchingSchema:
 @dataclass
 class DMD2Schema(DistributionMatchingSchema):
     gan: GANSchema = field(default_factory=GANSchema)
+
+
+@dataclass
+class RegressionSchema:
+    weight: float = setting(ge=0)
+    distance: str = setting(choices=("l2", "lpips"))
+    adapt_gray: bool = setting()
+    pairs: int = setting(ge=1)
+    sampler_steps: int | None = setting(ge=1)   # null: the dataset card's teacher steps
+    seed: int = setting()
+    batch: int = setting(ge=1)
+    pairs_file: str | None = setting(exists=True)
+
+
+@dataclass
+class DMDSchema(DistributionMatchingSchema):
+    regression: RegressionSchema = field(default_factory=RegressionSchema)
