@@ -1,0 +1,214 @@
+"""Consistency distillation (Song et al. 2023, arXiv 2303.01469) as a method plugin on EDM networks
+(Karras et al. 2022, arXiv 2206.00364); the formulas are in `loss.py`.
+
+One iteration: x (a teacher sample or a real image), adjacent points t > t2 of the N-point Karras
+grid, x_t = x + t n, one Heun step of the teacher x_t -> x_t2, and the loss
+d(f(x_t, t), stopgrad f_target(x_t2, t2)) summed over the micro-batch's samples (the step context
+divides by the batch), then the target network's EMA step theta- <- mu theta- + (1 - mu) theta.
+
+The networks. The generator f is `ConsistencyParam` around a copy of the teacher: the teacher's
+raw UNet with the consistency c_skip and c_out, so that f(x, sigma_min) = x. The target network is
+an `EMA` of f with the constant rate mu (0 on CIFAR-10: the target is f itself, copied after each
+update), returned by `averages()`; the trainer counts its calls through `.module`. With dropout,
+the target runs in train mode with the random state the online call started from, so both see the
+same dropout mask (as the authors' code does).
+
+How the generator is saved and rebuilt. `sidbench run` saves the trainer's EMA of f with
+`generator_constructor()` through `save_native_teacher`. `ConsistencyParam` holds no weights of
+its own and its state_dict keys are the EDM network's, so the constructor `plan_networks` gives
+for the generator is the PLAIN EDM one: `load_teacher_file` builds an ordinary EDMPrecond and
+loads the saved weights strictly. What makes it a consistency function again is the recipe,
+`{"sampler": "consistency", "sigmas": [...], "sigma_min": ..., "nfe": ...}`: this class's
+`sample_recipe` wraps a plain EDM network in `ConsistencyParam(net, sigma_min)` before sampling
+(a network that already is one, as in training, is used as it is). Read the file as an EDM
+denoiser without its recipe and you get a different function: its info says so.
+
+Sampling: one step f(80 z, 80) by default; multistep at `sampling_sigmas` (e.g. [80.0, 0.8]):
+x = f(s_0 z, s_0), then x = f(x + sqrt(s^2 - s_min^2) n, s) for each further s (the paper's
+Algorithm 1). The fresh noise n of sample i comes from a generator seeded by a hash of z_i's
+values (`sidbench.seeding.mix`): the same z gives the same image in any batch, on any run.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from sidbench.config import ConfigError
+from sidbench.methods.base import Method, Recipe, register_method
+from sidbench.methods.baselines.consistency.loss import ConsistencyParam, adjacent_grid_points, heun_teacher_step
+from sidbench.methods.baselines.distance import DISTANCES, LPIPSUnavailableError, image_distance, load_lpips
+from sidbench.methods.baselines.teacher_samples import TrainingImages
+from sidbench.seeding import mix
+from sidbench.teachers.teacher import Teacher
+from sidbench.trainer.context import StepContext
+from sidbench.trainer.ema import EMA
+
+CONSISTENCY = "consistency"
+#: tag of the multistep sampler's noise streams
+NOISE_STREAM = 0xC0FFEE
+
+
+def check_config(cfg: DictConfig) -> None:
+    """One-line `ConfigError`s for settings the method cannot run."""
+    mu = float(cfg.mu)
+    if not 0.0 <= mu < 1.0:
+        raise ConfigError(f"method.mu={mu} must lie in [0, 1): the target EMA rate (0 copies the network after each update)")
+    if int(cfg.num_points) < 2:
+        raise ConfigError(f"method.num_points={cfg.num_points} must be >= 2: adjacent points of the Karras grid")
+    if str(cfg.distance) not in DISTANCES:
+        raise ConfigError(f"unknown method.distance={cfg.distance!r}; choose one of {', '.join(DISTANCES)}")
+    check_sigmas(list(cfg.sampling_sigmas), float(cfg.sigma_min), float(cfg.sigma_max))
+
+
+def check_sigmas(sigmas: Sequence[float], sigma_min: float, sigma_max: float) -> None:
+    s = [float(v) for v in sigmas]
+    if not s or any(not sigma_min <= v <= sigma_max for v in s) or any(a <= b for a, b in zip(s, s[1:])):
+        raise ConfigError(f"method.sampling_sigmas={s} must be a decreasing list within "
+                          f"[sigma_min={sigma_min}, sigma_max={sigma_max}], e.g. [80.0] or [80.0, 0.8]")
+
+
+def sample_noise(z: Tensor, steps: int) -> Tensor:
+    """[steps, *z.shape] standard-normal noise, sample i's from a generator seeded by a hash of
+    z[i]: reproducible, and independent of how samples are batched."""
+    out = torch.empty((steps, *z.shape), dtype=z.dtype, device=z.device)
+    rows = z.detach().to("cpu", torch.float32).contiguous().numpy()
+    for i, row in enumerate(rows):
+        seed = mix(NOISE_STREAM, int.from_bytes(hashlib.sha256(row.tobytes()).digest()[:8], "little"))
+        g = torch.Generator(device=z.device).manual_seed(seed)
+        out[:, i] = torch.randn((steps, *z.shape[1:]), generator=g, dtype=z.dtype, device=z.device)
+    return out
+
+
+@torch.no_grad()
+def consistency_sample(f: Callable[[Tensor, Tensor, Tensor | None], Tensor], z: Tensor, labels: Tensor | None,
+                       sigmas: Sequence[float], sigma_min: float) -> Tensor:
+    """Multistep consistency sampling (arXiv 2303.01469, Algorithm 1): len(sigmas) NFE."""
+    s = [float(v) for v in sigmas]
+    noise = sample_noise(z, len(s) - 1) if len(s) > 1 else None
+
+    def level(v: float) -> Tensor:
+        return torch.full((z.shape[0],), v, dtype=z.dtype, device=z.device)
+
+    x = f(z * s[0], level(s[0]), labels)
+    for k, v in enumerate(s[1:]):
+        x = f(x + math.sqrt(v**2 - sigma_min**2) * noise[k].to(x.dtype), level(v), labels)
+    return x
+
+
+def rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+@register_method("consistency")
+class ConsistencyDistillation(Method):
+    description = "Consistency distillation (Song et al. 2023): one- or few-step consistency function"
+
+    def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
+        super().__init__(teacher, cfg, device, full_cfg)
+        check_config(cfg)
+        self.images = TrainingImages(cfg, teacher, full_cfg, device)
+        self.uses_real_data = self.images.uses_real_data  # read on the instance by sidbench.run
+        self.sigma_min = float(cfg.sigma_min)
+        self.distance = str(cfg.distance)
+        if self.distance == "lpips":
+            self._check_lpips(teacher)
+        overrides = self._overrides(cfg)
+        self.dropout = float(overrides.get("dropout", teacher.constructor.get("dropout", 0.0)) or 0.0)
+        self.generator = self.consistency_function(teacher.copy_network(**overrides), self.sigma_min)
+        self.target = EMA(self.generator)  # constant-rate average: blend(net, mu) after each update
+        self.opt = torch.optim.Adam(self.generator.parameters(), lr=float(cfg.lr), betas=tuple(cfg.adam_betas))
+
+    @staticmethod
+    def _overrides(cfg: DictConfig) -> dict[str, Any]:
+        return {"dropout": cfg.dropout} if cfg.get("dropout") is not None else {}
+
+    def _check_lpips(self, teacher: Teacher) -> None:
+        if teacher.channels == 1 and not bool(self.cfg.lpips_adapt_gray):
+            raise ConfigError("method.distance=lpips needs RGB images; set method.lpips_adapt_gray=true to repeat a gray "
+                              "image to 3 channels, or use method.distance=l2")
+        try:
+            load_lpips(str(self.cfg.lpips_net), self.device)
+        except (LPIPSUnavailableError, ValueError) as e:
+            raise ConfigError(f"{e}") from e
+
+    @classmethod
+    def consistency_function(cls, net: torch.nn.Module, sigma_min: float) -> torch.nn.Module:
+        """f around a denoiser: `ConsistencyParam` (shares the network's weights), unless it is one."""
+        return net if isinstance(net, ConsistencyParam) else ConsistencyParam(net, sigma_min=sigma_min)
+
+    # -- contract ------------------------------------------------------------------------------
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"generator": self.generator}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.opt}
+
+    def averages(self) -> dict[str, EMA]:
+        return {"target": self.target}
+
+    def prepare(self, ctx: StepContext) -> None:
+        self.images.prepare(ctx)
+
+    @classmethod
+    def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        check_config(cfg)  # the dry run asks this before anything is built: refuse bad settings there too
+        # The plain EDM constructor for f and its target: see the module docstring.
+        generator = {**teacher_constructor, **cls._overrides(cfg)}
+        return {"teacher": dict(teacher_constructor), "generator": generator, "target": dict(generator)}
+
+    # -- sampling ------------------------------------------------------------------------------
+    def sampling(self) -> Recipe:
+        sigmas = [float(s) for s in self.cfg.sampling_sigmas]
+        return {"sampler": CONSISTENCY, "sigmas": sigmas, "sigma_min": self.sigma_min, "nfe": len(sigmas)}
+
+    @classmethod
+    def sample_recipe(cls, net: torch.nn.Module, z: Tensor, labels: Tensor | None, recipe: Recipe) -> Tensor:
+        if recipe.get("sampler") == CONSISTENCY:
+            sigma_min = float(recipe["sigma_min"])
+            return consistency_sample(cls.consistency_function(net, sigma_min), z, labels, recipe["sigmas"], sigma_min)
+        return super().sample_recipe(net, z, labels, recipe)
+
+    # -- one iteration -------------------------------------------------------------------------
+    def train_step(self, ctx: StepContext) -> dict[str, Tensor]:
+        self.images.ensure(ctx)  # a resumed run skipped prepare
+        logs = ctx.update("generator", lambda n: self._loss(ctx, n), clip_grad_norm=self._clip())
+        self.target.blend(self.generator, float(self.cfg.mu))
+        ctx.log("real_data", float(self.images.uses_real_data))
+        return logs
+
+    def _clip(self) -> float | None:
+        return float(self.cfg.clip_grad_norm) if self.cfg.get("clip_grad_norm") is not None else None
+
+    def _lpips_resize(self) -> int | None:
+        return int(self.cfg.lpips_resize) if self.cfg.get("lpips_resize") is not None else None
+
+    def _loss(self, ctx: StepContext, n: int) -> tuple[Tensor, dict[str, Tensor]]:
+        cfg = self.cfg
+        x, labels = self.images.draw(ctx, n)
+        t, t2 = adjacent_grid_points(n, int(cfg.num_points), sigma_min=self.sigma_min, sigma_max=float(cfg.sigma_max),
+                                     rho=float(cfg.rho), device=self.device)
+        x_t = x + t * torch.randn_like(x)
+        x_t2 = heun_teacher_step(self.teacher.net, x_t, t, t2, labels)  # 2 teacher calls, no graph
+        state = rng_state(self.device) if self.dropout > 0 else None
+        online = ctx.net("generator").train()(x_t, t.flatten(), labels).float()
+        with torch.no_grad():
+            target_net = self.target.module.train(state is not None)
+            if state is not None:
+                set_rng_state(state, self.device)  # the online call's dropout mask
+            target = target_net(x_t2, t2.flatten(), labels).float()
+        d = image_distance(online, target, self.distance, adapt_gray=bool(cfg.lpips_adapt_gray),
+                           lpips_net=str(cfg.lpips_net), lpips_resize=self._lpips_resize())
+        loss = d.sum()
+        return loss, {"consistency": loss.detach() / n}

@@ -1,0 +1,181 @@
+"""Progressive distillation (Salimans & Ho 2022, arXiv 2202.00512) as a method plugin, in EDM's
+sigma form (Karras et al. 2022, arXiv 2206.00364); the formulas are in `loss.py`.
+
+A run is a sequence of stages. In stage k the student has N_k = start_steps / 2^k steps and learns,
+at a step index i uniform in {0, ..., N_k - 1}, that ONE Euler step t -> t3 of its own should land
+where the stage's teacher lands after TWO Euler steps t -> t2 -> t3 (`loss.teacher_target`), with
+the loss max(1/t^2, 1) |D_student(x_t, t) - x_tilde|^2 summed over the micro-batch's elements (the
+step context divides by the batch). Every `stage_iterations` updates the run enters the next stage
+(`Stage(unit="iterations")`): the trainer resets the student's Adam state and restarts its LR
+schedule (warm-up, then annealed over the stage), and, by default, restarts the generator's EMA
+(an N-step and a 2N-step student are different functions; averaging across them means nothing);
+then `enter_stage` copies the student into the frozen teacher of the new stage and N halves,
+down to `final_steps`. The last stage runs until the run's budget ends.
+
+The student is a copy of the teacher's denoiser (`Teacher.copy_network`: a denoiser at every
+noise level, not the one-step form of `init_generator`). The stage's teacher is the loaded teacher
+in stage 0 and a frozen copy of the previous student afterwards; the trainer checkpoints that
+copy (it is a frozen network other than the loaded teacher) and `state_dict` records the stage,
+from which the step count follows on resume.
+
+Sampling: Euler on `loss.student_sigmas(N)` (N NFE), the exact grid the student was trained on;
+`sample_recipe` knows this "euler" sampler, so `sidbench fid <run dir>` samples a saved student.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from sidbench.config import ConfigError
+from sidbench.methods.base import Method, Recipe, Stage, register_method
+from sidbench.methods.baselines.progressive.loss import (
+    euler_sample, progressive_loss, sample_stage_sigmas, student_sigmas, teacher_target,
+)
+from sidbench.methods.baselines.teacher_samples import TrainingImages
+from sidbench.teachers.teacher import Teacher
+from sidbench.trainer.context import StepContext
+from sidbench.trainer.schedule import lr_schedule
+
+EULER = "euler"
+
+
+def is_power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+def stage_steps(start_steps: int, final_steps: int) -> list[int]:
+    """The student's step count in each stage: start, start/2, ..., final."""
+    steps = [start_steps]
+    while steps[-1] > final_steps:
+        steps.append(steps[-1] // 2)
+    return steps
+
+
+def check_config(cfg: DictConfig) -> None:
+    """One-line `ConfigError`s for settings the method cannot run."""
+    start, final, k = int(cfg.start_steps), int(cfg.final_steps), int(cfg.stage_iterations)
+    if not is_power_of_two(start):
+        raise ConfigError(f"method.start_steps={start} is not a power of two; halving must reach final_steps exactly")
+    if not is_power_of_two(final):
+        raise ConfigError(f"method.final_steps={final} is not a power of two")
+    if final > start:
+        raise ConfigError(f"method.final_steps={final} is above method.start_steps={start}; the step count only halves")
+    if k < 1:
+        raise ConfigError(f"method.stage_iterations={k} must be >= 1")
+    if int(cfg.lr_warmup) >= k:
+        raise ConfigError(f"method.lr_warmup={cfg.lr_warmup} must be shorter than a stage (stage_iterations={k})")
+
+
+@register_method("progressive")
+class ProgressiveDistillation(Method):
+    description = "Progressive distillation (Salimans & Ho 2022): halve the student's Euler steps stage by stage"
+    generator_name = "student"
+
+    def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
+        super().__init__(teacher, cfg, device, full_cfg)
+        check_config(cfg)
+        self.images = TrainingImages(cfg, teacher, full_cfg, device)
+        self.uses_real_data = self.images.uses_real_data  # read on the instance by sidbench.run
+        self.steps_per_stage = stage_steps(int(cfg.start_steps), int(cfg.final_steps))
+        self.student = teacher.copy_network(**self._overrides(cfg))
+        self.stage_teacher: torch.nn.Module | None = None  # the promoted student, from stage 1 on
+        self.stage = 0
+        self.opt = torch.optim.Adam(self.student.parameters(), lr=float(cfg.lr), betas=tuple(cfg.adam_betas))
+        warmup = int(cfg.lr_warmup)
+        self.schedule = lr_schedule(self.opt, warmup=warmup, anneal=str(cfg.lr_anneal),
+                                    anneal_iterations=int(cfg.stage_iterations) - warmup, final=float(cfg.lr_final))
+        self.grid = {"final_zero": bool(cfg.final_zero), "sigma_min": float(cfg.sigma_min),
+                     "sigma_max": float(cfg.sigma_max), "rho": float(cfg.rho)}
+
+    @staticmethod
+    def _overrides(cfg: DictConfig) -> dict[str, Any]:
+        return {"dropout": cfg.dropout} if cfg.get("dropout") is not None else {}
+
+    # -- contract ------------------------------------------------------------------------------
+    @property
+    def num_steps(self) -> int:
+        """The student's step count now: a function of the stage alone (so of a resumed checkpoint)."""
+        return self.steps_per_stage[self.stage]
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"student": self.student}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"student": self.opt}
+
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        return {"student": self.schedule}
+
+    def frozen_networks(self) -> dict[str, torch.nn.Module]:
+        return {"teacher": self.stage_teacher if self.stage_teacher is not None else self.teacher.net}
+
+    def stages(self) -> list[Stage]:
+        k, reset_ema = int(self.cfg.stage_iterations), bool(self.cfg.reset_ema)
+        return [Stage(f"{n}-step", start=float(i * k), unit="iterations",
+                      reset_optimizers=("student",) if i else (), reset_ema=reset_ema and i > 0)
+                for i, n in enumerate(self.steps_per_stage)]
+
+    def enter_stage(self, index: int, stage: Stage) -> None:
+        self._promoted().load_state_dict(self.student.state_dict())  # the student becomes the teacher
+        self.stage = index
+
+    def _promoted(self) -> torch.nn.Module:
+        # A fresh build, not a deepcopy of the student: a copy would carry the compute counter's
+        # hooks on the student and be counted under its name.
+        if self.stage_teacher is None:
+            self.stage_teacher = self.teacher.copy_network(**self._overrides(self.cfg)).eval().requires_grad_(False)
+        return self.stage_teacher
+
+    def prepare(self, ctx: StepContext) -> None:
+        self.images.prepare(ctx)
+
+    @classmethod
+    def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        check_config(cfg)  # the dry run asks this before anything is built: refuse bad settings there too
+        student = {**teacher_constructor, **cls._overrides(cfg)}
+        return {"teacher": dict(teacher_constructor), "student": student}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "steps": self.num_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stage = int(state["stage"])
+        if self.stage > 0:
+            self._promoted()  # the trainer then loads its weights from the checkpoint's frozen networks
+        if int(state["steps"]) != self.num_steps:
+            raise ConfigError(f"the checkpoint's student has {state['steps']} steps in stage {self.stage}, but this "
+                              f"config gives {self.num_steps}; resume with the run's own method.start_steps")
+
+    # -- sampling ------------------------------------------------------------------------------
+    def sampling(self) -> Recipe:
+        sigmas = student_sigmas(self.num_steps, **self.grid)
+        return {"sampler": EULER, "sigmas": [float(s) for s in sigmas], "nfe": self.num_steps}
+
+    @classmethod
+    def sample_recipe(cls, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, recipe: Recipe) -> torch.Tensor:
+        if recipe.get("sampler") == EULER:
+            return euler_sample(net, z, labels, torch.tensor(recipe["sigmas"], dtype=torch.float64))
+        return super().sample_recipe(net, z, labels, recipe)
+
+    # -- one iteration -------------------------------------------------------------------------
+    def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        self.images.ensure(ctx)  # a resumed run skipped prepare
+        logs = ctx.update("student", lambda n: self._loss(ctx, n), clip_grad_norm=self._clip())
+        ctx.log("steps", float(self.num_steps))
+        ctx.log("real_data", float(self.images.uses_real_data))
+        return logs
+
+    def _clip(self) -> float | None:
+        return float(self.cfg.clip_grad_norm) if self.cfg.get("clip_grad_norm") is not None else None
+
+    def _loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, labels = self.images.draw(ctx, n)
+        t, t2, t3 = sample_stage_sigmas(n, self.num_steps, device=self.device, **self.grid)
+        x_t = x + t * torch.randn_like(x)
+        teacher = self.frozen_networks()["teacher"]
+        x_tilde = teacher_target(teacher, x_t, t, t2, t3, labels)  # two Euler steps, no graph
+        denoised = ctx.net("student").train()(x_t, t.flatten(), labels).float()
+        loss = progressive_loss(denoised, x_tilde.float(), t).sum()
+        return loss, {"progressive": loss.detach() / n}
