@@ -194,6 +194,51 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_HELP = """Run every (method, dataset, seed) cell under one budget: a Hydra multirun of `sidbench run`s.
+
+  sidbench bench methods=[sid,dmd2] datasets=[digits] seeds=3 budget.unit=flops budget.value=2e12
+  sidbench bench datasets=[cifar10,ffhq64] seeds=1                 # every method, each card's budget
+  sidbench bench methods=[dmd2] 'overrides.dmd2=[method.gan=true]'   # per-method run overrides
+  sidbench bench ... hydra/launcher=joblib hydra.launcher.n_jobs=2   # cells in parallel on this machine
+  sidbench bench ... hydra/launcher=submitit_slurm hydra.launcher.partition=gpu   # on Slurm (see README)
+  sidbench bench ... --dry-run                                       # the cells and their state; runs nothing
+
+Bench keys (sidbench/conf/bench.yaml): methods, datasets, seeds, id, budget.unit, budget.value,
+points.* (the evaluation fractions), overrides.<method>. Any other key=value is a run override for
+every cell (e.g. trainer.batch=64); hydra... keys go to Hydra. The same command again skips finished
+cells (found in MLflow by the bench id and each cell's config hash) and resumes interrupted ones."""
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from sidbench.harness.bench import run_bench
+
+    return run_bench(_overrides(args), console, dry_run=args.dry_run)
+
+
+LEADERBOARD_HELP = """Build the leaderboard from MLflow: leaderboard.csv, plots and a table.
+
+  sidbench leaderboard                                  # every experiment of the store -> results/
+  sidbench leaderboard --bench digits-flops2e+12 --out results/
+  sidbench leaderboard --experiment digits tracking.uri=http://mlflow.example:5000
+
+Only finished runs count. Published numbers (the papers') are shown in their own, labelled rows."""
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console as RichConsole
+
+    from sidbench.config import compose
+    from sidbench.harness.leaderboard import build_leaderboard, print_leaderboard
+    from sidbench.tracking import tracking_uri
+
+    uri = tracking_uri(compose(_overrides(args)))
+    board = build_leaderboard(uri, Path(args.out), experiments=args.experiment or None, bench=args.bench)
+    print_leaderboard(board, RichConsole())
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
     import subprocess
@@ -260,6 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     p.add_argument("--inception", default=None, metavar="PATH", help="local Inception-v3 TorchScript file")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("bench", help="run a matrix of methods x datasets x seeds under one budget (Hydra multirun)",
+                       description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="bench keys, run overrides for every cell, hydra... keys")
+    p.add_argument("--dry-run", action="store_true", help="show the cells and whether each is finished, to resume or new")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("leaderboard", help="leaderboard CSV, plots and table from the MLflow store",
+                       description=LEADERBOARD_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. tracking.uri=... or output_root=...")
+    p.add_argument("--experiment", action="append", default=[], metavar="NAME", help="an experiment (dataset) to include; repeatable")
+    p.add_argument("--bench", default=None, metavar="ID", help="only the runs of this bench")
+    p.add_argument("--out", default="results", metavar="DIR", help="where leaderboard.csv and the plots go (default results/)")
+    p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("ui", help="open the MLflow UI on the run store")
     p.add_argument("overrides", nargs="*", metavar="key=value")

@@ -19,7 +19,7 @@ from sidbench.labels import label_frequencies, label_sampler
 from sidbench.methods import METHODS
 from sidbench.methods.base import Method
 from sidbench.teachers.load import load_teacher, save_native_teacher
-from sidbench.tracking import code_version, find_run_dir, start_tracker, tracking_uri
+from sidbench.tracking import code_version, find_run_dir, run_tags, start_tracker, tracking_uri
 from sidbench.trainer.checkpoint import load_checkpoint
 from sidbench.trainer.context import configure_cuda_math
 from sidbench.trainer.loop import CHECKPOINT_NAME, Progress, Trainer
@@ -121,8 +121,8 @@ def _run(cfg: DictConfig, device: torch.device, rank: int, world: int) -> RunRes
 
         evaluator = Evaluator(build_metric(str(cfg.eval.metric), cfg), cfg.eval.num_samples, cfg.eval.batch_size,
                               teacher.shape, teacher.label_dim, device, cfg.eval.seed, cfg.eval.label_mode)
-    tags = {"method": str(cfg.method.name), "dataset": str(cfg.dataset.name), "teacher": teacher.source,
-            "seed": str(cfg.trainer.seed), "code_version": code_version(), "device": str(device), "world_size": str(world)}
+    tags = {**run_tags(cfg), "teacher": teacher.source, "code_version": code_version(), "device": str(device),
+            "world_size": str(world)}
     tracker = start_tracker(cfg, run_dir, tags, run_id, rank)
     if rank == 0 and run_id is None:
         tracker.log_artifact(run_dir / "config.yaml")
@@ -156,8 +156,17 @@ def _run(cfg: DictConfig, device: torch.device, rank: int, world: int) -> RunRes
             metrics = trainer.last_metrics
     gen_path = save_generator(trainer, method, run_dir, str(cfg.method.name))
     tracker.log_artifact(gen_path)
+    tracker.set_tags(headline_tags(method, progress, metrics or trainer.last_metrics))
     tracker.finish()
     return RunResult(run_dir, progress, metrics, getattr(tracker, "run_id", None))
+
+
+def headline_tags(method: Method, progress: Progress, metrics: dict[str, float]) -> dict[str, str]:
+    """What MLflow's runs table shows of a finished run at a glance: its sampler's NFE, and one line
+    with the final metric and the compute spent (also the run's description)."""
+    shown = [f"{k.removeprefix('eval/')} {v:.4g}" for k, v in metrics.items() if not k.endswith("seconds")]
+    line = ", ".join([*shown, f"{progress.kimg:.1f} kimg", f"{progress.flops:.3g} FLOPs", f"{progress.passes:.3g} passes"])
+    return {"nfe": str(int(method.sampling().get("nfe", 1))), "headline": line, "mlflow.note.content": line}
 
 
 def save_generator(trainer: Trainer, method: Method, run_dir: Path, method_name: str) -> Path:

@@ -5,9 +5,12 @@ overrides it. Only rank 0 logs; other ranks get a `NullTracker`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,35 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
     else:
         out[prefix[:-1]] = str(d)[:6000]
     return out
+
+
+# Keys that say where and how a run is kept or started, not what it computes: left out of its hashes.
+BOOKKEEPING_KEYS = ("output_root", "run_name", "resume", "dry_run", "tracking", "device", "threads", "processes")
+
+
+def settings_hash(cfg: DictConfig, with_seed: bool = False) -> str:
+    """A short hash of what a run computes: the resolved config without bookkeeping, and without
+    the seed unless `with_seed` (runs of equal settings and different seeds form one leaderboard
+    row; a bench recognises a finished cell by the hash with its seed)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    for key in BOOKKEEPING_KEYS:
+        data.pop(key, None)
+    if not with_seed:
+        data.get("trainer", {}).pop("seed", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    """The tags that say what a run is, for the leaderboard and MLflow's runs table; the config's
+    `tracking.tags` (a bench's id, a user's labels) ride along."""
+    budget = cfg.trainer.budget if cfg.trainer.get("kimg") is None else {"unit": "kimg", "value": cfg.trainer.kimg}
+    tags = {"method": str(cfg.method.name), "dataset": str(cfg.dataset.name), "seed": str(cfg.trainer.seed),
+            "metric": str(cfg.eval.metric), "budget": f"{budget['unit']} {float(budget['value']):.4g}",
+            "sidbench.settings": settings_hash(cfg), "sidbench.config_hash": settings_hash(cfg, with_seed=True)}
+    extra = cfg.tracking.get("tags")
+    # `tracking.tags.sidbench.bench=x` arrives nested; MLflow's tag is the dotted key
+    return {**tags, **(flatten(OmegaConf.to_container(extra, resolve=True)) if extra else {})}
 
 
 def code_version() -> str:
@@ -63,6 +95,23 @@ class NullTracker:
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
+def _locked(e: BaseException) -> bool:
+    return "database is locked" in str(e)
+
+
+def retry_locked(fn: Callable[[], Any], attempts: int = 8, wait_s: float = 0.5) -> Any:
+    """Call `fn`, again after a pause while SQLite reports its one writer busy (parallel bench cells
+    on the default store); Python's sqlite3 waits only 5 s for the lock before giving up."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as e:  # MLflow wraps the OperationalError in its own exception types
+            if not _locked(e) or i == attempts - 1:
+                raise
+            time.sleep(wait_s * (i + 1))
+    raise AssertionError("unreachable")
+
+
 class MLflowTracker(NullTracker):
     def __init__(self, uri: str, experiment: str, artifact_root: Path, run_name: str | None = None, run_id: str | None = None) -> None:
         import mlflow
@@ -90,11 +139,14 @@ class MLflowTracker(NullTracker):
 
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            retry_locked(lambda batch=items[i : i + 100]: self.client.log_batch(self.run_id, params=batch))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v)
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        if items:
+            retry_locked(lambda: self.client.log_batch(self.run_id, tags=items))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -102,13 +154,13 @@ class MLflowTracker(NullTracker):
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
         if items:
-            self.client.log_batch(self.run_id, metrics=items)
+            retry_locked(lambda: self.client.log_batch(self.run_id, metrics=items))
 
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path=subdir)
+        retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path=subdir))
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        retry_locked(lambda: self.client.set_terminated(self.run_id, status=status))
 
 
 def start_tracker(cfg: DictConfig, run_dir: Path, tags: dict[str, str], run_id: str | None, rank: int = 0) -> NullTracker:
@@ -122,6 +174,18 @@ def start_tracker(cfg: DictConfig, run_dir: Path, tags: dict[str, str], run_id: 
         tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         tracker.set_tags({**tags, "sidbench.run_dir": str(run_dir.resolve())})
     return tracker
+
+
+def ensure_experiment(uri: str, name: str, artifact_root: Path) -> str:
+    """The id of experiment `name`, created if missing (artifacts beside a SQLite store)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = retry_locked(lambda: client.get_experiment_by_name(name))
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
+    return retry_locked(lambda: client.create_experiment(name, artifact_location=location))
 
 
 def find_run_dir(run_id: str, uri: str) -> Path:

@@ -234,7 +234,9 @@ class Trainer:
         line = {**metrics, "kimg": p.kimg, "compute/passes": p.passes, "compute/teacher_passes": p.teacher_passes,
                 "compute/flops": p.flops, "budget/fraction": self.budget.fraction(p.counters()),
                 "seconds": p.seconds, "eval/seconds_total": p.eval_seconds}
-        self.tracker.log_metrics(line, step=int(p.kimg))
+        # step = images seen: unique per line (several evaluations can fall in one kimg early on)
+        # and the same axis for every method, so MLflow's charts line runs up by images.
+        self.tracker.log_metrics(line, step=p.images_seen)
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / METRICS_NAME, "a") as f:
