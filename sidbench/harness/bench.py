@@ -158,9 +158,10 @@ def plan(settings: DictConfig, run_overrides: list[str]) -> Bench:
     output_root = Path(str(base.output_root)).resolve()
     uri = tracking_uri(base)
     cells = []
+    # seed by seed: a matrix stopped halfway has every method at its first seeds
     for dataset in datasets:
-        for method in methods:
-            for seed in seeds:
+        for seed in seeds:
+            for method in methods:
                 overrides = [f"method={method}", f"dataset={dataset}", f"trainer.seed={seed}", *common,
                              *per_method.get(method, [])]
                 cfg = compose(overrides)
