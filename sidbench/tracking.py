@@ -17,6 +17,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 
+# Experiment tags: MLflow 3's UI treats an experiment without `mlflow.experimentKind` as a GenAI
+# app (traces, token usage, an assistant; runs without metric columns). "custom_model_development"
+# is its "Machine learning" kind (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+EXPERIMENT_TAGS: dict[str, str] = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def default_tracking_uri(root: str | Path) -> str:
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
@@ -62,7 +68,9 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     budget = cfg.trainer.budget if cfg.trainer.get("kimg") is None else {"unit": "kimg", "value": cfg.trainer.kimg}
     tags = {"method": str(cfg.method.name), "dataset": str(cfg.dataset.name), "seed": str(cfg.trainer.seed),
             "metric": str(cfg.eval.metric), "budget": f"{budget['unit']} {float(budget['value']):.4g}",
-            "sidbench.settings": settings_hash(cfg), "sidbench.config_hash": settings_hash(cfg, with_seed=True)}
+            "sidbench.settings": settings_hash(cfg), "sidbench.config_hash": settings_hash(cfg, with_seed=True),
+            # EDM's Heun sampler: two evaluations a step but one in the last (to sigma 0)
+            "teacher_nfe": str(2 * int(cfg.dataset.teacher.sampler_steps) - 1)}
     extra = cfg.tracking.get("tags")
     # `tracking.tags.sidbench.bench=x` arrives nested; MLflow's tag is the dotted key
     return {**tags, **(flatten(OmegaConf.to_container(extra, resolve=True)) if extra else {})}
@@ -121,18 +129,12 @@ class MLflowTracker(NullTracker):
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         if run_id is None:
-            exp = self.client.get_experiment_by_name(experiment)
-            if exp is None:
-                # Artifacts beside the SQLite store, not in whatever folder the user ran from.
-                location = artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
-                exp_id = self.client.create_experiment(experiment, artifact_location=location)
-            else:
-                exp_id = exp.experiment_id
-            run = self.client.create_run(exp_id, run_name=run_name)
+            exp_id = ensure_experiment(uri, experiment, artifact_root)
+            run = retry_locked(lambda: self.client.create_run(exp_id, run_name=run_name))
             self.run_id = run.info.run_id
         else:
             self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
+            retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -177,15 +179,20 @@ def start_tracker(cfg: DictConfig, run_dir: Path, tags: dict[str, str], run_id: 
 
 
 def ensure_experiment(uri: str, name: str, artifact_root: Path) -> str:
-    """The id of experiment `name`, created if missing (artifacts beside a SQLite store)."""
+    """The id of experiment `name`, created if missing (artifacts beside a SQLite store), with
+    EXPERIMENT_TAGS (also added to an experiment made before they existed)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     exp = retry_locked(lambda: client.get_experiment_by_name(name))
-    if exp is not None:
-        return exp.experiment_id
-    location = artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
-    return retry_locked(lambda: client.create_experiment(name, artifact_location=location))
+    if exp is None:
+        # Artifacts beside the SQLite store, not in whatever folder the user ran from.
+        location = artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
+        return retry_locked(lambda: client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS))
+    for key, value in EXPERIMENT_TAGS.items():
+        if key not in exp.tags:
+            retry_locked(lambda key=key, value=value: client.set_experiment_tag(exp.experiment_id, key, value))
+    return exp.experiment_id
 
 
 def find_run_dir(run_id: str, uri: str) -> Path:

@@ -149,10 +149,11 @@ def plan(settings: DictConfig, run_overrides: list[str]) -> Bench:
     datasets = _names(settings.datasets, "datasets")
     seeds = _seeds(settings.seeds)
     per_method = _per_method(settings.overrides, methods)
+    budget = budget_overrides(settings.budget)
     bench_id = str(settings.id) if settings.id else default_id(datasets, settings.budget)
     if "/" in bench_id or not bench_id.strip():
         raise ConfigError(f"id={bench_id!r}: a bench id names a folder; use letters, digits, - or _")
-    common = [*budget_overrides(settings.budget), *points_overrides(settings.points), "trainer.kimg=null", *run_overrides]
+    common = [*budget, *points_overrides(settings.points), "trainer.kimg=null", *run_overrides]
 
     base = compose(run_overrides)  # where the runs and the store are, as `sidbench run` would see it
     output_root = Path(str(base.output_root)).resolve()
