@@ -86,9 +86,24 @@ def relaunch_with_torchrun(processes: int, overrides: list[str]) -> int:
         ["--standalone", f"--nproc_per_node={processes}", "-m", "sidbench.cli", "run", *overrides])
     try:
         run(args)
-    except ChildFailedError:
-        return 1
+    except ChildFailedError as e:
+        return report_child_failure(e.failures)
     return 0
+
+
+def report_child_failure(failures: dict) -> int:  # rank -> torch's ProcessFailure
+    """The exit code of a failed DDP run: that of its first failed process (torchrun then stops the
+    others with SIGTERM). A process that exited with a code printed its own error (one line, or a
+    traceback); one killed by a signal (the kernel's OOM killer, a segfault) printed nothing, so
+    say which one died and how."""
+    if not failures:
+        return 1
+    rank, first = min(failures.items(), key=lambda item: item[1].timestamp)
+    if first.exitcode >= 0:
+        return first.exitcode or 1
+    console.print(f"[red]error:[/red] training process {rank} was killed by {first.signal_name()} without a Python "
+                  "traceback (out of memory? see `dmesg`); resume with resume=<run dir>")
+    return 128 - first.exitcode  # as a shell reports a signal
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -154,27 +169,17 @@ The reference defaults to the dataset's (dataset.ref_stats). The last line of st
 machine-readable: `<metric> <value>`, e.g. `fid 2.3451`."""
 
 
-def _eval_input_errors(fn):
-    """Bad image sources (missing files, unreadable or too few images) end in one line, exit 1."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapped(args: argparse.Namespace) -> int:
-        from sidbench.errors import InputError
-
-        try:
-            return fn(args)
-        except (FileNotFoundError, ValueError) as e:
-            from sidbench.errors import USER_ERRORS
-
-            if isinstance(e, USER_ERRORS):
-                raise
-            raise InputError(" ".join(str(e).split()) or type(e).__name__) from e
-
-    return wrapped
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count of images or a batch size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
 
 
-@_eval_input_errors
 def cmd_fid(args: argparse.Namespace) -> int:
     from sidbench.eval.fid_cli import run_fid
 
@@ -184,7 +189,6 @@ def cmd_fid(args: argparse.Namespace) -> int:
     return 0
 
 
-@_eval_input_errors
 def cmd_stats(args: argparse.Namespace) -> int:
     from sidbench.eval.commands import stats_command
 
@@ -240,15 +244,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import os
-    import subprocess
-
     from sidbench.config import compose
+    from sidbench.harness.ui import exec_serve, mark_experiments
     from sidbench.tracking import tracking_uri
 
     uri = tracking_uri(compose(_overrides(args)))
-    console.print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port}")
-    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port)], env=os.environ)
+    return exec_serve(uri, args.port, mark_experiments(uri))  # replaces this process with a lean one
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,14 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = tsub.add_parser("sample", help="draw images from a teacher with the Heun sampler (PNG folder or .npz)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--out", required=True, help="a folder (PNGs) or a file ending in .npz")
-    p.add_argument("--num", type=int, default=50000)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--num", type=positive_int, default=50000)
+    p.add_argument("--batch", type=positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="Heun steps (default: the card's, 18 or 40)")
     p.set_defaults(func=cmd_teacher_sample)
 
-    from sidbench.eval.fid import FID_MODES
-    from sidbench.eval.sources import DEFAULT_BATCH_SIZE
+    from sidbench.eval.protocol import DEFAULT_BATCH_SIZE, FID_MODES
 
     p = sub.add_parser("fid", help="FID of images, a saved generator or the teacher (fd_pixel/fd_digits on digits)",
                        description=FID_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -289,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", default=None, help="reference statistics: a dataset key, an address or an .npz "
                                                "(default: the dataset's; given, the metric is FID)")
     p.add_argument("--mode", choices=FID_MODES, default=None, help="clean-fid mode (default: eval.fid_mode, legacy_tensorflow)")
-    p.add_argument("--num", type=int, default=None, help="images to score (default: all files, or eval.final_samples generated)")
-    p.add_argument("--batch", type=int, default=None, help=f"batch size (default: eval.batch_size generated, {DEFAULT_BATCH_SIZE} files)")
+    p.add_argument("--num", type=positive_int, default=None, help="images to score (default: all files, or eval.final_samples generated)")
+    p.add_argument("--batch", type=positive_int, default=None, help=f"batch size (default: eval.batch_size generated, {DEFAULT_BATCH_SIZE} files)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the config's device)")
     p.add_argument("--inception", default=None, metavar="PATH",
                    help="local Inception-v3 TorchScript file (default: eval.inception_path, $SIDBENCH_INCEPTION, the cache)")
@@ -300,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE", help="a folder, zip or .npz of real images")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="the statistics file to write (mu, sigma)")
     p.add_argument("--mode", choices=FID_MODES, default=FID_MODES[0], help="clean-fid mode (FIDs must use the same)")
-    p.add_argument("--num", type=int, default=None, help="use the first N images (default: all)")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--num", type=positive_int, default=None, help="use the first N images (default: all)")
+    p.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     p.add_argument("--inception", default=None, metavar="PATH", help="local Inception-v3 TorchScript file")
     p.set_defaults(func=cmd_stats)
@@ -320,16 +320,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", metavar="DIR", help="where leaderboard.csv and the plots go (default results/)")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("ui", help="open the MLflow UI on the run store")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--port", type=int, default=5000)
+    p = sub.add_parser("ui", help="open the MLflow UI on the run store (Ctrl-C stops it)",
+                       description="Serve the MLflow UI on 127.0.0.1 for the run store (tracking.uri, "
+                                   "$MLFLOW_TRACKING_URI or runs/mlflow.db). Prints `ui <address>`, then "
+                                   "`runs <experiment> <address>`: each experiment's runs compared in charts.")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. tracking.uri=sqlite:///x.db")
+    p.add_argument("--port", type=int, default=None, help="port to serve on (default: a free one)")
     p.set_defaults(func=cmd_ui)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sidbench.errors import USER_ERRORS, exit_code
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -341,7 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except USER_ERRORS as e:
+    except Exception as e:  # KeyboardInterrupt is no Exception: it is handled below
+        # imported here, not at the top: it names error types from every room (the trainer
+        # among them), and `sidbench --help` must answer without importing torch
+        from sidbench.errors import USER_ERRORS, exit_code
+
+        if not isinstance(e, USER_ERRORS):
+            raise  # a programming error keeps its traceback
         import os
 
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once

@@ -6,15 +6,12 @@ from sidbench.data.real import DataError
 from sidbench.download import DownloadError
 from sidbench.methods.baselines.distance import LPIPSUnavailableError
 from sidbench.eval.reference import ReferenceStatsError
+from sidbench.input_errors import InputError
 from sidbench.registry import UnknownNameError
 from sidbench.teachers.edm_pickle import EDMCheckpointError
 from sidbench.teachers.load import TeacherLoadError
 from sidbench.trainer.checkpoint import CheckpointError
 from sidbench.trainer.loop import NonFiniteLossError
-
-
-class InputError(RuntimeError):
-    """An input the user named (an image folder, an .npz, a zip) is missing or unusable."""
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (

@@ -17,9 +17,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 
-# Experiment tags: MLflow 3's UI treats an experiment without `mlflow.experimentKind` as a GenAI
-# app (traces, token usage, an assistant; runs without metric columns). "custom_model_development"
-# is its "Machine learning" kind (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+# Experiment tags. `mlflow.experimentKind` = "custom_model_development" marks a model-training
+# experiment for MLflow 3's UI ("Machine learning" in its JS; "genai_development" is the other kind),
+# which otherwise opens it as a GenAI app (traces, token usage). MLflow 3.17's UI reads it only with
+# its GenAI/Model training switch off; see sidbench.harness.ui for the addresses that open the runs.
 EXPERIMENT_TAGS: dict[str, str] = {"mlflow.experimentKind": "custom_model_development"}
 
 

@@ -149,6 +149,26 @@ def test_missing_or_bad_sources_are_one_line(tmp_path: Path, fake_inception: lis
     assert "generator.safetensors" in _one_line_error(capsys.readouterr().err)
 
 
+def test_a_programming_error_inside_fid_keeps_its_traceback(tmp_path: Path, fake_inception: list[dict],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import sidbench.eval.commands as commands
+
+    real = _write_folder(tmp_path / "real", _images(8, 0))
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not the user's input")
+
+    monkeypatch.setattr(commands, "save_reference_stats", broken)
+    with pytest.raises(ValueError, match="a bug"):  # not turned into a one-line "error:"
+        main(["stats", str(real), "--out", str(tmp_path / "r.npz"), "--device", "cpu"])
+
+
+def test_counts_and_batch_sizes_are_checked_by_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["stats", "x", "--out", "r.npz", "--batch", "0"])
+    assert info.value.code == 2 and "--batch: 0 is not >= 1" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------
 # Missing Inception weights
 

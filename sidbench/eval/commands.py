@@ -24,7 +24,7 @@ from rich.table import Table
 from sidbench.eval.base import Metric
 from sidbench.eval.fid import FID, FID_MODES, FeatureExtractor, inception_extractor
 from sidbench.eval.images import SampleFn
-from sidbench.eval.reference import REF_BASE_URL, REFERENCE_FILES, reference_stats_for, save_reference_stats
+from sidbench.eval.reference import card_references, reference_stats_for, save_reference_stats
 from sidbench.eval.sources import (
     DEFAULT_BATCH_SIZE,
     RunningStats,
@@ -86,7 +86,8 @@ def _source_name(source, source_name: str | None) -> str:
 
 
 def _is_edm_reference(ref: str) -> bool:
-    return ref in REFERENCE_FILES or ref.startswith(REF_BASE_URL)
+    refs = card_references()
+    return ref in refs or ref in refs.values()
 
 
 def fid_command(

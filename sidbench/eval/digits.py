@@ -30,6 +30,7 @@ from sidbench.eval.digits_classifier import (
 )
 from sidbench.eval.frechet import feature_statistics, frechet_distance
 from sidbench.eval.images import to_uint8
+from sidbench.input_errors import InputError
 
 
 class DigitsFrechet(Metric):
@@ -73,7 +74,7 @@ class DigitsFrechet(Metric):
             self._check(batch)
             out.append(self._features(batch.cpu()).detach().double().numpy())
         if not out:
-            raise ValueError(f"{self.name}: no images to score")
+            raise InputError(f"{self.name}: no images to score")
         return np.concatenate(out)
 
     @property
@@ -86,7 +87,7 @@ class DigitsFrechet(Metric):
     def distance(self, features: np.ndarray) -> float:
         """Frechet distance of features [N >= 2, D] to the reference."""
         if len(features) < 2:
-            raise ValueError(f"{self.name}: need at least 2 images, got {len(features)}")
+            raise InputError(f"{self.name}: need at least 2 images, got {len(features)}")
         mu, sigma = feature_statistics(features)
         return frechet_distance(mu, sigma, *self.reference_statistics)
 

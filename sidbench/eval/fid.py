@@ -43,6 +43,7 @@ import torch
 from sidbench.eval.base import Metric
 from sidbench.eval.frechet import frechet_distance
 from sidbench.eval.reference import reference_stats_for, validate_stats
+from sidbench.eval.protocol import FID_MODES  # noqa: F401 - part of this module's interface
 from sidbench.eval.sources import FeatureExtractor, RunningStats, accumulate_features
 
 #: The TorchScript Inception-v3 "2015-12-05" detector (SPEC section 3; the file clean-fid uses).
@@ -51,8 +52,6 @@ INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrain
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
 #: Environment variable naming a local copy of the detector file.
 INCEPTION_ENV = "SIDBENCH_INCEPTION"
-#: The clean-fid modes supported; the first is the default.
-FID_MODES = ("legacy_tensorflow", "clean")
 
 
 def default_device() -> torch.device:

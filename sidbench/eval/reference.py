@@ -13,17 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-#: Where EDM publishes its reference statistics (SPEC section 2).
-REF_BASE_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/"
-
-#: Reference statistics file for each dataset key (SPEC section 2's table).
-REFERENCE_FILES: dict[str, str] = {
-    "cifar10": "cifar10-32x32.npz",
-    "cifar10-cond": "cifar10-32x32.npz",
-    "imagenet64": "imagenet-64x64.npz",
-    "ffhq64": "ffhq-64x64.npz",
-    "afhqv2-64": "afhqv2-64x64.npz",
-}
+from sidbench.input_errors import InputError, MissingInputError
 
 #: Relative tolerance on |sigma - sigma^T|, against the largest entry of sigma. Covariances written
 #: by a float64 matrix product are symmetric to round-off only, never exactly.
@@ -61,7 +51,7 @@ def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
     """Read and validate an `.npz` of FID statistics; returns (mu [D], sigma [D, D]) in float64."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"FID reference statistics not found: {path}")
+        raise MissingInputError(f"FID reference statistics not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = set(data.files)
@@ -105,17 +95,30 @@ def save_reference_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndar
     return path
 
 
+def card_references() -> dict[str, str]:
+    """{dataset key: the address of its reference statistics}, read from the dataset cards
+    (`dataset.ref_stats`), the one place these addresses are written."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    refs = {}
+    for card in sorted((files("sidbench.conf") / "dataset").iterdir(), key=lambda p: p.name):
+        if card.name.endswith(".yaml") and (ref := OmegaConf.load(str(card)).get("ref_stats")):
+            refs[card.name.removesuffix(".yaml")] = str(ref)
+    return refs
+
+
 def reference_stats_url(key: str) -> str:
-    """Address of EDM's statistics for a dataset key (`ffhq64`) or a file stem (`ffhq-64x64`)."""
-    if key in REFERENCE_FILES:
-        return REF_BASE_URL + REFERENCE_FILES[key]
-    stems = {Path(name).stem for name in REFERENCE_FILES.values()}
+    """Address of the statistics for a dataset key (`ffhq64`) or a file stem (`ffhq-64x64`)."""
+    refs = card_references()
+    if key in refs:
+        return refs[key]
+    stems = {Path(url).stem: url for url in refs.values()}
     if key in stems:
-        return REF_BASE_URL + key + ".npz"
-    raise ValueError(
-        f"unknown FID reference {key!r}: use a dataset key ({', '.join(REFERENCE_FILES)}), "
-        f"a URL or the path of an .npz with 'mu' and 'sigma'"
-    )
+        return stems[key]
+    raise InputError(f"unknown FID reference {key!r}: use a dataset key ({', '.join(refs)}), "
+                     "a URL or the path of an .npz with 'mu' and 'sigma'")
 
 
 def _fetch(url: str, *, cache_dir: str | os.PathLike | None, progress: bool) -> Path:
@@ -141,6 +144,6 @@ def reference_stats_for(
         return load_reference_stats(path)
     looks_like_path = path.suffix == ".npz" or os.sep in text or (os.altsep is not None and os.altsep in text)
     if looks_like_path:
-        raise FileNotFoundError(f"FID reference statistics not found: {path}")
+        raise MissingInputError(f"FID reference statistics not found: {path}")
     url = reference_stats_url(text)
     return load_reference_stats(_fetch(url, cache_dir=cache_dir, progress=progress))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from sidbench.eval.images import SampleFn, generated_batches
+from sidbench.input_errors import InputError, MissingInputError
 
 #: File name endings read as images in folders and zips.
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"})
@@ -30,7 +31,7 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", 
 #: Keys tried, in order, for the image array of an `.npz` (then: its only array).
 NPZ_IMAGE_KEYS = ("images", "arr_0", "samples", "x")
 
-DEFAULT_BATCH_SIZE = 64
+from sidbench.eval.protocol import DEFAULT_BATCH_SIZE  # noqa: E402,F401 - part of this module's interface
 
 #: A feature extractor: uint8 images [B, 3, H, W] -> float features [B, D] (tensor or array).
 FeatureExtractor = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
@@ -51,13 +52,13 @@ def decode_image(data: bytes | str | os.PathLike, name: str | None = None) -> np
             if mode in ("1", "L", "LA"):
                 arr = np.asarray(img.convert("L"))[:, :, None]
             elif mode.startswith(("I", "F")):
-                raise ValueError(f"pixel mode {mode!r} is not 8-bit; convert the image to 8-bit first")
+                raise InputError(f"pixel mode {mode!r} is not 8-bit; convert the image to 8-bit first")
             else:
                 arr = np.asarray(img.convert("RGB"))
     except ValueError as err:
-        raise ValueError(f"cannot use image {label}: {err}") from None
+        raise InputError(f"cannot use image {label}: {err}") from None
     except OSError as err:
-        raise ValueError(f"cannot read image {label}: {' '.join(str(err).split())}") from None
+        raise InputError(f"cannot read image {label}: {' '.join(str(err).split())}") from None
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
@@ -89,7 +90,7 @@ def _limited(batches: Iterable[torch.Tensor], num_samples: int | None, source: s
         seen += take
         if seen == num_samples:
             return
-    raise ValueError(f"{source} holds only {seen} images, fewer than the {num_samples} requested")
+    raise InputError(f"{source} holds only {seen} images, fewer than the {num_samples} requested")
 
 
 def _is_image_name(name: str) -> bool:
@@ -107,7 +108,7 @@ def folder_files(path: str | os.PathLike) -> list[Path]:
     """Image files under a folder (recursively), sorted by their path relative to it."""
     root = Path(path)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
+        raise MissingInputError(f"image folder not found: {root}")
     found = [p for p in root.rglob("*") if p.is_file() and _is_image_name(p.relative_to(root).as_posix())]
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
@@ -118,7 +119,7 @@ def folder_batches(
     """uint8 batches [B, C, H, W] of the images in a folder (PNG, JPEG, ...), sorted by name."""
     files = folder_files(path)
     if not files:
-        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {path}")
+        raise InputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {path}")
     images = (decode_image(f) for f in files)
     return _limited(_batched(images, batch_size), num_samples, f"folder {path}")
 
@@ -139,13 +140,13 @@ def zip_batches(
     """uint8 batches [B, C, H, W] of the images in a zip archive, sorted by member name."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image zip not found: {path}")
+        raise MissingInputError(f"image zip not found: {path}")
     try:
         members = zip_members(path)
     except zipfile.BadZipFile:
-        raise ValueError(f"not a zip archive: {path}") from None
+        raise InputError(f"not a zip archive: {path}") from None
     if not members:
-        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in zip {path}")
+        raise InputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in zip {path}")
 
     def images() -> Iterator[np.ndarray]:
         with zipfile.ZipFile(path) as zf:
@@ -162,14 +163,14 @@ def zip_batches(
 def _npz_key(files: list[str], path: Path, key: str | None) -> str:
     if key is not None:
         if key not in files:
-            raise ValueError(f"{path} has no array {key!r}; it holds {files}")
+            raise InputError(f"{path} has no array {key!r}; it holds {files}")
         return key
     for k in NPZ_IMAGE_KEYS:
         if k in files:
             return k
     if len(files) == 1:
         return files[0]
-    raise ValueError(
+    raise InputError(
         f"cannot tell which array of {path} holds the images ({files}); name one of {list(NPZ_IMAGE_KEYS)}"
     )
 
@@ -182,13 +183,13 @@ def to_nchw(images: np.ndarray, layout: str | None = None, source: str = "array"
     to decide explicitly.
     """
     if images.dtype != np.uint8:
-        raise ValueError(
+        raise InputError(
             f"{source} holds {images.dtype} images; expected uint8 (0..255, see sidbench.eval.images.to_uint8)"
         )
     if images.ndim == 3:
         return images[:, None]
     if images.ndim != 4:
-        raise ValueError(f"{source} holds an array of shape {list(images.shape)}; expected [N, H, W], NHWC or NCHW")
+        raise InputError(f"{source} holds an array of shape {list(images.shape)}; expected [N, H, W], NHWC or NCHW")
     if layout is None:
         last, second = images.shape[-1] in (1, 3), images.shape[1] in (1, 3)
         if last:
@@ -196,7 +197,7 @@ def to_nchw(images: np.ndarray, layout: str | None = None, source: str = "array"
         elif second:
             layout = "NCHW"
         else:
-            raise ValueError(
+            raise InputError(
                 f"{source} has shape {list(images.shape)}: no channel axis of size 1 or 3 at position 1 or 3"
             )
     layout = layout.upper()
@@ -220,15 +221,15 @@ def npz_batches(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image array not found: {path}")
+        raise MissingInputError(f"image array not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as data:
             arr = data[_npz_key(list(data.files), path, key)]
     except (OSError, zipfile.BadZipFile) as err:
-        raise ValueError(f"cannot read {path} as .npz: {' '.join(str(err).split())}") from None
+        raise InputError(f"cannot read {path} as .npz: {' '.join(str(err).split())}") from None
     arr = to_nchw(arr, layout, source=str(path))
     if arr.shape[1] not in (1, 3):
-        raise ValueError(f"{path} holds images with {arr.shape[1]} channels; expected 1 or 3")
+        raise InputError(f"{path} holds images with {arr.shape[1]} channels; expected 1 or 3")
 
     def batches() -> Iterator[torch.Tensor]:
         for start in range(0, arr.shape[0], batch_size):
@@ -256,7 +257,7 @@ def image_batches(
     """
     if callable(source):
         if num_samples is None or "shape" not in generator_kwargs:
-            raise ValueError("a generator source needs num_samples and shape=(C, H, W)")
+            raise InputError("a generator source needs num_samples and shape=(C, H, W)")
         return generated_batches(source, num_samples, batch_size, **generator_kwargs)
     if generator_kwargs:
         raise TypeError(f"arguments {sorted(generator_kwargs)} apply to generator sources only")
@@ -264,12 +265,12 @@ def image_batches(
     if path.is_dir():
         return folder_batches(path, batch_size, num_samples)
     if not path.exists():
-        raise FileNotFoundError(f"image source not found: {path} (expected a folder, an .npz or a .zip)")
+        raise MissingInputError(f"image source not found: {path} (expected a folder, an .npz or a .zip)")
     if path.suffix.lower() == ".npz":
         return npz_batches(path, batch_size, num_samples)
     if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
         return zip_batches(path, batch_size, num_samples)
-    raise ValueError(f"unsupported image source {path}: expected a folder, an .npz or a .zip")
+    raise InputError(f"unsupported image source {path}: expected a folder, an .npz or a .zip")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,13 +294,13 @@ class RunningStats:
             features = features.detach().cpu().double().numpy()
         f = np.asarray(features, dtype=np.float64)
         if f.ndim != 2:
-            raise ValueError(f"features must be [B, D], got shape {list(f.shape)}")
+            raise InputError(f"features must be [B, D], got shape {list(f.shape)}")
         if f.shape[0] == 0:
             return
         if self._mean is not None and f.shape[1] != self._mean.shape[0]:
-            raise ValueError(f"feature dimension changed from {self._mean.shape[0]} to {f.shape[1]}")
+            raise InputError(f"feature dimension changed from {self._mean.shape[0]} to {f.shape[1]}")
         if not np.isfinite(f).all():
-            raise ValueError("the feature extractor returned non-finite values")
+            raise InputError("the feature extractor returned non-finite values")
         nb = f.shape[0]
         mean_b = f.mean(axis=0)
         centred = f - mean_b
@@ -316,13 +317,13 @@ class RunningStats:
     @property
     def mu(self) -> np.ndarray:
         if self._mean is None:
-            raise ValueError("no features seen")
+            raise InputError("no features seen")
         return self._mean.copy()
 
     @property
     def sigma(self) -> np.ndarray:
         if self._m2 is None or self.n < 2:
-            raise ValueError(f"need at least 2 images for a covariance, got {self.n}")
+            raise InputError(f"need at least 2 images for a covariance, got {self.n}")
         s = self._m2 / (self.n - 1)
         return (s + s.T) / 2
 
@@ -331,11 +332,11 @@ def as_rgb(batch: torch.Tensor) -> torch.Tensor:
     """Check a uint8 batch [B, C, H, W] and repeat grayscale (C = 1) to 3 channels."""
     if not isinstance(batch, torch.Tensor) or batch.dtype != torch.uint8 or batch.ndim != 4:
         desc = f"{batch.dtype} {list(batch.shape)}" if isinstance(batch, torch.Tensor) else type(batch).__name__
-        raise ValueError(f"expected uint8 image batches [B, C, H, W], got {desc}")
+        raise InputError(f"expected uint8 image batches [B, C, H, W], got {desc}")
     if batch.shape[1] == 1:
         return batch.expand(-1, 3, -1, -1)
     if batch.shape[1] != 3:
-        raise ValueError(f"expected 1 or 3 channels, got {batch.shape[1]}")
+        raise InputError(f"expected 1 or 3 channels, got {batch.shape[1]}")
     return batch
 
 
@@ -354,7 +355,7 @@ def accumulate_features(
             feats = feats.detach().cpu().double().numpy()
         feats = np.asarray(feats, dtype=np.float64)
         if feats.ndim != 2 or feats.shape[0] != rgb.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"feature extractor returned shape {list(feats.shape)} for {rgb.shape[0]} images; expected [B, D]"
             )
         stats.update(feats)

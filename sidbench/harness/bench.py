@@ -239,6 +239,14 @@ def prepare_store(bench: Bench) -> None:
         ensure_experiment(bench.uri, dataset, bench.output_root / "mlartifacts")
 
 
+def check_store_reach(bench: Bench, hydra_overrides: list[str]) -> None:
+    """A cluster's cells run on other machines: a SQLite file here is not theirs to write."""
+    launcher = next((o.partition("=")[2] for o in hydra_overrides if o.partition("=")[0].lstrip("+") == "hydra/launcher"), "")
+    if launcher.endswith("_slurm") and bench.uri.startswith("sqlite:"):
+        raise ConfigError(f"hydra/launcher={launcher} runs cells on other nodes, which cannot write {bench.uri}; start an "
+                          "MLflow tracking server that every node reaches and set MLFLOW_TRACKING_URI=http://<host>:<port> (README: the benchmark)")
+
+
 # -- launching and reporting -----------------------------------------------------------------------
 def launch(bench: Bench, cells: list[Cell], hydra_overrides: list[str]) -> int:
     """Run `cells` as one Hydra multirun; returns Hydra's exit code (the cells report themselves)."""
@@ -288,6 +296,7 @@ def run_bench(args: list[str], console: Console, dry_run: bool = False) -> int:
     when a cell failed (the others still ran)."""
     settings, run_overrides, hydra_overrides = parse_args(args)
     bench = plan(settings, run_overrides)
+    check_store_reach(bench, hydra_overrides)
     states = cell_states(bench)
     todo = [c for c in bench.cells if states[c.key] != "finished"]
     counts = {s: sum(v == s for v in states.values()) for s in ("finished", "resume", "new")}

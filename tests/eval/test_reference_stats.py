@@ -9,7 +9,6 @@ import pytest
 
 from sidbench.eval import reference as ref_mod
 from sidbench.eval.reference import (
-    REF_BASE_URL,
     ReferenceStatsError,
     load_reference_stats,
     reference_stats_for,
@@ -101,10 +100,10 @@ def test_missing_file_is_a_one_line_error(tmp_path):
 
 def test_dataset_keys_map_to_edm_addresses():
     assert reference_stats_url("ffhq64") == "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/ffhq-64x64.npz"
-    assert reference_stats_url("cifar10-cond") == REF_BASE_URL + "cifar10-32x32.npz"
-    assert reference_stats_url("imagenet64") == REF_BASE_URL + "imagenet-64x64.npz"
-    assert reference_stats_url("afhqv2-64") == REF_BASE_URL + "afhqv2-64x64.npz"
-    assert reference_stats_url("afhqv2-64x64") == REF_BASE_URL + "afhqv2-64x64.npz"
+    assert reference_stats_url("cifar10-cond") == "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/" + "cifar10-32x32.npz"
+    assert reference_stats_url("imagenet64") == "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/" + "imagenet-64x64.npz"
+    assert reference_stats_url("afhqv2-64") == "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/" + "afhqv2-64x64.npz"
+    assert reference_stats_url("afhqv2-64x64") == "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/" + "afhqv2-64x64.npz"
     with pytest.raises(ValueError, match="ffhq64"):
         reference_stats_url("celeba")
 
@@ -119,10 +118,10 @@ def test_reference_for_key_url_and_path_go_through_the_downloader(monkeypatch, t
         return local
 
     monkeypatch.setattr(ref_mod, "_fetch", fake_fetch)
-    for ref in ("ffhq64", REF_BASE_URL + "ffhq-64x64.npz"):
+    for ref in ("ffhq64", "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/" + "ffhq-64x64.npz"):
         got_mu, _ = reference_stats_for(ref)
         np.testing.assert_array_equal(got_mu, mu)
-    assert calls == [REF_BASE_URL + "ffhq-64x64.npz"] * 2
+    assert calls == ["https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/" + "ffhq-64x64.npz"] * 2
     reference_stats_for(local)  # a local path: no download
     assert len(calls) == 2
 
@@ -138,7 +137,7 @@ def test_reference_offline_error_names_address_and_path(monkeypatch, tmp_path):
         reference_stats_for("cifar10", cache_dir=tmp_path)
     msg = str(info.value)
     assert "\n" not in msg
-    assert REF_BASE_URL + "cifar10-32x32.npz" in msg and str(tmp_path / "cifar10-32x32.npz") in msg
+    assert "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/" + "cifar10-32x32.npz" in msg and str(tmp_path / "cifar10-32x32.npz") in msg
     # A copy put in the cache by hand is then used without the network.
     save_reference_stats(tmp_path / "cifar10-32x32.npz", *_stats())
     reference_stats_for("cifar10", cache_dir=tmp_path)

@@ -69,6 +69,7 @@ def test_cells_carry_the_budget_the_evaluation_points_and_per_method_overrides(t
     (["methods=[nosuch]"], "unknown method 'nosuch'"),
     (["methods=[sid]", "trainer.batch=-4"], "trainer.batch=-4: must be an integer >= 1"),
     (["seedz=3"], "unknown setting 'seedz'"),
+    (["methods=[sid]", "hydra/launcher=submitit_slurm"], "cannot write sqlite:"),
 ])
 def test_bad_bench_settings_are_one_line_before_anything_starts(run_env: Path, capsys: pytest.CaptureFixture[str],
                                                                 args: list[str], fragment: str) -> None:

@@ -8,6 +8,7 @@ Only rank 0 creates an MLflow run, evaluates and writes checkpoints; both ranks 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,25 @@ def test_resume_with_another_process_count_or_micro_batch(tiny_teacher: Path, ru
         else:
             diff = max(float((full["networks"]["generator"][k] - v).abs().max()) for k, v in resumed["networks"]["generator"].items())
             assert diff > 10 * RTOL_OF_SCALE  # other draws after the resume
+
+
+@pytest.mark.slow
+def test_a_process_killed_without_a_traceback_is_reported_with_its_signal(tiny_teacher: Path, run_env: Path, kill_env) -> None:
+    # `sidbench run processes=2` starts torchrun itself; both ranks SIGKILL themselves at iteration 2
+    # (tests/trainer/plugins/kill_at_iteration.py), as the kernel's OOM killer would: no traceback.
+    proc = subprocess.run([sys.executable, "-m", "sidbench.cli", "run", *common_overrides(tiny_teacher), "processes=2",
+                           "run_name=killed", "tracking.enabled=false"],
+                          cwd=run_env, env=kill_env(2), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + 9, proc.stderr
+    assert re.search(r"training process [01] was killed by SIGKILL without a Python traceback", " ".join(proc.stderr.split()))
+    assert "Traceback" not in proc.stderr
+
+
+def test_failed_processes_keep_their_own_exit_code() -> None:
+    from types import SimpleNamespace
+
+    from sidbench.cli import report_child_failure
+
+    said = SimpleNamespace(exitcode=2, signal_name=lambda: "", timestamp=1)  # a bad setting: it printed one line
+    stopped = SimpleNamespace(exitcode=-15, signal_name=lambda: "SIGTERM", timestamp=2)  # by torchrun, after
+    assert report_child_failure({0: stopped, 1: said}) == 2

@@ -1,0 +1,517 @@
+"""The leaderboard: finished runs read back from MLflow, one row per (dataset, method, settings).
+
+Runs with equal `sidbench.settings` tags (the resolved config without the seed) and different
+seeds form one row. Only runs whose MLflow status is FINISHED enter it: a running, failed or
+killed run has no final metric, and its partial curve would bias the means (the ids of the runs
+left out are kept in `Leaderboard.skipped`). All metrics are lower-is-better.
+
+Every number is computed per run (per seed) from the run's evaluation points, the logged lines
+that carry `eval/<metric>`, and then summarised over the seeds of a row:
+
+- final metric: `eval/<metric>_final` (the end, on the larger final sample) when logged, else
+  the last evaluation; mean, sample std (ddof=1; empty for one seed), min and max over seeds.
+- metric at 25%, 50%, 100% of the budget: the first evaluation at `budget/fraction` >= target
+  minus 1e-9 (always on the curve's own sample size, so the three are comparable); mean over
+  seeds, empty when a seed has no such evaluation (e.g. a run stopped by `trainer.max_seconds`).
+- compute to 1.5x and 1.0x the teacher: FLOPs, passes and kimg at the first evaluation with
+  metric <= factor x the teacher's metric (with a relative slack of 1e-12 for the round-off of
+  the product); mean over seeds, empty when any seed never got there, and the number of seeds
+  that did (empty when the teacher's metric is unknown).
+- log-metric area: the trapezoid rule over the points (budget/fraction, ln metric) of the
+  evaluations, from fraction 0 to the last evaluation (fraction 1, or just past it: a run stops
+  at the first iteration that reaches its budget). When the first evaluation is after fraction 0
+  (work before training, such as DMD's regression pairs, is charged to the budget), its value is
+  held back to fraction 0, since the generator has not changed before it. Over a budget of 1 this
+  is the mean of ln metric over the budget: lower is better, and it rewards a curve that falls
+  early; it is negative for metrics below 1. Mean over seeds.
+- throughput at the end of training: images/s = 1000 * kimg / seconds and FLOP/s = FLOPs /
+  seconds (training seconds only), mean over seeds.
+- teacher: `teacher/<metric>` (measured) or else `teacher/<metric>_published` (the published
+  figure, labelled `published` in `teacher_metric_source`, never as measured).
+
+Published reference figures (`published.csv` beside this file, from the papers) are written to
+their own CSV and printed in their own table, never as rows of the measured one: they share
+almost none of its columns (no curve, no compute, other sample sizes), and a reader who averages
+or sorts `leaderboard.csv` cannot mix them in by accident. Both tables carry a `source` column
+(`measured`, `published (arXiv:<id>)`), so the labels survive if someone concatenates them.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+    from rich.console import Console
+
+#: Budget fractions whose metric has its own column, and the multiples of the teacher's metric
+#: whose first crossing is reported.
+FRACTIONS = (0.25, 0.5, 1.0)
+FACTORS = (1.5, 1.0)
+FRACTION_TOL = 1e-9
+REACH_RTOL = 1e-12
+
+#: Logged counters -> column names of the evaluation points.
+COUNTERS = {"budget/fraction": "fraction", "kimg": "kimg", "compute/flops": "flops", "compute/passes": "passes", "seconds": "seconds"}
+CURVE_COLUMNS = ["run_id", "step", "key", "value"]
+POINT_COLUMNS = ["step", *COUNTERS.values(), "value"]
+
+MEASURED = "measured"
+
+
+def _pct(fraction: float) -> str:
+    return f"{round(fraction * 100)}"
+
+
+def _factor(factor: float) -> str:
+    return f"{factor:g}x" if factor != int(factor) else f"{int(factor)}.0x"
+
+
+COLUMNS = [
+    "source", "dataset", "method", "settings", "metric", "n_seeds", "seeds",
+    "final_mean", "final_std", "final_min", "final_max", "final_vs_teacher",
+    *[f"metric_at_{_pct(f)}" for f in FRACTIONS],
+    *[c for k in FACTORS for c in (f"flops_to_{_factor(k)}", f"passes_to_{_factor(k)}", f"kimg_to_{_factor(k)}", f"seeds_reached_{_factor(k)}")],
+    "log_area", "nfe", "images_per_s", "flops_per_s",
+    "teacher", "teacher_metric", "teacher_metric_source", "code_versions", "budget", "bench", "stopped_by_time", "run_ids",
+]
+PUBLISHED_COLUMNS = ["source", "dataset", "method", "nfe", "metric", "value", "data"]
+DATA_LEGEND = "data: DF data-free, R real data, P teacher pairs"
+
+
+@dataclass
+class Leaderboard:
+    measured: pd.DataFrame  # one row per (dataset, method, settings), COLUMNS
+    published: pd.DataFrame  # reference figures from the papers, PUBLISHED_COLUMNS
+    paths: list[Path] = field(default_factory=list)  # what build_leaderboard wrote
+    runs: pd.DataFrame | None = None  # one row per finished run (the per-seed numbers)
+    curves: pd.DataFrame | None = None  # tidy curves of those runs: run_id, step, key, value
+    skipped: list[str] = field(default_factory=list)  # run ids left out (status not FINISHED)
+
+
+# -- curves: pure functions of DataFrames --------------------------------------------------------
+def curve_frame(run_id: str, histories: Mapping[str, Iterable[Any]]) -> pd.DataFrame:
+    """{key: [mlflow Metric, ...]} -> a tidy curve (run_id, step, key, value), sorted by step.
+
+    A key logged twice at one step counts once, the later value: the final evaluation's line
+    repeats the counters at the last step, and a resumed run repeats the lines after its checkpoint.
+    """
+    rows = [(run_id, int(m.step), key, float(m.value)) for key, hist in histories.items() for m in hist]
+    df = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    df = df.drop_duplicates(["run_id", "step", "key"], keep="last")
+    return df.sort_values(["run_id", "step", "key"], kind="stable").reset_index(drop=True)
+
+
+def evaluation_points(curve: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One run's evaluations: step, fraction, kimg, flops, passes, seconds, value (of `eval/<metric>`),
+    in the order of the steps. The counters are those of the same logged line."""
+    key = f"eval/{metric}"
+    if curve.empty or key not in set(curve["key"]):
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in POINT_COLUMNS})
+    once = curve.drop_duplicates(["step", "key"], keep="last")
+    wide = once.pivot(index="step", columns="key", values="value").sort_index()
+    ev = wide[wide[key].notna()]
+    out = pd.DataFrame({"step": ev.index.astype(int)})
+    for logged, name in COUNTERS.items():
+        out[name] = ev[logged].to_numpy() if logged in ev else np.nan
+    out["value"] = ev[key].to_numpy()
+    return out
+
+
+def final_metric(curve: pd.DataFrame, metric: str) -> float:
+    """`eval/<metric>_final` at its last step when logged (the larger final sample), else the last
+    evaluation of the curve."""
+    for key in (f"eval/{metric}_final", f"eval/{metric}"):
+        hit = curve[curve["key"] == key]
+        if len(hit):
+            return float(hit.sort_values("step", kind="stable")["value"].iloc[-1])
+    return math.nan
+
+
+def metric_at_fraction(points: pd.DataFrame, target: float) -> float:
+    """The first evaluation at budget fraction >= target - 1e-9 (the tolerance absorbs the
+    round-off of a fraction computed as used / budget), or NaN when the curve never gets there."""
+    hit = points[points["fraction"] >= target - FRACTION_TOL]
+    return float(hit["value"].iloc[0]) if len(hit) else math.nan
+
+
+def first_reaching(points: pd.DataFrame, threshold: float) -> pd.Series | None:
+    """The first evaluation with metric <= threshold (lower is better), or None."""
+    if not math.isfinite(threshold):
+        return None
+    hit = points[points["value"] <= threshold * (1 + REACH_RTOL)]
+    return hit.iloc[0] if len(hit) else None
+
+
+def log_metric_area(points: pd.DataFrame) -> float:
+    """Trapezoid rule over (budget fraction, ln metric), the first value held back to fraction 0
+    (see the module docstring). NaN with no evaluation or a non-positive metric."""
+    p = points.dropna(subset=["fraction", "value"])
+    if p.empty or (p["value"] <= 0).any():
+        return math.nan
+    f = p["fraction"].to_numpy(dtype=float)
+    y = np.log(p["value"].to_numpy(dtype=float))
+    if f[0] > 0:
+        f, y = np.concatenate([[0.0], f]), np.concatenate([[y[0]], y])
+    if len(f) < 2:
+        return math.nan
+    # np.trapz was renamed trapezoid in numpy 2; the sum is the same rule on every version
+    return float(np.sum((f[1:] - f[:-1]) * (y[1:] + y[:-1]) / 2))
+
+
+def end_throughput(curve: pd.DataFrame) -> tuple[float, float]:
+    """(images/s, FLOP/s) of training at the run's last logged line."""
+    last = curve.sort_values("step", kind="stable").groupby("key")["value"].last()
+    kimg, flops, seconds = (float(last.get(k, math.nan)) for k in ("kimg", "compute/flops", "seconds"))
+    if not seconds > 0:
+        return math.nan, math.nan
+    return 1000.0 * kimg / seconds, flops / seconds
+
+
+def teacher_reference(metrics: Mapping[str, float], metric: str) -> tuple[float, str | None]:
+    """The teacher's value of the metric and where it comes from: measured, else published."""
+    if f"teacher/{metric}" in metrics:
+        return float(metrics[f"teacher/{metric}"]), "measured"
+    if f"teacher/{metric}_published" in metrics:
+        return float(metrics[f"teacher/{metric}_published"]), "published"
+    return math.nan, None
+
+
+# -- one run, then one row ------------------------------------------------------------------------
+def run_summary(info: Mapping[str, Any], curve: pd.DataFrame) -> dict[str, Any]:
+    """One run's numbers. `info` holds its identity (run_id, dataset, method, settings, seed,
+    metric, ...) and `teacher_metric` / `teacher_metric_source`."""
+    metric = str(info["metric"])
+    points = evaluation_points(curve, metric)
+    teacher = float(info.get("teacher_metric", math.nan))
+    out: dict[str, Any] = dict(info)
+    out["final"] = final_metric(curve, metric)
+    for f in FRACTIONS:
+        out[f"metric_at_{_pct(f)}"] = metric_at_fraction(points, f)
+    for k in FACTORS:
+        hit = first_reaching(points, k * teacher)
+        tag = _factor(k)
+        for col in ("flops", "passes", "kimg"):
+            out[f"{col}_to_{tag}"] = float(hit[col]) if hit is not None else math.nan
+        out[f"reached_{tag}"] = (hit is not None) if math.isfinite(teacher) else None
+    out["log_area"] = log_metric_area(points)
+    out["images_per_s"], out["flops_per_s"] = end_throughput(curve)
+    return out
+
+
+def _all_or_nan(values: pd.Series) -> float:
+    """The mean when every seed has a value, else NaN (a mean over some seeds would look better
+    than the row is)."""
+    return float(values.mean()) if len(values) and values.notna().all() else math.nan
+
+
+def _join(values: Iterable[Any]) -> str:
+    seen = [str(v) for v in dict.fromkeys(values) if v is not None and str(v) != "" and not (isinstance(v, float) and math.isnan(v))]
+    return ";".join(seen)
+
+
+def _seed_key(seed: Any) -> tuple[int, Any]:
+    try:
+        return (0, int(seed))
+    except (TypeError, ValueError):
+        return (1, str(seed))
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-run numbers (run_summary rows) -> the leaderboard, one row per (dataset, method,
+    settings), best final mean first within a dataset."""
+    rows = []
+    if runs.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    for (dataset, method, settings), g in runs.groupby(["dataset", "method", "settings"], sort=False):
+        g = g.iloc[sorted(range(len(g)), key=lambda i: _seed_key(g["seed"].iloc[i]))]
+        final = g["final"].astype(float)
+        teacher = g["teacher_metric"].astype(float)
+        row: dict[str, Any] = {
+            "source": MEASURED, "dataset": dataset, "method": method, "settings": settings, "metric": _join(g["metric"]),
+            "n_seeds": len(g), "seeds": _join(g["seed"]),
+            "final_mean": final.mean(), "final_std": final.std(ddof=1) if len(g) > 1 else math.nan,
+            "final_min": final.min(), "final_max": final.max(),
+        }
+        row["final_vs_teacher"] = row["final_mean"] / teacher.mean() if teacher.notna().all() else math.nan
+        for f in FRACTIONS:
+            row[f"metric_at_{_pct(f)}"] = _all_or_nan(g[f"metric_at_{_pct(f)}"].astype(float))
+        for k in FACTORS:
+            tag = _factor(k)
+            for col in ("flops", "passes", "kimg"):
+                row[f"{col}_to_{tag}"] = _all_or_nan(g[f"{col}_to_{tag}"].astype(float))
+            reached = g[f"reached_{tag}"]
+            row[f"seeds_reached_{tag}"] = int(reached.astype(bool).sum()) if reached.notna().all() else None
+        row["log_area"] = _all_or_nan(g["log_area"].astype(float))
+        nfe = _join(g["nfe"])
+        row["nfe"] = int(nfe) if nfe.isdigit() else (nfe or None)
+        row["images_per_s"] = float(g["images_per_s"].astype(float).mean())
+        row["flops_per_s"] = float(g["flops_per_s"].astype(float).mean())
+        row["teacher"] = _join(g["teacher"])
+        row["teacher_metric"] = float(teacher.mean()) if teacher.notna().any() else math.nan
+        row["teacher_metric_source"] = _join(g["teacher_metric_source"])
+        row["code_versions"] = _join(sorted(set(g["code_version"].dropna().astype(str))))
+        row["budget"] = _join(g["budget"])
+        row["bench"] = _join(g["bench"])
+        row["stopped_by_time"] = int((g["stopped_by"] == "max_seconds").sum())
+        row["run_ids"] = _join(g["run_id"])
+        rows.append(row)
+    board = pd.DataFrame(rows, columns=COLUMNS)
+    for k in FACTORS:
+        board[f"seeds_reached_{_factor(k)}"] = board[f"seeds_reached_{_factor(k)}"].astype("Int64")
+    return board.sort_values(["dataset", "final_mean", "method"], na_position="last", kind="stable").reset_index(drop=True)
+
+
+def load_published(datasets: Iterable[str] | None = None) -> pd.DataFrame:
+    """The published reference figures (published.csv), `source` as `published (arXiv:<id>)`,
+    for the given datasets (all when None)."""
+    with files("sidbench.harness").joinpath("published.csv").open() as f:
+        # as strings first: an arXiv id such as 2206.00364 must not be read as a number
+        df = pd.read_csv(f, dtype=str, keep_default_na=False)
+    df["nfe"] = df["nfe"].astype(int)
+    df["value"] = df["value"].astype(float)
+    df["source"] = "published (" + df["source"] + ")"
+    if datasets is not None:
+        df = df[df["dataset"].isin(list(datasets))]
+    return df[PUBLISHED_COLUMNS].reset_index(drop=True)
+
+
+# -- reading MLflow ------------------------------------------------------------------------------
+def _paged(call: Any, **kwargs: Any) -> list[Any]:
+    out, token = [], None
+    while True:
+        page = call(page_token=token, **kwargs)
+        out.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return out
+
+
+def _metric_name(run: Run) -> str | None:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    if tags.get("metric") or params.get("eval.metric"):
+        return tags.get("metric") or params.get("eval.metric")
+    # older runs: the one eval/<name> that is neither a time nor the final-sample repeat
+    names = {k[5:] for k in metrics if k.startswith("eval/") and not k.startswith("eval/seconds") and not k.endswith("_final")}
+    return names.pop() if len(names) == 1 else None
+
+
+def run_info(run: Run, experiment_name: str) -> dict[str, Any]:
+    """A run's identity and tags (what groups it and labels its row)."""
+    tags, params = run.data.tags, run.data.params
+    metric = _metric_name(run) or ""
+    teacher_value, teacher_source = teacher_reference(run.data.metrics, metric)
+    budget = tags.get("budget")
+    if not budget and params.get("trainer.budget.unit"):
+        budget = f"{params['trainer.budget.unit']} {params.get('trainer.budget.value', '')}".strip()
+    return {
+        "run_id": run.info.run_id, "dataset": tags.get("dataset") or experiment_name, "method": tags.get("method", "?"),
+        # without the settings hash (a run from before it) a run is a row of its own: merging it with
+        # others could average different settings
+        "settings": tags.get("sidbench.settings") or f"run-{run.info.run_id[:8]}",
+        "seed": tags.get("seed", params.get("trainer.seed")), "metric": metric, "nfe": tags.get("nfe"),
+        "teacher": tags.get("teacher"), "teacher_metric": teacher_value, "teacher_metric_source": teacher_source,
+        "code_version": tags.get("code_version"), "budget": budget, "bench": tags.get("sidbench.bench"),
+        "stopped_by": tags.get("stopped_by"), "run_dir": tags.get("sidbench.run_dir"),
+    }
+
+
+def read_run_curve(client: MlflowClient, run: Run, metric: str) -> pd.DataFrame:
+    """The run's tidy curve: the counters, `eval/<metric>` and `eval/<metric>_final`."""
+    keys = [k for k in (*COUNTERS, f"eval/{metric}", f"eval/{metric}_final") if k in run.data.metrics]
+    return curve_frame(run.info.run_id, {k: client.get_metric_history(run.info.run_id, k) for k in keys})
+
+
+def read_runs(client: MlflowClient, experiments: Sequence[str] | None = None, bench: str | None = None
+              ) -> tuple[list[dict[str, Any]], pd.DataFrame, list[str], list[str]]:
+    """(finished runs' infos, their tidy curves, the ids of runs left out, the experiment names read)."""
+    if experiments:
+        exps = []
+        for name in experiments:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                from sidbench.errors import InputError
+
+                known = sorted(e.name for e in _paged(client.search_experiments))
+                raise InputError(f"no MLflow experiment {name!r} at this tracking URI (there are: {', '.join(known) or 'none'})")
+            exps.append(exp)
+    else:
+        exps = _paged(client.search_experiments)
+    names = {e.experiment_id: e.name for e in exps}
+    if bench is not None and "'" in bench:
+        from sidbench.errors import InputError
+
+        raise InputError(f"--bench {bench!r}: a bench id cannot contain a quote")
+    filt = f"tags.`sidbench.bench` = '{bench}'" if bench is not None else ""
+    runs = _paged(client.search_runs, experiment_ids=list(names), filter_string=filt, max_results=1000) if names else []
+    infos, curves, skipped = [], [], []
+    for run in runs:
+        if run.info.status != "FINISHED":
+            skipped.append(run.info.run_id)
+            continue
+        info = run_info(run, names[run.info.experiment_id])
+        infos.append(info)
+        curves.append(read_run_curve(client, run, info["metric"]))
+    curve = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
+    return infos, curve, skipped, list(names.values())
+
+
+def last_sample_grid(paths: Iterable[str]) -> str | None:
+    """The last sample grid, by the kimg in its name (`samples/kimg<kimg:09.3f>.png`)."""
+    def kimg(p: str) -> float:
+        try:
+            return float(Path(p).stem.removeprefix("kimg"))
+        except ValueError:
+            return -math.inf
+
+    pngs = [p for p in paths if p.endswith(".png")]
+    return max(pngs, key=kimg) if pngs else None
+
+
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def download_final_samples(client: MlflowClient, run_id: str, dst: Path) -> np.ndarray | None:
+    """The run's last sample grid as an image array, or None when it logged none."""
+    from PIL import Image
+
+    try:
+        path = last_sample_grid(f.path for f in client.list_artifacts(run_id, "samples"))
+        if path is None:
+            return None
+        dst.mkdir(parents=True, exist_ok=True)
+        with _no_progress_bar():  # MLflow's per-file bar would interleave with the leaderboard's output
+            local = client.download_artifacts(run_id, path, str(dst))
+        with Image.open(local) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError:  # an artifact store that moved or was cleaned: the mosaic shows the gap
+        return None
+
+
+# -- building and printing -----------------------------------------------------------------------
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _row_label(row: pd.Series, board: pd.DataFrame) -> str:
+    """The method, with its settings hash when the method has several rows on the dataset."""
+    same = board[(board["dataset"] == row["dataset"]) & (board["method"] == row["method"])]
+    return row["method"] if len(same) == 1 else f"{row['method']} [{str(row['settings'])[:8]}]"
+
+
+def _plot(client: MlflowClient, board: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> list[Path]:
+    from sidbench.harness import plots
+
+    written = []
+    for (dataset, metric), rows in board.groupby(["dataset", "metric"], sort=False):
+        series, tiles = [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            for _, row in rows.iterrows():
+                ids = str(row["run_ids"]).split(";")
+                points = [evaluation_points(curves[curves["run_id"] == i], metric) for i in ids]
+                series.append(plots.Series(_row_label(row, board), points))
+                first = runs[runs["run_id"] == ids[0]].iloc[0]  # run_ids are in seed order
+                image = download_final_samples(client, ids[0], Path(tmp) / ids[0])
+                tiles.append((f"{_row_label(row, board)} (seed {first['seed']})\n{metric} {first['final']:.4g}", image))
+        teachers = rows.dropna(subset=["teacher_metric"]).drop_duplicates(["teacher_metric", "teacher_metric_source"])
+        teacher_lines = [(float(t.teacher_metric), str(t.teacher_metric_source)) for t in teachers.itertuples()]
+        stem = out / f"{_safe(dataset)}-{_safe(metric)}"
+        written.append(plots.curves_figure(f"{dataset}: {metric}", metric, series, teacher_lines, Path(f"{stem}-curves.png")))
+        written.append(plots.samples_mosaic(f"{dataset}: final samples", tiles, Path(f"{stem}-samples.png")))
+    return written
+
+
+def build_leaderboard(uri: str, out: Path, experiments: list[str] | None = None, bench: str | None = None) -> Leaderboard:
+    """Read the finished runs at `uri` (all experiments, or the named ones; only a bench's runs when
+    `bench` is given) and write to `out`: leaderboard.csv (measured), leaderboard_published.csv
+    (reference figures of the datasets read), leaderboard_runs.csv (the per-seed numbers), and per
+    dataset and metric the curves and the final-samples mosaic as PNG."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    infos, curves, skipped, exp_names = read_runs(client, experiments, bench)
+    runs = pd.DataFrame([run_summary(i, curves[curves["run_id"] == i["run_id"]]) for i in infos])
+    board = aggregate(runs)
+    datasets = set(exp_names) | set(board["dataset"])
+    published = load_published(datasets)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "leaderboard.csv", out / "leaderboard_published.csv", out / "leaderboard_runs.csv"]
+    board.to_csv(paths[0], index=False)
+    published.to_csv(paths[1], index=False)
+    runs.to_csv(paths[2], index=False)
+    if not board.empty:
+        paths += _plot(client, board, runs, curves, out)
+    return Leaderboard(board, published, paths, runs, curves, skipped)
+
+
+def _fmt(x: Any, spec: str = ".4g") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA:
+        return ""
+    return format(x, spec) if isinstance(x, (int, float, np.floating, np.integer)) else str(x)
+
+
+def _fmt_rate(x: float) -> str:
+    return _fmt(x, ",.0f") if isinstance(x, float) and x >= 1000 else _fmt(x, ".3g")
+
+
+def print_leaderboard(board: Leaderboard, console: Console) -> None:
+    """The measured rows, one table per (dataset, metric), then the published figures in a table of
+    their own."""
+    from rich.table import Table
+
+    m = board.measured
+    if m.empty:
+        console.print("[bold]No finished runs[/] (only runs with MLflow status FINISHED enter the leaderboard).")
+    for (dataset, metric), rows in m.groupby(["dataset", "metric"], sort=False):
+        teacher = ", ".join(f"{_fmt(r.teacher_metric)} ({r.teacher_metric_source})" for r in
+                            rows.dropna(subset=["teacher_metric"]).drop_duplicates(["teacher_metric"]).itertuples()) or "unknown"
+        table = Table(title=f"{dataset}: {metric}, lower is better (measured, FINISHED runs)",
+                      caption=f"teacher {teacher}; kimg to k x teacher: mean over seeds (seeds that got there / seeds)")
+        for col in ("method", "settings", "seeds", "final (mean ± std)", "min-max", "x teacher", "@25%", "@50%", "@100%",
+                    "kimg to 1.5x", "kimg to 1.0x", "log-area", "NFE", "img/s", "budget"):
+            table.add_column(col, justify="left" if col in ("method", "settings", "budget") else "right")
+        for _, r in rows.iterrows():
+            std = f" ± {_fmt(r['final_std'], '.2g')}" if _fmt(r["final_std"]) else ""
+            reach = [f"{_fmt(r[f'kimg_to_{t}'], '.4g') or '-'} ({_fmt(r[f'seeds_reached_{t}'], 'd') or '?'}/{r['n_seeds']})"
+                     for t in ("1.5x", "1.0x")]
+            table.add_row(str(r["method"]), str(r["settings"])[:8], f"{r['n_seeds']} ({r['seeds']})", f"{_fmt(r['final_mean'])}{std}",
+                          f"{_fmt(r['final_min'])}-{_fmt(r['final_max'])}", _fmt(r["final_vs_teacher"], ".3g"),
+                          *(_fmt(r[f"metric_at_{p}"]) for p in ("25", "50", "100")), *reach,
+                          _fmt(r["log_area"], ".3f"), _fmt(r["nfe"]), _fmt_rate(r["images_per_s"]), str(r["budget"]))
+        console.print(table)
+    if board.skipped:
+        console.print(f"{len(board.skipped)} run(s) not FINISHED left out: {', '.join(board.skipped)}")
+    p = board.published
+    if not p.empty:
+        table = Table(title="Published figures (from the papers, not measured here)", caption=DATA_LEGEND)
+        for col in PUBLISHED_COLUMNS:
+            table.add_column(col, justify="right" if col in ("nfe", "value") else "left")
+        for _, r in p.iterrows():
+            table.add_row(*(_fmt(r[c]) for c in PUBLISHED_COLUMNS))
+        console.print(table)
+    for path in board.paths:
+        console.print(f"wrote {path}")

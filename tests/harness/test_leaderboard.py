@@ -1,0 +1,324 @@
+"""The leaderboard read back from a real (SQLite) MLflow store filled with hand-picked runs; every
+expected number is worked out here from the literal inputs, never by the code under test."""
+from __future__ import annotations
+
+import io
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sidbench.harness import leaderboard as lb
+from sidbench.harness.plots import mean_curve
+
+ln = math.log
+TEACHER = 0.5  # the digits teacher's measured fd_pixel in this store
+BUDGET_FLOPS = 1e12  # every digits run: flops = fraction * 1e12, kimg = 100 * fraction
+KIMG = 100.0
+PASSES = 1.1e6
+
+# (method, seed) -> eval fractions, eval values, final-sample value or None, training seconds at the end
+SID = {
+    0: ([0.0, 0.25 - 1e-12, 0.5, 0.75, 1.0], [8.0, 2.0, 1.0, 0.6, 0.5], 0.52, 200.0),
+    1: ([0.0, 0.25 - 1e-12, 0.5, 0.75, 1.0], [8.0, 4.0, 0.7, 0.5, 0.4], 0.41, 250.0),
+    2: ([0.0, 0.25 - 1e-12, 0.5, 0.75, 1.0], [8.0, 1.0, 0.74, 0.45, 0.45], 0.44, 400.0),
+}
+# DMD-like: its first evaluation comes after 5% of the budget spent before training
+DMD = {
+    0: ([0.05, 0.24, 0.5, 1.0], [6.0, 3.0, 1.0, 0.7], None, 100.0),
+    1: ([0.05, 0.24, 0.5, 1.0], [6.0, 2.0, 0.8, 0.45], None, 100.0),
+}
+
+COLUMNS = [
+    "source", "dataset", "method", "settings", "metric", "n_seeds", "seeds",
+    "final_mean", "final_std", "final_min", "final_max", "final_vs_teacher",
+    "metric_at_25", "metric_at_50", "metric_at_100",
+    "flops_to_1.5x", "passes_to_1.5x", "kimg_to_1.5x", "seeds_reached_1.5x",
+    "flops_to_1.0x", "passes_to_1.0x", "kimg_to_1.0x", "seeds_reached_1.0x",
+    "log_area", "nfe", "images_per_s", "flops_per_s",
+    "teacher", "teacher_metric", "teacher_metric_source", "code_versions", "budget", "bench", "stopped_by_time", "run_ids",
+]
+
+
+def _png(path: Path, color: tuple[int, int, int]) -> Path:
+    Image.new("RGB", (24, 24), color).save(path)
+    return path
+
+
+def _log_run(client, exp_id: str, tmp: Path, *, method: str, seed: int, settings: str, fractions, values, final, seconds,
+             metric: str = "fd_pixel", teacher: dict[str, float] | None = None, status: str = "FINISHED",
+             bench: str | None = None, code: str = "abc123", grids: dict[float, tuple[int, int, int]] | None = None) -> str:
+    """A run logged the way sidbench's trainer logs one (sidbench/trainer/loop.py, run.py)."""
+    from mlflow.entities import Metric, Param
+
+    run_id = client.create_run(exp_id).info.run_id
+    tags = {"method": method, "dataset": client.get_experiment(exp_id).name, "seed": str(seed), "teacher": f"{method}-teacher.safetensors",
+            "code_version": code, "device": "cpu", "world_size": "1", "sidbench.run_dir": f"/runs/{method}-{seed}",
+            "sidbench.settings": settings, "metric": metric, "nfe": "1", "budget": "flops 1e+12"}
+    if bench:
+        tags["sidbench.bench"] = bench
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+    client.log_batch(run_id, params=[Param("trainer.budget.unit", "flops"), Param("trainer.budget.value", "1e12"), Param("eval.metric", metric)])
+
+    def line(fraction: float, extra: dict[str, float]) -> None:
+        counters = {"kimg": KIMG * fraction, "compute/passes": PASSES * fraction, "compute/teacher_passes": 0.2 * PASSES * fraction,
+                    "compute/flops": BUDGET_FLOPS * fraction, "budget/fraction": fraction, "seconds": seconds * fraction,
+                    "eval/seconds_total": 1.0}
+        now = int(time.time() * 1000)
+        step = int(round(KIMG * fraction * 1000))  # images seen
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in {**extra, **counters}.items()])
+
+    for i, (f, v) in enumerate(zip(fractions, values)):
+        extra = {f"eval/{metric}": v, "eval/seconds": 0.1}
+        if i == 0:
+            extra.update({f"teacher/{k}": t for k, t in (teacher or {}).items()})
+        line(f, extra)
+        if i == 0:
+            line((fractions[0] + fractions[1]) / 2, {"loss/x": 1.0})  # a training line without evaluation
+    if final is not None:  # the final evaluation on more samples repeats the counters at the last step
+        line(fractions[-1], {f"eval/{metric}_final": final, "eval/seconds_final": 1.0})
+    for kimg, color in (grids or {}).items():
+        client.log_artifact(run_id, str(_png(tmp / f"kimg{kimg:09.3f}.png", color)), artifact_path="samples")
+    client.set_terminated(run_id, status=status)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("lb")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    digits = client.create_experiment("digits", artifact_location=(tmp / "art").as_uri())
+    cifar = client.create_experiment("cifar10", artifact_location=(tmp / "art10").as_uri())
+    ids: dict = {}
+    for seed, (f, v, final, sec) in SID.items():
+        # seed 0's last grid is red, the earlier ones blue: the mosaic must show the red one
+        grids = {0.0: (0, 0, 255), 25.0: (0, 0, 255), 100.0: (255, 0, 0)} if seed == 0 else None
+        ids["sid", seed] = _log_run(client, digits, tmp, method="sid", seed=seed, settings="set-sid", fractions=f, values=v, final=final,
+                                    seconds=sec, teacher={"fd_pixel": TEACHER}, bench="b1",
+                                    code="abc124+dirty" if seed == 2 else "abc123", grids=grids)
+    # unfinished: its curve (all 100) would change every mean if it were read
+    ids["sid", 3] = _log_run(client, digits, tmp, method="sid", seed=3, settings="set-sid", fractions=SID[0][0], values=[100.0] * 5,
+                             final=None, seconds=100.0, teacher={"fd_pixel": TEACHER}, bench="b1", status="RUNNING")
+    for seed, (f, v, final, sec) in DMD.items():
+        ids["dmd", seed] = _log_run(client, digits, tmp, method="dmd", seed=seed, settings="set-dmd", fractions=f, values=v, final=final,
+                                    seconds=sec, teacher={"fd_pixel": TEACHER})
+    # one cifar10 run whose teacher is only known by its published figure
+    ids["c10", 0] = _log_run(client, cifar, tmp, method="sid", seed=0, settings="set-c10", fractions=[0.0, 1.0], values=[300.0, 2.5],
+                             final=None, seconds=10.0, metric="fid", teacher={"fid_published": 1.97})
+    out = tmp / "results"
+    board = lb.build_leaderboard(uri, out)
+    return {"uri": uri, "tmp": tmp, "ids": ids, "board": board, "out": out}
+
+
+def _row(board: pd.DataFrame, dataset: str, method: str) -> pd.Series:
+    rows = board[(board["dataset"] == dataset) & (board["method"] == method)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_final_metric_statistics(store):
+    sid = _row(store["board"].measured, "digits", "sid")
+    assert sid["n_seeds"] == 3 and sid["seeds"] == "0;1;2"  # the RUNNING seed 3 is left out
+    mean = (0.52 + 0.41 + 0.44) / 3  # eval/fd_pixel_final wins over the last curve point
+    assert sid["final_mean"] == pytest.approx(mean)
+    assert sid["final_std"] == pytest.approx(math.sqrt(((0.52 - mean) ** 2 + (0.41 - mean) ** 2 + (0.44 - mean) ** 2) / 2))
+    assert (sid["final_min"], sid["final_max"]) == (pytest.approx(0.41), pytest.approx(0.52))
+    assert sid["final_vs_teacher"] == pytest.approx(mean / 0.5)
+    dmd = _row(store["board"].measured, "digits", "dmd")
+    assert dmd["final_mean"] == pytest.approx((0.7 + 0.45) / 2)  # no _final: the last evaluation
+    assert dmd["final_std"] == pytest.approx(math.sqrt((0.7 - 0.575) ** 2 + (0.45 - 0.575) ** 2))
+    assert store["ids"]["sid", 3] in store["board"].skipped
+
+
+def test_metric_at_budget_fractions(store):
+    sid = _row(store["board"].measured, "digits", "sid")
+    # fraction 0.25 - 1e-12 counts as 25% (tolerance 1e-9)
+    assert sid["metric_at_25"] == pytest.approx((2.0 + 4.0 + 1.0) / 3)
+    assert sid["metric_at_50"] == pytest.approx((1.0 + 0.7 + 0.74) / 3)
+    assert sid["metric_at_100"] == pytest.approx((0.5 + 0.4 + 0.45) / 3)  # the curve's sample size, not _final
+    dmd = _row(store["board"].measured, "digits", "dmd")
+    # 0.24 < 0.25: the first evaluation at >= 25% is the one at 50%
+    assert dmd["metric_at_25"] == pytest.approx((1.0 + 0.8) / 2)
+    assert dmd["metric_at_50"] == pytest.approx((1.0 + 0.8) / 2)
+    assert dmd["metric_at_100"] == pytest.approx((0.7 + 0.45) / 2)
+
+
+def test_compute_to_reach_the_teacher(store):
+    sid = _row(store["board"].measured, "digits", "sid")
+    # 1.5 x 0.5 = 0.75: seed 0 first at 0.6 (fraction 0.75), seed 1 at 0.7 (0.5), seed 2 at 0.74 (0.5)
+    assert sid["flops_to_1.5x"] == pytest.approx((0.75 + 0.5 + 0.5) / 3 * 1e12)
+    assert sid["kimg_to_1.5x"] == pytest.approx((75 + 50 + 50) / 3)
+    assert sid["passes_to_1.5x"] == pytest.approx((0.75 + 0.5 + 0.5) / 3 * 1.1e6)
+    assert sid["seeds_reached_1.5x"] == 3
+    # 1.0 x 0.5: seed 0 at 0.5 (equal counts, fraction 1), seed 1 at 0.5 (0.75), seed 2 at 0.45 (0.75)
+    assert sid["flops_to_1.0x"] == pytest.approx((1.0 + 0.75 + 0.75) / 3 * 1e12)
+    assert sid["kimg_to_1.0x"] == pytest.approx((100 + 75 + 75) / 3)
+    assert sid["seeds_reached_1.0x"] == 3
+    dmd = _row(store["board"].measured, "digits", "dmd")
+    assert dmd["flops_to_1.5x"] == pytest.approx(1e12) and dmd["seeds_reached_1.5x"] == 2  # 0.7 and 0.45, both at the end
+    # seed 0 never gets to 0.5 (last 0.7): no mean, and one seed of two got there
+    assert math.isnan(dmd["flops_to_1.0x"]) and math.isnan(dmd["kimg_to_1.0x"]) and math.isnan(dmd["passes_to_1.0x"])
+    assert dmd["seeds_reached_1.0x"] == 1
+
+
+def test_log_metric_area(store):
+    sid = _row(store["board"].measured, "digits", "sid")
+    s0 = 0.25 * ((ln(8) + ln(2)) / 2 + (ln(2) + ln(1)) / 2 + (ln(1) + ln(0.6)) / 2 + (ln(0.6) + ln(0.5)) / 2)
+    s1 = 0.25 * ((ln(8) + ln(4)) / 2 + (ln(4) + ln(0.7)) / 2 + (ln(0.7) + ln(0.5)) / 2 + (ln(0.5) + ln(0.4)) / 2)
+    s2 = 0.25 * ((ln(8) + ln(1)) / 2 + (ln(1) + ln(0.74)) / 2 + (ln(0.74) + ln(0.45)) / 2 + (ln(0.45) + ln(0.45)) / 2)
+    assert sid["log_area"] == pytest.approx((s0 + s1 + s2) / 3, rel=1e-9)
+    dmd = _row(store["board"].measured, "digits", "dmd")
+    # the first value (6) is held from fraction 0 to its evaluation at 0.05
+    d0 = 0.05 * ln(6) + 0.19 * (ln(6) + ln(3)) / 2 + 0.26 * (ln(3) + ln(1.0)) / 2 + 0.5 * (ln(1.0) + ln(0.7)) / 2
+    d1 = 0.05 * ln(6) + 0.19 * (ln(6) + ln(2)) / 2 + 0.26 * (ln(2) + ln(0.8)) / 2 + 0.5 * (ln(0.8) + ln(0.45)) / 2
+    assert dmd["log_area"] == pytest.approx((d0 + d1) / 2, rel=1e-9)
+
+
+def test_throughput_nfe_teacher_and_labels(store):
+    sid = _row(store["board"].measured, "digits", "sid")
+    assert sid["images_per_s"] == pytest.approx((1000 * 100 / 200 + 1000 * 100 / 250 + 1000 * 100 / 400) / 3)
+    assert sid["flops_per_s"] == pytest.approx((1e12 / 200 + 1e12 / 250 + 1e12 / 400) / 3)
+    assert sid["nfe"] == 1
+    assert (sid["teacher_metric"], sid["teacher_metric_source"]) == (0.5, "measured")
+    assert sid["code_versions"] == "abc123;abc124+dirty"
+    assert sid["budget"] == "flops 1e+12" and sid["bench"] == "b1" and sid["settings"] == "set-sid"
+    ids = store["ids"]
+    assert sid["run_ids"] == ";".join(ids["sid", s] for s in (0, 1, 2))
+    c10 = _row(store["board"].measured, "cifar10", "sid")
+    assert (c10["teacher_metric"], c10["teacher_metric_source"]) == (1.97, "published")  # never shown as measured
+    assert c10["metric"] == "fid" and c10["n_seeds"] == 1 and math.isnan(c10["final_std"])
+    assert c10["final_mean"] == 2.5 and c10["kimg_to_1.5x"] == 100.0  # 2.5 <= 1.5 x 1.97 at the end
+
+
+def test_csv_columns_rows_and_published_kept_apart(store):
+    out = store["out"]
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert list(board.columns) == COLUMNS
+    assert len(board) == 3 and set(board["source"]) == {"measured"}
+    # best final first within a dataset
+    assert list(board[board["dataset"] == "digits"]["method"]) == ["sid", "dmd"]
+    assert pd.isna(board[board["dataset"] == "cifar10"]["final_std"]).all()  # one seed: empty
+    published = pd.read_csv(out / "leaderboard_published.csv", dtype={"source": str})
+    assert list(published.columns) == ["source", "dataset", "method", "nfe", "metric", "value", "data"]
+    # only the datasets read (digits has no published figures; cifar10's ten rows)
+    assert set(published["dataset"]) == {"cifar10"} and len(published) == 10
+    assert published["source"].str.startswith("published (arXiv:").all()
+    sid = published[(published["method"] == "SiD (alpha 1.2)")].iloc[0]
+    assert (sid["nfe"], sid["value"], sid["data"], sid["source"]) == (1, 1.923, "DF", "published (arXiv:2404.04057)")
+    edm = published[published["method"] == "EDM teacher"].iloc[0]
+    assert edm["source"] == "published (arXiv:2206.00364)" and edm["nfe"] == 35  # the id keeps its trailing zeros
+    pd_rows = published[published["method"] == "progressive distillation"].sort_values("nfe")
+    assert list(pd_rows["nfe"]) == [1, 2, 4, 8] and list(pd_rows["value"]) == [9.12, 4.51, 3.00, 2.57]
+    assert not set(published["method"]) & set(board["method"])
+    runs = pd.read_csv(out / "leaderboard_runs.csv")
+    assert len(runs) == 6  # the six finished runs, one line each
+
+
+def test_published_reference_file():
+    every = lb.load_published()
+    assert set(every["dataset"]) == {"cifar10", "cifar10-cond", "imagenet64", "ffhq64", "afhqv2-64"}
+    assert not every.duplicated(["dataset", "method", "nfe"]).any()  # one row per (method, NFE)
+    assert every["data"].isin(["", "DF", "R", "P"]).all()
+    in64 = every[every["dataset"] == "imagenet64"].set_index(["method", "nfe"])["value"]
+    assert in64["DMD2 (+GAN resumed)", 1] == 1.28 and in64["consistency distillation (LPIPS)", 2] == 4.70
+    assert in64["EDM teacher", 79] == 2.44
+
+
+def test_pngs_are_valid_images(store):
+    out = store["out"]
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["cifar10-fid-curves.png", "cifar10-fid-samples.png", "digits-fd_pixel-curves.png", "digits-fd_pixel-samples.png"]
+    for name in pngs:
+        path = out / name
+        assert path.stat().st_size > 0 and path in store["board"].paths
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.width > 100 and im.height > 100
+    # the mosaic shows seed 0's last grid (red), not its earlier ones (blue)
+    px = np.asarray(Image.open(out / "digits-fd_pixel-samples.png").convert("RGB")).astype(int)
+    red = (px[..., 0] > 240) & (px[..., 1] < 15) & (px[..., 2] < 15)
+    blue = (px[..., 2] > 240) & (px[..., 0] < 15) & (px[..., 1] < 15)
+    assert red.sum() > 100 and blue.sum() == 0
+
+
+def test_print_leaderboard(store):
+    from rich.console import Console
+
+    buf = io.StringIO()
+    lb.print_leaderboard(store["board"], Console(file=buf, width=250, color_system=None))
+    text = buf.getvalue()
+    assert "sid" in text and "dmd" in text
+    assert "Published figures (from the papers, not measured here)" in text and "SiD²A" in text
+    assert "1.97 (published)" in text and "0.5 (measured)" in text
+    assert "not FINISHED" in text
+
+
+def test_bench_and_experiment_filters(store, tmp_path):
+    board = lb.build_leaderboard(store["uri"], tmp_path / "b1", bench="b1")
+    assert list(board.measured["method"]) == ["sid"] and board.measured["n_seeds"].iloc[0] == 3
+    assert board.skipped == [store["ids"]["sid", 3]]
+    digits = lb.build_leaderboard(store["uri"], tmp_path / "digits", experiments=["digits"])
+    assert set(digits.measured["dataset"]) == {"digits"} and digits.published.empty
+    none = lb.build_leaderboard(store["uri"], tmp_path / "none", bench="no-such-bench")
+    assert none.measured.empty and list(none.measured.columns) == COLUMNS
+    assert list(pd.read_csv(tmp_path / "none" / "leaderboard.csv").columns) == COLUMNS
+    from rich.console import Console
+
+    buf = io.StringIO()
+    lb.print_leaderboard(none, Console(file=buf, width=200, color_system=None))
+    assert "No finished runs" in buf.getvalue()
+    from sidbench.errors import InputError
+
+    with pytest.raises(InputError, match="no MLflow experiment 'nope'"):
+        lb.build_leaderboard(store["uri"], tmp_path / "x", experiments=["nope"])
+
+
+# -- the pure functions, directly --------------------------------------------------------------------
+def _points(fractions, values) -> pd.DataFrame:
+    return pd.DataFrame({"step": range(len(values)), "fraction": fractions, "kimg": [10 * f for f in fractions],
+                         "flops": [1e9 * f for f in fractions], "passes": fractions, "seconds": fractions, "value": values})
+
+
+def test_curve_helpers():
+    class M:
+        def __init__(self, step, value):
+            self.step, self.value = step, value
+
+    curve = lb.curve_frame("r", {"eval/m": [M(0, 4.0), M(10, 2.0)], "budget/fraction": [M(0, 0.0), M(10, 1.0), M(10, 1.0)],
+                                 "kimg": [M(0, 0.0), M(5, 0.5), M(10, 1.0)], "eval/m_final": [M(10, 1.5)]})
+    assert len(curve) == 2 + 2 + 3 + 1  # the repeated (10, budget/fraction) counts once
+    pts = lb.evaluation_points(curve, "m")
+    assert list(pts["step"]) == [0, 10] and list(pts["value"]) == [4.0, 2.0] and list(pts["kimg"]) == [0.0, 1.0]
+    assert lb.final_metric(curve, "m") == 1.5
+    assert lb.final_metric(curve[curve["key"] != "eval/m_final"], "m") == 2.0
+    assert lb.evaluation_points(curve, "other").empty
+
+    p = _points([0.0, 0.2499, 0.25 - 1e-10, 1.0], [5.0, 4.0, 3.0, 2.0])
+    assert lb.metric_at_fraction(p, 0.25) == 3.0 and lb.metric_at_fraction(p, 1.0) == 2.0
+    assert math.isnan(lb.metric_at_fraction(_points([0.0, 0.5], [5.0, 4.0]), 1.0))
+    assert lb.first_reaching(p, 4.0)["fraction"] == 0.2499 and lb.first_reaching(p, 1.0) is None
+    assert lb.first_reaching(p, 1.5 * 2.0)["value"] == 3.0  # 1.5 x 2.0 = 3.0 exactly: equal counts
+    assert lb.log_metric_area(_points([0.0, 0.5, 1.0], [4.0, 2.0, 1.0])) == pytest.approx(
+        0.5 * (ln(4) + ln(2)) / 2 + 0.5 * (ln(2) + ln(1)) / 2)
+    assert lb.log_metric_area(_points([0.5, 1.0], [4.0, 2.0])) == pytest.approx(0.5 * ln(4) + 0.5 * (ln(4) + ln(2)) / 2)
+    assert lb.last_sample_grid(["samples/kimg00100.000.png", "samples/kimg01000.500.png", "samples/kimg00000.000.png", "x.txt"]) \
+        == "samples/kimg01000.500.png"
+    assert lb.last_sample_grid([]) is None
+
+
+def test_mean_curve_lines_up_seeds_by_index():
+    a = _points([0.0, 0.5, 1.0], [4.0, 2.0, 1.0])
+    b = _points([0.0, 0.5, 1.0], [6.0, 1.0, 0.5])
+    c = mean_curve([a, b], "kimg")
+    assert list(c["x"]) == [0.0, 5.0, 10.0]
+    assert list(c["mean"]) == [5.0, 1.5, 0.75] and list(c["min"]) == [4.0, 1.0, 0.5] and list(c["max"]) == [6.0, 2.0, 1.0]
+    assert len(mean_curve([a, b.iloc[:2]], "kimg")) == 2  # the points every seed has
