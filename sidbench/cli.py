@@ -239,7 +239,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     uri = tracking_uri(compose(_overrides(args)))
     board = build_leaderboard(uri, Path(args.out), experiments=args.experiment or None, bench=args.bench)
-    print_leaderboard(board, RichConsole())
+    # piped to a file or a CI log, rich would wrap the 15 columns into 80; keep one row a line
+    print_leaderboard(board, RichConsole() if sys.stdout.isatty() else RichConsole(width=220))
     return 0
 
 
