@@ -1,8 +1,47 @@
-"""Distillation methods, installed as `sidbench.methods`. Importing it registers the built-ins."""
-from sidbench.methods.base import METHODS, Method, register_method
-from sidbench.methods import sid  # noqa: F401  (registers "sid")
-from sidbench.methods.baselines.dmd import method as _dmd  # noqa: F401  (registers "dmd2", "dmd")
-from sidbench.methods.baselines.progressive import method as _progressive  # noqa: F401  (registers "progressive")
-from sidbench.methods.baselines.consistency import method as _consistency  # noqa: F401  (registers "consistency")
+"""Distillation methods, installed as `sidbench.methods`.
+
+Importing this package imports no method (nor torch): the built-ins are declared here lazily,
+each by its name, its class and the line `sidbench list` shows; `METHODS.get(name)` imports the
+class, whose `@register_method(name)` decorator checks it against its declaration. A new built-in
+is its class with the decorator plus one line here; a plugin needs only the decorator (or an entry
+point in the group `sidbench.methods`). `Method` (and the rest of `sidbench.methods.base`, which
+imports torch) is imported on first use: `from sidbench.methods import Method` works as before.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sidbench.registry import Registry
+
+if TYPE_CHECKING:
+    from sidbench.methods.base import Method, Recipe, Stage
+
+METHODS: Registry[type[Method]] = Registry("method", "sidbench.methods")
+register_method = METHODS.register
+
+# The built-ins: name, "module:Class", and the class's `description` (the decorator checks both).
+METHODS.register_lazy("sid", "sidbench.methods.sid.method:SiD",
+                      "Score identity Distillation (Zhou et al. 2024): data-free, one-step")
+METHODS.register_lazy("dmd2", "sidbench.methods.baselines.dmd.method:DMD2",
+                      "DMD2 (Yin et al. 2024): distribution matching, two time-scale updates, optional GAN head")
+METHODS.register_lazy("dmd", "sidbench.methods.baselines.dmd.method:DMD",
+                      "DMD (Yin et al. 2023): distribution matching plus regression on teacher ODE pairs")
+METHODS.register_lazy("progressive", "sidbench.methods.baselines.progressive.method:ProgressiveDistillation",
+                      "Progressive distillation (Salimans & Ho 2022): halve the student's Euler steps stage by stage")
+METHODS.register_lazy("consistency", "sidbench.methods.baselines.consistency.method:ConsistencyDistillation",
+                      "Consistency distillation (Song et al. 2023): one- or few-step consistency function")
+
+_FROM_BASE = ("Method", "Recipe", "Stage")
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the torch-importing names, on first use
+    if name in _FROM_BASE:
+        from importlib import import_module
+
+        value = getattr(import_module("sidbench.methods.base"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["METHODS", "Method", "register_method"]

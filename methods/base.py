@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from omegaconf import DictConfig
 
-from sidbench.registry import Registry
+from sidbench.methods import METHODS, register_method
 from sidbench.teachers.sampling import SAMPLERS, sample_with_recipe
 
 if TYPE_CHECKING:
@@ -154,8 +154,5 @@ class Method(ABC):
         """Images from noise with a given generator network (the trainer passes the EMA copy)."""
         return self.sample_recipe(net, z, labels, self.sampling())
 
-
-METHODS: Registry[type[Method]] = Registry("method", "sidbench.methods")
-register_method = METHODS.register
 
 __all__ = ["METHODS", "Method", "Recipe", "SAMPLERS", "Stage", "register_method"]

@@ -111,8 +111,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from sidbench.config import group_options, register_plugin_configs
-    from sidbench.eval.factory import METRIC_NAMES
-    from sidbench.methods import METHODS
+    from sidbench.eval.protocol import METRIC_NAMES
+    from sidbench.methods import METHODS  # declares the built-ins without importing them (nor torch)
 
     register_plugin_configs()
     methods = Table("method", "description", title="methods (method=...)")
@@ -158,7 +158,7 @@ FID_HELP = """Score images, a saved generator or the teacher (FID, or the offlin
 
   sidbench fid runs/cifar10/sid-20260101-120000                 # a run folder (its generator.safetensors)
   sidbench fid runs/ffhq64/sid-x/generator.safetensors --num 50000
-  sidbench fid teacher dataset=cifar10                          # the teacher's Heun sampler; cached as
+  sidbench fid teacher dataset=cifar10                          # the teacher's Heun sampler; kept in MLflow as
                                                                 #   the teacher's reference line for runs
   sidbench fid samples/ --ref ffhq64                            # a folder, .npz or zip of images
   sidbench fid samples.npz --ref my-stats.npz --mode clean      # statistics from `sidbench stats`

@@ -28,16 +28,18 @@ def group_options(group: str) -> list[str]:
 
 def register_plugin_configs() -> None:
     """Methods from entry points may carry their default config (`default_config`); store it as
-    `method/<name>` so `method=<name>` works without a YAML file in this repo."""
+    `method/<name>` so `method=<name>` works without a YAML file in this repo. Only methods without
+    a YAML file are imported for it (the built-ins all have one, so none is imported here)."""
     from hydra.core.config_store import ConfigStore
 
     from sidbench.methods import METHODS
 
     store = ConfigStore.instance()
     for name in METHODS.names():
-        cls = METHODS.get(name)
-        config = getattr(cls, "default_config", None)
-        if config is not None and name not in group_options("method"):
+        if name in group_options("method"):
+            continue
+        config = getattr(METHODS.get(name), "default_config", None)
+        if config is not None:
             store.store(group="method", name=name, node={"name": name, **dict(config)})
 
 

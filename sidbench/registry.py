@@ -1,10 +1,15 @@
 """Name -> class registries, filled by a decorator and by Python entry points (timm-style).
 
-Built-in methods register when `sidbench.methods` is imported; third-party packages declare an
-entry point in the group `sidbench.methods` (`name = "package.module:Class"`) and are loaded on
-the first lookup, without touching this repository. A method that is not packaged (one file on
-the Python path) is loaded by naming its module in `$SIDBENCH_PLUGINS` (comma-separated): the
-module registers itself with the decorator when imported; torchrun's workers inherit the variable.
+A method is one decorator (`@register_method("sid")` on its class). So that naming and listing
+the methods never imports them (nor torch), the built-ins are also declared lazily in one
+torch-free place (`sidbench/methods/__init__.py`: a name, a "module:attr" target and a one-line
+description); the target is imported on the first `get(name)`, and its decorator then checks that
+it matches the declaration. Third-party packages declare an entry point in the group
+`sidbench.methods` (`name = "package.module:Class"`): its name is known without loading it, and
+the class is loaded on `get(name)` (or by `describe()`, for its description). A method that is not
+packaged (one file on the Python path) is loaded by naming its module in `$SIDBENCH_PLUGINS`
+(comma-separated): the module registers itself with the decorator when imported, on the first
+lookup of a name not declared here; torchrun's workers inherit the variable.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import importlib
 import os
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -24,55 +29,118 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+def _target_of(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _resolve(target: str) -> Any:
+    """The object a "package.module:Attr.sub" target names (the entry-point syntax)."""
+    module, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str, entry_point_group: str) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._items: dict[str, T] = {}
         self._descriptions: dict[str, str] = {}
-        self._entry_points_loaded = False
+        #: declared but not imported yet: name -> "module:attr" (built-ins and entry points)
+        self._lazy: dict[str, str] = {}
+        #: names from entry points not loaded yet (their description is a placeholder until loaded)
+        self._entry_point_names: set[str] = set()
+        self._discovered = False
 
     def register(self, name: str, description: str = "") -> Callable[[T], T]:
-        """Decorator: `@METHODS.register("sid", "Score identity Distillation")`."""
+        """Decorator: `@METHODS.register("sid", "Score identity Distillation")`. The description
+        defaults to the object's `description` attribute, then to its docstring's first line."""
 
         def decorator(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice ({self._items[name]!r} and {obj!r})")
-            self._items[name] = obj
             doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-            self._descriptions[name] = description or getattr(obj, "description", "") or (doc[0] if doc else "")
+            desc = description or getattr(obj, "description", "") or (doc[0] if doc else "")
+            target = self._lazy.get(name)
+            if target is not None and name not in self._entry_point_names:  # a lazy declaration
+                if target != _target_of(obj):
+                    raise ValueError(f"{self.kind} {name!r} is registered twice (declared as {target!r}, "
+                                     f"registered by {_target_of(obj)!r})")
+                declared = self._descriptions[name]
+                if declared and desc and declared != desc:
+                    raise ValueError(f"{self.kind} {name!r}: its description {desc!r} differs from the one declared "
+                                     f"with register_lazy ({declared!r}); make them the same")
+                desc = declared or desc
+            self._lazy.pop(name, None)
+            self._entry_point_names.discard(name)
+            self._items[name] = obj
+            self._descriptions[name] = desc
             return obj
 
         return decorator
 
-    def _load_entry_points(self) -> None:
-        if self._entry_points_loaded:
+    def register_lazy(self, name: str, target: str, description: str) -> None:
+        """Declare `name` without importing it: `target` ("package.module:Class") is imported on
+        the first `get(name)`; `description` is what `describe()` shows until then (and must
+        match what the decorator on the class finds)."""
+        if ":" not in target:
+            raise ValueError(f"{self.kind} {name!r}: target {target!r} is not of the form 'package.module:Attr'")
+        known = self._lazy.get(name) or (_target_of(self._items[name]) if name in self._items else None)
+        if known is not None and known != target:
+            raise ValueError(f"{self.kind} {name!r} is registered twice ({known!r} and {target!r})")
+        if name not in self._items:
+            self._lazy[name] = target
+            self._descriptions[name] = description
+
+    def _discover(self) -> None:
+        """Import the `$SIDBENCH_PLUGINS` modules and note the entry points' names (not loaded)."""
+        if self._discovered:
             return
-        self._entry_points_loaded = True
+        self._discovered = True
         for module in filter(None, (m.strip() for m in os.environ.get("SIDBENCH_PLUGINS", "").split(","))):
             importlib.import_module(module)
         for ep in entry_points(group=self.entry_point_group):
-            if ep.name in self._items:
+            if ep.name in self._items or ep.name in self._lazy:
                 continue  # a built-in or an explicit registration wins
-            obj = ep.load()
-            if ep.name not in self._items:  # the module may have registered itself on import
-                self.register(ep.name)(obj)
+            self._lazy[ep.name] = ep.value
+            self._entry_point_names.add(ep.name)
+            self._descriptions[ep.name] = f"(plugin, {ep.value})"
 
-    def names(self) -> list[str]:
-        self._load_entry_points()
-        return sorted(self._items)
-
-    def describe(self) -> dict[str, str]:
-        self._load_entry_points()
-        return {n: self._descriptions[n] for n in sorted(self._items)}
-
-    def get(self, name: str) -> T:
-        if name not in self._items:
-            self._load_entry_points()
-        if name not in self._items:
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
+    def _load(self, name: str) -> T:
+        obj = _resolve(self._lazy[name])
+        if name not in self._items:  # not registered by its module on import: an undecorated class
+            declared = "" if name in self._entry_point_names else self._descriptions[name]
+            self._lazy.pop(name)
+            self._entry_point_names.discard(name)  # a plugin's own description replaces the placeholder
+            self.register(name, declared)(obj)
         return self._items[name]
 
+    def names(self) -> list[str]:
+        """Every name, without importing any (the `$SIDBENCH_PLUGINS` modules are imported)."""
+        self._discover()
+        return sorted({*self._items, *self._lazy})
+
+    def describe(self) -> dict[str, str]:
+        """One line per name. Lazy built-ins are not imported (their declared line is shown);
+        plugins from entry points are loaded, for their own description."""
+        self._discover()
+        for name in sorted(self._entry_point_names):
+            self._load(name)
+        return {n: self._descriptions[n] for n in self.names()}
+
+    def get(self, name: str) -> T:
+        if name not in self._items and name not in self._lazy:
+            self._discover()
+        if name in self._items:
+            return self._items[name]
+        if name in self._lazy:
+            return self._load(name)
+        raise UnknownNameError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
+
     def __contains__(self, name: str) -> bool:
-        self._load_entry_points()
-        return name in self._items
+        if name in self._items or name in self._lazy:
+            return True
+        self._discover()
+        return name in self._items or name in self._lazy

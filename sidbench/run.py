@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from sidbench.data.real import open_real_images
-from sidbench.distributed import broadcast_object, init_from_env, local_rank, pick_device, shutdown, wrap_ddp
+from sidbench.distributed import broadcast_object, init_from_env, is_distributed, local_rank, pick_device, shutdown, wrap_ddp
 from sidbench.eval.evaluator import Evaluator
 from sidbench.eval.generators import GENERATOR_FILENAME
 from sidbench.labels import label_frequencies, label_sampler
@@ -65,22 +65,24 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, str | None]:
 def reference_metrics(cfg: DictConfig, info: dict[str, Any], teacher_file: str | Path | None = None) -> dict[str, float]:
     """The teacher's own value of the run's metric, logged as `teacher/<metric>` beside the curve.
 
-    In order: a measurement cached by `sidbench fid teacher dataset=<d>` for this teacher file,
-    metric, FID mode, reference and sample count (the run's evaluation size, else its final size;
-    see `sidbench.eval.teacher_metrics`); a value measured and stored with the teacher's weights;
-    the published figure of the dataset card, logged under a `_published` suffix so nobody
-    mistakes it for a measurement.
+    In order: a measurement recorded in MLflow by `sidbench fid teacher dataset=<d>` for this
+    teacher file, metric, FID mode, reference and sample count (the run's evaluation size, else
+    its final size; see `sidbench.eval.teacher_metrics`); a value measured and stored with the
+    teacher's weights; the published figure of the dataset card, logged under a `_published`
+    suffix so nobody mistakes it for a measurement.
     """
     metric = str(cfg.eval.metric)
     if teacher_file is not None:
         from sidbench.eval.teacher_metrics import lookup_teacher_metric
 
         is_fid = metric == "fid"
-        cached = lookup_teacher_metric(
-            teacher_file, metric=metric, num_samples=[int(cfg.eval.num_samples), int(cfg.eval.final_samples)],
+        # Rank 0 asks the store and tells the others (a collective: `_run` calls this on every
+        # rank at the same point); parallel readers of a SQLite store would race its writer.
+        cached = broadcast_object(lookup_teacher_metric(
+            cfg, teacher_file, metric=metric, num_samples=[int(cfg.eval.num_samples), int(cfg.eval.final_samples)],
             steps=int(cfg.dataset.teacher.sampler_steps), mode=str(cfg.eval.fid_mode) if is_fid else None,
             ref=str(cfg.dataset.ref_stats) if is_fid and cfg.dataset.get("ref_stats") else None,
-        )
+        ) if _rank() == 0 else None)
         if cached is not None:
             return {metric: float(cached["value"])}
     measured = (info.get("metrics") or {}).get(metric)
@@ -88,6 +90,10 @@ def reference_metrics(cfg: DictConfig, info: dict[str, Any], teacher_file: str |
         return {metric: float(measured)}
     published = (info.get("published") or {}).get(metric)
     return {f"{metric}_published": float(published)} if published is not None else {}
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if is_distributed() else 0
 
 
 def run(cfg: DictConfig) -> RunResult:

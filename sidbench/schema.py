@@ -54,7 +54,7 @@ def _precisions() -> Sequence[str]:
 
 
 def _metric_names() -> Sequence[str]:
-    from sidbench.eval.factory import METRIC_NAMES
+    from sidbench.eval.protocol import METRIC_NAMES
 
     return METRIC_NAMES
 

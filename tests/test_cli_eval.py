@@ -6,7 +6,6 @@ sources use their own offline metric (`fd_pixel`) and need no detector at all.
 """
 from __future__ import annotations
 
-import json
 import math
 import socket
 import urllib.error
@@ -80,6 +79,18 @@ def _one_line_error(err: str) -> str:
     err = err.strip()
     assert err.startswith("error:") and err.count("\n") == 0, err
     return err
+
+
+def _measurements(root: Path, experiment: str) -> list:
+    """The teacher measurement runs in `root`'s MLflow store (run_env's), newest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return list(client.search_runs([exp.experiment_id], "tags.`sidbench.kind` = 'teacher_measurement'",
+                                   order_by=["attributes.start_time DESC"]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,15 +226,30 @@ def test_fid_teacher_on_digits_is_fd_pixel_and_cached(tiny_teacher: Path, run_en
     assert name == "fd_pixel" and math.isfinite(value) and value > 0
     assert "fd_pixel" in captured.err and "not FID" in captured.err and "Heun, 2 steps" in captured.err
 
-    # Recorded for runs; the same command again gives the same number and keeps one record.
-    cache = run_env / "cache" / "teacher-metrics.json"
-    (record,) = json.loads(cache.read_text())["entries"]
-    assert (record["metric"], record["num_samples"], record["steps"], record["mode"], record["ref"]) == \
-        ("fd_pixel", 48, 2, None, None)
-    assert record["value"] == pytest.approx(value, rel=1e-5) and record["dataset"] == "digits"
+    # Recorded for runs as a FINISHED run of the dataset's experiment, tagged with what identifies it.
+    from sidbench.download import sha256_file
+
+    (rec,) = _measurements(run_env, "digits")
+    tags = rec.data.tags
+    assert rec.info.status == "FINISHED" and rec.info.run_name == "teacher-tiny-fd_pixel"
+    assert (tags["sidbench.kind"], tags["metric"], tags["num_samples"], tags["steps"], tags["teacher_sha256"]) == \
+        ("teacher_measurement", "fd_pixel", "48", "2", sha256_file(tiny_teacher))
+    assert "fid_mode" not in tags and "ref" not in tags and tags["teacher"] == str(tiny_teacher.resolve())
+    assert tags["code_version"] and tags["dataset"] == "digits"
+    assert rec.data.metrics == {"teacher/fd_pixel": pytest.approx(value, rel=1e-5)}
+    from mlflow.tracking import MlflowClient
+
+    exp = MlflowClient(tracking_uri=f"sqlite:///{run_env / 'mlflow.db'}").get_experiment_by_name("digits")
+    assert exp.artifact_location == (run_env / "runs" / "mlartifacts").as_uri()  # where start_tracker puts them
+    assert not (run_env / "cache" / "teacher-metrics.json").exists()
+    # The same command again gives the same number and a second measurement (the newest wins).
     assert main(args) == 0
     assert _machine_line(capsys.readouterr().out)[1] == pytest.approx(value, rel=1e-6)
-    assert len(json.loads(cache.read_text())["entries"]) == 1
+    assert len(_measurements(run_env, "digits")) == 2
+    # With tracking off nothing is recorded ...
+    assert main([*args, "tracking.enabled=false"]) == 0
+    assert "recorded as" not in capsys.readouterr().err and len(_measurements(run_env, "digits")) == 2
+    record = {"value": rec.data.metrics["teacher/fd_pixel"]}
 
     # A run with that evaluation size and those steps finds it; other settings do not.
     from sidbench.config import compose
@@ -232,6 +258,10 @@ def test_fid_teacher_on_digits_is_fd_pixel_and_cached(tiny_teacher: Path, run_en
     info = {"metrics": {"fd_pixel": 1.0}}  # what the tiny teacher stores with its weights
     cfg = compose(tiny_overrides(tiny_teacher, **{"eval.num_samples": 48, "dataset.teacher.sampler_steps": 2}))
     assert reference_metrics(cfg, info, tiny_teacher) == {"fd_pixel": pytest.approx(record["value"])}
+    # ... and nothing looked up.
+    cfg_off = compose(tiny_overrides(tiny_teacher, **{"eval.num_samples": 48, "dataset.teacher.sampler_steps": 2,
+                                                     "tracking.enabled": "false"}))
+    assert reference_metrics(cfg_off, info, tiny_teacher) == {"fd_pixel": 1.0}
     cfg = compose(tiny_overrides(tiny_teacher, **{"eval.num_samples": 48}))  # 18 steps: not measured
     assert reference_metrics(cfg, info, tiny_teacher) == {"fd_pixel": 1.0}
     cfg = compose(tiny_overrides(tiny_teacher, **{"eval.num_samples": 64, "eval.final_samples": 64,
@@ -250,7 +280,7 @@ def test_teacher_reference_on_a_real_dataset_cached_else_published(tiny_teacher:
 
     def record(value: float, **kw) -> None:
         setting = dict(metric="fid", num_samples=50_000, steps=18, mode="legacy_tensorflow", ref=str(cfg.dataset.ref_stats))
-        record_teacher_metric(tiny_teacher, value=value, dataset="cifar10", **{**setting, **kw})
+        record_teacher_metric(cfg, tiny_teacher, value=value, **{**setting, **kw})
 
     record(9.0, mode="clean")                  # another FID mode
     record(8.0, ref="/data/other-stats.npz")   # another reference
@@ -261,12 +291,20 @@ def test_teacher_reference_on_a_real_dataset_cached_else_published(tiny_teacher:
     assert reference_metrics(cfg, info, tiny_teacher) == {"fid": 2.01}
     record(2.2, num_samples=int(cfg.eval.num_samples))  # ... but the evaluation size (10k) is preferred
     assert reference_metrics(cfg, info, tiny_teacher) == {"fid": 2.2}
-    # Another teacher file (another SHA-256) does not match; an unreadable cache is ignored.
+    record(2.3, num_samples=int(cfg.eval.num_samples))  # a newer measurement of the same wins
+    assert reference_metrics(cfg, info, tiny_teacher) == {"fid": 2.3}
+    # Another teacher file (another SHA-256) does not match, nor does another dataset's experiment.
     other = run_env / "other.safetensors"
     other.write_bytes(tiny_teacher.read_bytes() + b" ")
     assert reference_metrics(cfg, info, other) == {"fid_published": 1.97}
-    (run_env / "cache" / "teacher-metrics.json").write_text("{not json")
-    assert reference_metrics(cfg, info, tiny_teacher) == {"fid_published": 1.97}
+    ffhq = compose(["dataset=ffhq64", f"dataset.teacher.path={tiny_teacher}", "dataset.teacher.sampler_steps=18",
+                    f"dataset.ref_stats={cfg.dataset.ref_stats}", "eval.num_samples=10000"])
+    assert reference_metrics(ffhq, info, tiny_teacher) == {"fid_published": 1.97}
+    # With tracking off nothing is recorded, nor looked up.
+    off = compose(["dataset=cifar10", f"dataset.teacher.path={tiny_teacher}", "tracking.enabled=false"])
+    assert record_teacher_metric(off, tiny_teacher, metric="fid", value=1.0, num_samples=10_000, steps=18) is None
+    assert reference_metrics(off, info, tiny_teacher) == {"fid_published": 1.97}
+    assert len(_measurements(run_env, "cifar10")) == 7
 
 
 def test_fid_teacher_on_a_real_dataset_uses_its_reference_and_is_cached(
@@ -304,8 +342,9 @@ def test_fid_teacher_on_a_real_dataset_uses_its_reference_and_is_cached(
     assert main(["fid", "teacher", *overrides, "--num", "20", "--ref", str(tmp_path / "cifar10-32x32.npz"),
                  "--mode", "clean", "device=cpu"]) == 0
     capsys.readouterr()
-    (record,) = json.loads((run_env / "cache" / "teacher-metrics.json").read_text())["entries"]
-    assert (record["mode"], record["ref"], record["num_samples"]) == ("legacy_tensorflow", cfg.dataset.ref_stats, 20)
+    (record,) = _measurements(run_env, "cifar10")
+    assert (record.data.tags["fid_mode"], record.data.tags["ref"], record.data.tags["num_samples"]) == \
+        ("legacy_tensorflow", cfg.dataset.ref_stats, "20")
 
 
 def test_teacher_of_another_shape_than_the_dataset_is_refused(tiny_teacher: Path, run_env: Path,
@@ -322,9 +361,8 @@ def test_teacher_of_another_shape_than_the_dataset_is_refused(tiny_teacher: Path
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_teacher: Path):
-    """A finished tiny SiD run on digits, with a cached teacher value for it to log."""
+    """A finished tiny SiD run on digits, after `sidbench fid teacher` measured the teacher for it to log."""
     from sidbench.config import compose
-    from sidbench.eval.teacher_metrics import record_teacher_metric
     from sidbench.run import run
 
     root = tmp_path_factory.mktemp("run")
@@ -333,8 +371,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_teacher: Path):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.setenv("SIDBENCH_CACHE", str(root / "cache"))
         cfg = compose(tiny_overrides(tiny_teacher, run_name="fid"))
-        record_teacher_metric(tiny_teacher, metric="fd_pixel", value=0.125, num_samples=64,
-                              steps=int(cfg.dataset.teacher.sampler_steps))
+        # The run's evaluation size and the card's 18 Heun steps: the setting the run looks up.
+        assert main(["fid", "teacher", "dataset=digits", f"dataset.teacher.path={tiny_teacher}",
+                     "--num", str(cfg.eval.num_samples), "device=cpu"]) == 0
         result = run(cfg)
     result.run_dir = root / result.run_dir  # the run folder is relative to the working directory
     return root, result
@@ -346,7 +385,10 @@ def test_run_logs_cached_teacher_value_and_eval_seconds(tiny_run) -> None:
     root, result = tiny_run
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     metrics = client.get_run(result.mlflow_run_id).data.metrics
-    assert metrics["teacher/fd_pixel"] == 0.125  # the cache wins over the value stored in the file (1.0)
+    (measured,) = _measurements(root, "digits")
+    # The measurement wins over the value stored in the file (1.0).
+    assert measured.data.metrics["teacher/fd_pixel"] != 1.0
+    assert metrics["teacher/fd_pixel"] == pytest.approx(measured.data.metrics["teacher/fd_pixel"], rel=1e-6)
     history = client.get_metric_history(result.mlflow_run_id, "eval/seconds_total")
     per_eval = client.get_metric_history(result.mlflow_run_id, "eval/seconds")
     assert len(history) >= 2 and history[-1].value == pytest.approx(sum(m.value for m in per_eval))

@@ -1,7 +1,8 @@
-"""The command line answers `--help` without importing torch, MLflow or the trainer."""
+"""The command line answers `--help` and `sidbench list` without importing torch, MLflow or the trainer."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -25,3 +26,29 @@ def test_help_imports_nothing_heavy(args: list[str]) -> None:
     done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60)
     assert "usage: sidbench" in done.stdout
     assert json.loads(done.stderr.strip().splitlines()[-1]) == []
+
+
+BUILTIN_METHODS = ("sid", "dmd", "dmd2", "progressive", "consistency")
+
+
+def _list(env: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    done = subprocess.run([sys.executable, "-c", PROBE, "list"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout, json.loads(done.stderr.strip().splitlines()[-1])
+
+
+def test_list_imports_nothing_heavy_and_names_every_method() -> None:
+    """The built-ins are declared lazily (sidbench/methods/__init__.py): listing them imports none."""
+    out, heavy = _list({"SIDBENCH_PLUGINS": ""})
+    assert heavy == []
+    rows = {line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")}
+    assert set(BUILTIN_METHODS) <= rows, out
+    assert "Score identity Distillation" in out and "digits (shipped)" in out
+    assert "metrics: fd_pixel, fd_digits, fid" in out
+
+
+def test_list_names_a_plugin_from_the_environment() -> None:
+    out, _ = _list({"SIDBENCH_PLUGINS": "sidbench.testing.staged"})  # the plugin itself imports torch
+    assert "staged-toy" in out and "test method: two stages" in out
+    assert all(name in out for name in BUILTIN_METHODS)

@@ -71,6 +71,63 @@ def test_registry_decorator_and_unknown_names() -> None:
         reg.register("a")(type("B", (), {}))
 
 
+LAZY_MODULE = '''
+class Thing:
+    """a thing that is imported only when asked for"""
+'''
+
+
+def test_lazy_entries_are_named_and_described_without_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "lazy_thing_mod.py").write_text(LAZY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lazy_thing_mod", raising=False)
+    reg: Registry[type] = Registry("thing", "sidbench.tests.none")
+    reg.register_lazy("lazy", "lazy_thing_mod:Thing", "a thing that is imported only when asked for")
+    assert reg.names() == ["lazy"] and "lazy" in reg
+    assert reg.describe() == {"lazy": "a thing that is imported only when asked for"}
+    assert "lazy_thing_mod" not in sys.modules
+    thing = reg.get("lazy")
+    assert thing is sys.modules["lazy_thing_mod"].Thing and reg.get("lazy") is thing
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register_lazy("lazy", "elsewhere:Thing", "")
+
+
+def test_the_decorator_checks_its_lazy_declaration() -> None:
+    reg: Registry[type] = Registry("thing", "sidbench.tests.none")
+    here = f"{__name__}:{{}}"
+    reg.register_lazy("a", here.format("A"), "the first")
+    reg.register_lazy("b", here.format("B"), "the second")
+    with pytest.raises(ValueError, match="declared as"):
+        reg.register("a")(type("Other", (), {"__module__": __name__}))
+    with pytest.raises(ValueError, match="differs from the one declared"):
+        reg.register("b")(type("B", (), {"__module__": __name__, "description": "not the second"}))
+    a = reg.register("a")(type("A", (), {"__module__": __name__, "description": "the first"}))
+    assert reg.get("a") is a and reg.describe()["a"] == "the first"
+
+
+def test_builtin_declarations_match_their_classes() -> None:
+    from sidbench.methods import METHODS
+
+    declared = METHODS.describe()
+    assert {"sid", "dmd", "dmd2", "progressive", "consistency"} <= set(declared)
+    for name in ("sid", "dmd", "dmd2", "progressive", "consistency"):
+        assert METHODS.get(name).description == declared[name]  # the decorator checked the target too
+
+
+def test_entry_points_are_named_without_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ep_thing_mod.py").write_text('class Thing:\n    description = "from an entry point"\n')
+    info = tmp_path / "ep_thing-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-thing\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[sidbench.tests.lazy]\nthing = ep_thing_mod:Thing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ep_thing_mod", raising=False)
+    reg: Registry[type] = Registry("thing", "sidbench.tests.lazy")
+    assert reg.names() == ["thing"] and "ep_thing_mod" not in sys.modules
+    assert reg.describe() == {"thing": "from an entry point"}  # describe() loads plugins for their own line
+    assert reg.get("thing") is sys.modules["ep_thing_mod"].Thing
+
+
 @pytest.mark.slow
 def test_entry_point_plugin_is_discovered_and_runs(tiny_teacher: Path, run_env: Path) -> None:
     root = install_plugin(run_env / "site")

@@ -4,8 +4,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from sidbench.eval.base import Metric
+from sidbench.eval.protocol import METRIC_NAMES
 
-METRIC_NAMES = ("fd_pixel", "fd_digits", "fid")
+__all__ = ["METRIC_NAMES", "build_metric"]
 
 
 def build_metric(name: str, cfg: DictConfig) -> Metric:

@@ -2,9 +2,9 @@
 
 SOURCE is one of
 * `teacher`: the dataset card's teacher (`dataset=<d>`, `dataset.teacher.path=...`) sampled with
-  EDM's Heun sampler at the card's `sampler_steps`; the result is also cached as the teacher's
-  reference value for runs on that dataset (`eval.teacher_metrics`) when it was measured against
-  the dataset's own reference;
+  EDM's Heun sampler at the card's `sampler_steps`; the result is also recorded in MLflow as the
+  teacher's reference value for runs on that dataset (`eval.teacher_metrics`) when it was
+  measured against the dataset's own reference;
 * a saved generator: a `generator.safetensors`, or the run folder holding one (the dataset then
   defaults to the run's own, from its `config.yaml`);
 * a folder, `.npz` or zip of images.
@@ -36,8 +36,8 @@ OFFLINE_REFERENCES = {
 class FidResult:
     metric: str
     value: float
-    #: where the value was cached as the teacher's reference (teacher sources only)
-    cached: Path | None = None
+    #: the MLflow run that records the value as the teacher's reference (teacher sources, tracking on)
+    teacher_run_id: str | None = None
 
 
 def source_kind(source: str) -> str:
@@ -170,14 +170,15 @@ def run_fid(
                                console=console, progress=progress, source_name=source_name,
                                reference=OFFLINE_REFERENCES.get(metric), extra_rows=notes, **gen_kwargs)
 
-    cached = None
+    run_id = None
     if teacher is not None and ref is None:
         from sidbench.eval.teacher_metrics import record_teacher_metric
 
-        cached = record_teacher_metric(
-            teacher.source, metric=metric, value=value, num_samples=int(num), steps=int(steps),
+        run_id = record_teacher_metric(
+            cfg, teacher.source, metric=metric, value=value, num_samples=int(num), steps=int(steps),
             mode=mode if metric == "fid" else None, ref=str(ref_text) if metric == "fid" else None,
-            dataset=str(cfg.dataset.name), teacher_name=str(cfg.dataset.teacher.get("name")), seed=int(cfg.eval.seed),
         )
-        console.print(f"recorded as the teacher's {metric} ({int(num):,} images) for runs on {cfg.dataset.name}: {cached}")
-    return FidResult(metric, float(value), cached)
+        if run_id is not None:
+            console.print(f"recorded as the teacher's {metric} ({int(num):,} images) for runs on {cfg.dataset.name}: "
+                          f"MLflow run {run_id}")
+    return FidResult(metric, float(value), run_id)

@@ -1,43 +1,36 @@
-"""The teacher's own measured metric, cached so every run on a dataset can show it as a reference line.
+"""The teacher's own measured metric, kept in MLflow so every run on a dataset can show it as a reference line.
 
 Measuring a teacher (50,000 Heun samples at 35 or 79 network evaluations each) costs far more
 than one evaluation of a one-step generator, so it is done once, by
-`sidbench fid teacher dataset=<d>`, and recorded in `<cache>/teacher-metrics.json`
-(`$SIDBENCH_CACHE`, see `sidbench.download.default_cache_dir`). A run looks its teacher up there
-(`sidbench.run.reference_metrics`) and logs the value as `teacher/<metric>`.
+`sidbench fid teacher dataset=<d>`, and recorded as an MLflow run of its own in the dataset's
+experiment, the store that already holds the training runs (`sidbench.tracking.tracking_uri`).
+A run looks its teacher up there (`sidbench.run.reference_metrics`) and logs the value as
+`teacher/<metric>`. With `tracking.enabled=false` nothing is recorded and nothing looked up.
 
-A record holds one measurement; what identifies it is what changes the number: the teacher file
-(its SHA-256, so a renamed or moved copy still matches and a different file never does), the
-metric, the FID mode, the reference statistics, the number of images and the Heun steps. A new
-measurement with the same identity replaces the old one. The file is JSON and may be edited or
-deleted by hand; an unreadable file is reported and treated as empty, never fatal to a run.
+A measurement run is tagged `sidbench.kind=teacher_measurement` (the leaderboard skips such runs)
+and with what changes the number: the teacher file (`teacher_sha256`, so a renamed or moved copy
+still matches and a different file never does), `metric`, `fid_mode` and `ref` (FID only),
+`num_samples` and the Heun `steps`. Its value is the metric `teacher/<metric>`, the key training
+runs log the reference line under, so MLflow's charts put the two side by side; not
+`eval/<metric>`, which means a generator's evaluation point to the leaderboard and the charts.
+Measurements are never overwritten: the newest matching run wins, and deleting it in MLflow
+brings the one before back. Caches in the former JSON file (`<cache>/teacher-metrics.json`) are
+ignored.
 """
 from __future__ import annotations
 
-import datetime as dt
-import json
-import logging
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from omegaconf import DictConfig
 
-TEACHER_METRICS_FILENAME = "teacher-metrics.json"
-FORMAT = 1
-
-#: The fields that identify a measurement (two records agreeing on all of them are the same one).
-KEY_FIELDS = ("teacher_sha256", "metric", "mode", "ref", "num_samples", "steps")
+#: The `sidbench.kind` tag of a measurement run.
+MEASUREMENT_KIND = "teacher_measurement"
 
 _sha_memo: dict[tuple[str, int, int], str] = {}
-
-
-def teacher_metrics_path(cache_dir: str | os.PathLike | None = None) -> Path:
-    from sidbench.download import default_cache_dir
-
-    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    return folder / TEACHER_METRICS_FILENAME
 
 
 def teacher_fingerprint(path: str | os.PathLike) -> str:
@@ -52,30 +45,8 @@ def teacher_fingerprint(path: str | os.PathLike) -> str:
     return _sha_memo[key]
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    try:
-        data = json.loads(path.read_text())
-        entries = data["entries"]
-        if not isinstance(entries, list):
-            raise TypeError("'entries' is not a list")
-        return [e for e in entries if isinstance(e, dict)]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        log.warning("ignoring unreadable teacher metrics cache %s (%s)", path, err)
-        return []
-
-
-def load_records(cache_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Every record in the cache (an empty list when there is none or it cannot be read)."""
-    return _read(teacher_metrics_path(cache_dir))
-
-
-def _key(record: dict[str, Any]) -> tuple:
-    return tuple(record.get(f) for f in KEY_FIELDS)
-
-
 def record_teacher_metric(
+    cfg: DictConfig,
     teacher_file: str | os.PathLike,
     *,
     metric: str,
@@ -84,45 +55,45 @@ def record_teacher_metric(
     steps: int,
     mode: str | None = None,
     ref: str | None = None,
-    dataset: str | None = None,
-    teacher_name: str | None = None,
-    seed: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> Path:
-    """Store one measurement of a teacher (replacing an earlier one with the same identity).
+) -> str | None:
+    """Record one measurement of a teacher as a FINISHED MLflow run in experiment `cfg.dataset.name`.
 
     `mode` is the FID mode (None for metrics without modes); `ref` the reference statistics the
     value was measured against (None when the metric carries its own, as the digits ones do).
-    The file is rewritten through a temporary file and a rename. Returns its path.
+    Returns the run id, or None when `cfg.tracking.enabled` is false.
     """
-    path = teacher_metrics_path(cache_dir)
-    record = {
-        "teacher_sha256": teacher_fingerprint(teacher_file),
-        "metric": str(metric),
-        "mode": None if mode is None else str(mode),
-        "ref": None if ref is None else str(ref),
-        "num_samples": int(num_samples),
-        "steps": int(steps),
-        "value": float(value),
-        "dataset": dataset,
-        "teacher_name": teacher_name,
-        "teacher_file": str(Path(teacher_file).resolve()),
-        "seed": seed,
-        "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    entries = [e for e in _read(path) if _key(e) != _key(record)]
-    entries.append(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if not cfg.tracking.enabled:
+        return None
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from sidbench.tracking import code_version, ensure_experiment, retry_locked, tracking_uri
+
+    uri = tracking_uri(cfg)
+    # The same experiment and artifact folder as the training runs (sidbench.tracking.start_tracker).
+    exp_id = ensure_experiment(uri, str(cfg.dataset.name), Path(cfg.output_root) / "mlartifacts")
+    tags = {"sidbench.kind": MEASUREMENT_KIND, "teacher_sha256": teacher_fingerprint(teacher_file),
+            "metric": str(metric), "num_samples": str(int(num_samples)), "steps": str(int(steps)),
+            "teacher": str(Path(teacher_file).resolve()), "dataset": str(cfg.dataset.name), "seed": str(cfg.eval.seed),
+            "code_version": code_version()}
+    # Absent, not "None", for metrics without them: a tag left out matches a lookup's None.
+    tags |= {k: str(v) for k, v in (("fid_mode", mode), ("ref", ref)) if v is not None}
+    client = MlflowClient(tracking_uri=uri)
+    # The file's name, not the card's: `dataset.teacher.path=` may point at another teacher.
+    name = f"teacher-{Path(teacher_file).stem}-{metric}"
+    run_id = retry_locked(lambda: client.create_run(exp_id, run_name=name, tags=tags)).info.run_id
     try:
-        tmp.write_text(json.dumps({"format": FORMAT, "entries": entries}, indent=1) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        item = Metric(f"teacher/{metric}", float(value), int(time.time() * 1000), 0)
+        retry_locked(lambda: client.log_batch(run_id, metrics=[item]))
+    except BaseException:
+        retry_locked(lambda: client.set_terminated(run_id, status="FAILED"))  # never looked up
+        raise
+    retry_locked(lambda: client.set_terminated(run_id, status="FINISHED"))
+    return run_id
 
 
 def lookup_teacher_metric(
+    cfg: DictConfig,
     teacher_file: str | os.PathLike,
     *,
     metric: str,
@@ -130,16 +101,37 @@ def lookup_teacher_metric(
     steps: int,
     mode: str | None = None,
     ref: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any] | None:
-    """The cached record of this teacher and setting, or None.
+    """The newest measurement run of this teacher and setting, as its tags plus `run_id` and
+    `value`; None if there is none or `cfg.tracking.enabled` is false.
 
     `num_samples` may be several counts in order of preference (e.g. the run's evaluation size,
-    then its final size): the first count with a record wins. FIDs on other counts are never
+    then its final size): the first count with a measurement wins. FIDs on other counts are never
     returned, since FID depends on the number of images.
     """
-    entries = load_records(cache_dir)
-    if not entries:
+    if not cfg.tracking.enabled:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from sidbench.tracking import retry_locked, tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    exp = retry_locked(lambda: client.get_experiment_by_name(str(cfg.dataset.name)))
+    if exp is None:
+        return None
+    # The store narrows to this metric and sampler; the rest is compared here, so that a `ref`
+    # (a path or address) is never quoted into a filter, and the file is hashed only when some
+    # measurement could match it (hashing reads the whole file, hundreds of MB for an EDM teacher).
+    filt = (f"tags.`sidbench.kind` = '{MEASUREMENT_KIND}' AND tags.metric = '{metric}' "
+            f"AND tags.steps = '{int(steps)}' AND attributes.status = 'FINISHED'")
+    runs, token = [], None
+    while True:
+        page = retry_locked(lambda: client.search_runs([exp.experiment_id], filt, order_by=["attributes.start_time DESC"],
+                                                       page_token=token))
+        runs.extend(page)
+        if not (token := page.token):
+            break
+    if not runs:
         return None
     try:
         sha = teacher_fingerprint(teacher_file)
@@ -147,8 +139,9 @@ def lookup_teacher_metric(
         return None
     counts = [num_samples] if isinstance(num_samples, int) else list(num_samples)
     for n in counts:
-        want = (sha, str(metric), None if mode is None else str(mode), None if ref is None else str(ref), int(n), int(steps))
-        for e in reversed(entries):
-            if _key(e) == want and isinstance(e.get("value"), (int, float)):
-                return e
+        want = {"teacher_sha256": sha, "num_samples": str(int(n)), "fid_mode": mode, "ref": ref}
+        for run in runs:  # newest first
+            value = run.data.metrics.get(f"teacher/{metric}")
+            if value is not None and all(run.data.tags.get(k) == (v if v is None else str(v)) for k, v in want.items()):
+                return {**run.data.tags, "run_id": run.info.run_id, "value": float(value)}
     return None

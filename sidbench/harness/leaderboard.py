@@ -357,6 +357,10 @@ def read_runs(client: MlflowClient, experiments: Sequence[str] | None = None, be
     runs = _paged(client.search_runs, experiment_ids=list(names), filter_string=filt, max_results=1000) if names else []
     infos, curves, skipped = [], [], []
     for run in runs:
+        # A teacher's measurement (sidbench.eval.teacher_metrics) shares the experiment but is no
+        # training run; filtered here, since a `!=` filter in the store drops runs without the tag.
+        if run.data.tags.get("sidbench.kind") == "teacher_measurement":
+            continue
         if run.info.status != "FINISHED":
             skipped.append(run.info.run_id)
             continue
