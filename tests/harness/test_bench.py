@@ -166,6 +166,14 @@ def test_parallel_cells_on_the_default_sqlite_store_lose_nothing(tiny_teacher: P
     logs = (run_env / "runs" / "bench" / "par" / "logs").glob("*.log")
     assert not any("database is locked" in p.read_text() for p in logs)
 
+    # the bench's leaderboard: one row per method, both seeds in it
+    import pandas as pd
+
+    assert main(["leaderboard", "--bench", "par", "--out", str(run_env / "results")]) == 0
+    board = pd.read_csv(run_env / "results" / "leaderboard.csv")
+    assert sorted(board["method"]) == ["dmd2", "sid"] and list(board["n_seeds"]) == [2, 2]
+    assert (run_env / "results" / "digits-fd_pixel-curves.png").stat().st_size > 0
+
 
 @pytest.mark.slow
 def test_the_submitit_launcher_runs_a_two_cell_matrix(tiny_teacher: Path, run_env: Path) -> None:
