@@ -50,16 +50,26 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
 BOOKKEEPING_KEYS = ("output_root", "run_name", "resume", "dry_run", "tracking", "device", "threads", "processes")
 
 
+def _without_seeds(node: Any) -> Any:
+    """`node` without the keys that are seeds (`seed`, `*_seed`): values interpolated from
+    `trainer.seed` (a method's `teacher_sample_seed`) are resolved by then, and are seeds too."""
+    if isinstance(node, dict):
+        return {k: _without_seeds(v) for k, v in node.items() if not (k == "seed" or str(k).endswith("_seed"))}
+    if isinstance(node, list):
+        return [_without_seeds(v) for v in node]
+    return node
+
+
 def settings_hash(cfg: DictConfig, with_seed: bool = False) -> str:
     """A short hash of what a run computes: the resolved config without bookkeeping, and without
-    the seed unless `with_seed` (runs of equal settings and different seeds form one leaderboard
-    row; a bench recognises a finished cell by the hash with its seed)."""
+    its seeds unless `with_seed` (runs of equal settings and different seeds form one leaderboard
+    row; a bench recognises a finished cell by the hash with its seeds)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     for key in BOOKKEEPING_KEYS:
         data.pop(key, None)
     if not with_seed:
-        data.get("trainer", {}).pop("seed", None)
+        data = _without_seeds(data)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -193,3 +193,16 @@ def test_bench_yaml_documents_every_key_it_accepts() -> None:
     assert keys == {"methods", "datasets", "seeds", "id", "budget", "points", "overrides"}
     with pytest.raises(ConfigError, match="not key=value"):
         parse_args(["methods"])
+
+
+@pytest.mark.parametrize("method", ["sid", "dmd", "dmd2", "progressive", "consistency"])
+def test_seeds_of_one_setting_share_its_hash_and_differ_in_the_cell_hash(method: str) -> None:
+    # progressive and consistency derive method.teacher_sample_seed from trainer.seed: a seed too
+    from sidbench.config import compose
+    from sidbench.tracking import settings_hash
+
+    cfgs = [compose([f"method={method}", f"trainer.seed={s}"]) for s in (0, 1)]
+    assert settings_hash(cfgs[0]) == settings_hash(cfgs[1])
+    assert settings_hash(cfgs[0], with_seed=True) != settings_hash(cfgs[1], with_seed=True)
+    other = compose([f"method={method}", "trainer.seed=0", "trainer.batch=64"])
+    assert settings_hash(other) != settings_hash(cfgs[0])
