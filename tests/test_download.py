@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import importlib.util
 import io
-import os
 import socket
 import subprocess
 import sys

@@ -56,7 +56,7 @@ class RealImages:
 
 def _edm_dataset(path: Path) -> tuple[list[str], Callable[[str], bytes], dict | None]:
     """(sorted image names, a reader of one name's bytes, the parsed dataset.json or None)."""
-    from sidbench.eval.sources import folder_files, zip_members
+    from sidbench.data.image_files import folder_files, zip_members
 
     if path.is_dir():
         names = [p.relative_to(path).as_posix() for p in folder_files(path)]
@@ -84,8 +84,7 @@ def _edm_dataset(path: Path) -> tuple[list[str], Callable[[str], bytes], dict | 
 
 def open_edm_dataset(path: str | os.PathLike, shape: tuple[int, int, int], label_dim: int) -> RealImages:
     """An EDM dataset zip or folder whose images must have the teacher's `shape` (C, H, W)."""
-    from sidbench.eval.images import uint8_to_float
-    from sidbench.eval.sources import decode_image
+    from sidbench.data.image_files import decode_image, uint8_to_float
 
     path = Path(path).expanduser()
     if not path.exists():

@@ -27,7 +27,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from sidbench.data.digits import load_digits_tensors
-from sidbench.eval.images import to_uint8, uint8_to_float  # uint8_to_float re-exported for digits.py, digits_floor.py
+from sidbench.data.image_files import uint8_to_float  # re-exported for digits.py, digits_floor.py
+from sidbench.eval.images import to_uint8
 
 #: Channels, height, width of a digits image.
 DIGITS_SHAPE = (1, 8, 8)

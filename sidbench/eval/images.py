@@ -14,11 +14,6 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
 
 
-def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images (0..255) back to float32 in [-1, 1]: x / 127.5 - 1 (the inverse of `to_uint8`'s scale)."""
-    return x.to(torch.float32) / 127.5 - 1
-
-
 def draw_labels(
     indices: torch.Tensor, label_dim: int, mode: str = "cyclic", generator: torch.Generator | None = None
 ) -> torch.Tensor | None:

@@ -13,7 +13,6 @@ without holding every feature vector in memory.
 """
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -22,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sidbench.data.image_files import IMAGE_EXTENSIONS, decode_image, folder_files, zip_members  # noqa: F401 - re-exported
 from sidbench.eval.images import SampleFn, generated_batches
 from sidbench.input_errors import InputError, MissingInputError
 
-#: File name endings read as images in folders and zips.
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"})
 
 #: Keys tried, in order, for the image array of an `.npz` (then: its only array).
 NPZ_IMAGE_KEYS = ("images", "arr_0", "samples", "x")
@@ -39,27 +37,6 @@ FeatureExtractor = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
 
 # ------------------------------------------------------------------------------------------------
 # Decoding and batching
-
-
-def decode_image(data: bytes | str | os.PathLike, name: str | None = None) -> np.ndarray:
-    """One image file (path or bytes) as uint8 [H, W, C], C = 1 (grayscale) or 3 (colour)."""
-    from PIL import Image
-
-    label = name if name is not None else (os.fspath(data) if not isinstance(data, bytes) else "<bytes>")
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            mode = img.mode
-            if mode in ("1", "L", "LA"):
-                arr = np.asarray(img.convert("L"))[:, :, None]
-            elif mode.startswith(("I", "F")):
-                raise InputError(f"pixel mode {mode!r} is not 8-bit; convert the image to 8-bit first")
-            else:
-                arr = np.asarray(img.convert("RGB"))
-    except ValueError as err:
-        raise InputError(f"cannot use image {label}: {err}") from None
-    except OSError as err:
-        raise InputError(f"cannot read image {label}: {' '.join(str(err).split())}") from None
-    return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
 def _batched(images: Iterable[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:
@@ -93,24 +70,8 @@ def _limited(batches: Iterable[torch.Tensor], num_samples: int | None, source: s
     raise InputError(f"{source} holds only {seen} images, fewer than the {num_samples} requested")
 
 
-def _is_image_name(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    if base.startswith(".") or "__MACOSX/" in name:
-        return False
-    return os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
-
-
 # ------------------------------------------------------------------------------------------------
 # Folders
-
-
-def folder_files(path: str | os.PathLike) -> list[Path]:
-    """Image files under a folder (recursively), sorted by their path relative to it."""
-    root = Path(path)
-    if not root.is_dir():
-        raise MissingInputError(f"image folder not found: {root}")
-    found = [p for p in root.rglob("*") if p.is_file() and _is_image_name(p.relative_to(root).as_posix())]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def folder_batches(
@@ -126,12 +87,6 @@ def folder_batches(
 
 # ------------------------------------------------------------------------------------------------
 # Zips
-
-
-def zip_members(path: str | os.PathLike) -> list[str]:
-    """Image members of a zip, sorted by name (EDM dataset zips: `00000/img00000000.png`, ...)."""
-    with zipfile.ZipFile(path) as zf:
-        return sorted(n for n in zf.namelist() if not n.endswith("/") and _is_image_name(n))
 
 
 def zip_batches(

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from sidbench.config import compose
 from sidbench.methods import METHODS
