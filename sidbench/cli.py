@@ -222,10 +222,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 LEADERBOARD_HELP = """Build the leaderboard from MLflow: leaderboard.csv, plots and a table.
 
   sidbench leaderboard                                  # every experiment of the store -> results/
-  sidbench leaderboard --bench digits-flops2e+12 --out results/
+  sidbench leaderboard --bench digits-flops4e12 --out results/
   sidbench leaderboard --experiment digits tracking.uri=http://mlflow.example:5000
 
-Only finished runs count. Published numbers (the papers') are shown in their own, labelled rows."""
+Only finished runs count. Published numbers (the papers') are shown apart: their own CSV and table."""
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:

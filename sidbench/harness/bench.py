@@ -279,7 +279,7 @@ def summary_table(bench: Bench, states: dict[str, str], done: dict[str, dict]) -
         if states[c.key] == "finished":
             status = "finished before (skipped)"
         elif c.key not in done:
-            status, run_id = "[red]did not report[/red]", run_id
+            status = "[red]did not report[/red]"
             failed.append(c.key)
         elif done[c.key]["status"] == "finished":
             status = "finished (resumed)" if done[c.key].get("resumed") else "finished"
