@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from sidbench.data.real import open_real_images
-from sidbench.distributed import broadcast_object, init_from_env, is_distributed, local_rank, pick_device, shutdown, wrap_ddp
+from sidbench.distributed import broadcast_object, init_from_env, local_rank, pick_device, shutdown, wrap_ddp
 from sidbench.eval.evaluator import Evaluator
 from sidbench.eval.generators import GENERATOR_FILENAME
 from sidbench.labels import label_frequencies, label_sampler
@@ -62,7 +62,8 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, str | None]:
     return Path(cfg.output_root) / str(cfg.dataset.name) / name, None
 
 
-def reference_metrics(cfg: DictConfig, info: dict[str, Any], teacher_file: str | Path | None = None) -> dict[str, float]:
+def reference_metrics(cfg: DictConfig, info: dict[str, Any], teacher_file: str | Path | None = None,
+                      rank: int = 0) -> dict[str, float]:
     """The teacher's own value of the run's metric, logged as `teacher/<metric>` beside the curve.
 
     In order: a measurement recorded in MLflow by `sidbench fid teacher dataset=<d>` for this
@@ -82,7 +83,7 @@ def reference_metrics(cfg: DictConfig, info: dict[str, Any], teacher_file: str |
             cfg, teacher_file, metric=metric, num_samples=[int(cfg.eval.num_samples), int(cfg.eval.final_samples)],
             steps=int(cfg.dataset.teacher.sampler_steps), mode=str(cfg.eval.fid_mode) if is_fid else None,
             ref=str(cfg.dataset.ref_stats) if is_fid and cfg.dataset.get("ref_stats") else None,
-        ) if _rank() == 0 else None)
+        ) if rank == 0 else None)
         if cached is not None:
             return {metric: float(cached["value"])}
     measured = (info.get("metrics") or {}).get(metric)
@@ -90,10 +91,6 @@ def reference_metrics(cfg: DictConfig, info: dict[str, Any], teacher_file: str |
         return {metric: float(measured)}
     published = (info.get("published") or {}).get(metric)
     return {f"{metric}_published": float(published)} if published is not None else {}
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if is_distributed() else 0
 
 
 def run(cfg: DictConfig) -> RunResult:
@@ -135,7 +132,7 @@ def _run(cfg: DictConfig, device: torch.device, rank: int, world: int) -> RunRes
 
     real_data = open_real_images(cfg.dataset, teacher.shape, teacher.label_dim) if method.uses_real_data else None
     trainer = Trainer(cfg.trainer, method, run_dir, device, evaluator, tracker, sampler, rank, world,
-                      wrap_ddp(method.networks(), device), reference_metrics(cfg, teacher.info, teacher.source), real_data)
+                      wrap_ddp(method.networks(), device), reference_metrics(cfg, teacher.info, teacher.source, rank), real_data)
     if trainer.resume() and rank == 0:
         console.print(f"resumed {run_dir} at {trainer.progress.kimg:.1f} kimg")
     try:

@@ -131,6 +131,18 @@ def retry_locked(fn: Callable[[], Any], attempts: int = 8, wait_s: float = 0.5) 
     raise AssertionError("unreachable")
 
 
+def all_pages(call: Callable[..., Any], **kwargs: Any) -> list[Any]:
+    """Every result of an MLflow search (`client.search_runs`, `client.search_experiments`), page
+    by page: one call returns at most a page, however large `max_results` is asked to be."""
+    out, token = [], None
+    while True:
+        page = retry_locked(lambda: call(page_token=token, **kwargs))
+        out.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return out
+
+
 class MLflowTracker(NullTracker):
     def __init__(self, uri: str, experiment: str, artifact_root: Path, run_name: str | None = None, run_id: str | None = None) -> None:
         import mlflow
@@ -200,10 +212,15 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path) -> str:
         # Artifacts beside the SQLite store, not in whatever folder the user ran from.
         location = artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
         return retry_locked(lambda: client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS))
+    add_experiment_tags(client, exp)
+    return exp.experiment_id
+
+
+def add_experiment_tags(client: Any, exp: Any) -> None:  # an MlflowClient, an mlflow Experiment
+    """Give an experiment made before EXPERIMENT_TAGS existed the ones it lacks (a kind someone set stays)."""
     for key, value in EXPERIMENT_TAGS.items():
         if key not in exp.tags:
             retry_locked(lambda key=key, value=value: client.set_experiment_tag(exp.experiment_id, key, value))
-    return exp.experiment_id
 
 
 def find_run_dir(run_id: str, uri: str) -> Path:

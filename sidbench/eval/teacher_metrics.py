@@ -113,7 +113,7 @@ def lookup_teacher_metric(
         return None
     from mlflow.tracking import MlflowClient
 
-    from sidbench.tracking import retry_locked, tracking_uri
+    from sidbench.tracking import all_pages, retry_locked, tracking_uri
 
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
     exp = retry_locked(lambda: client.get_experiment_by_name(str(cfg.dataset.name)))
@@ -124,13 +124,8 @@ def lookup_teacher_metric(
     # measurement could match it (hashing reads the whole file, hundreds of MB for an EDM teacher).
     filt = (f"tags.`sidbench.kind` = '{MEASUREMENT_KIND}' AND tags.metric = '{metric}' "
             f"AND tags.steps = '{int(steps)}' AND attributes.status = 'FINISHED'")
-    runs, token = [], None
-    while True:
-        page = retry_locked(lambda: client.search_runs([exp.experiment_id], filt, order_by=["attributes.start_time DESC"],
-                                                       page_token=token))
-        runs.extend(page)
-        if not (token := page.token):
-            break
+    runs = all_pages(client.search_runs, experiment_ids=[exp.experiment_id], filter_string=filt,
+                     order_by=["attributes.start_time DESC"])
     if not runs:
         return None
     try:

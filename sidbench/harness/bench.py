@@ -44,10 +44,14 @@ class Cell:
 @dataclass
 class Bench:
     id: str
-    root: Path               # <output_root>/bench/<id>: plan, logs, cell reports, Hydra's folders
     uri: str
     cells: list[Cell]
     output_root: Path
+
+    @property
+    def root(self) -> Path:
+        """<output_root>/bench/<id>: the plan, logs, cell reports and Hydra's folders."""
+        return self.output_root / "bench" / self.id
 
     def log_path(self, cell: Cell) -> Path:
         return self.root / "logs" / f"{cell.key}.log"
@@ -74,15 +78,13 @@ def parse_args(args: list[str]) -> tuple[DictConfig, list[str], list[str]]:
             mine.append(a)
         else:
             run.append(a)
+    OmegaConf.set_struct(defaults, True)  # a misspelt bench key is an error...
+    OmegaConf.set_struct(defaults.overrides, False)  # ...but overrides.<method> takes any method
     try:
-        OmegaConf.set_struct(defaults, True)
-        with_overrides = OmegaConf.merge(defaults, OmegaConf.from_dotlist([a for a in mine if not a.startswith("overrides.")]))
+        settings = OmegaConf.merge(defaults, OmegaConf.from_dotlist(mine))
     except Exception as e:  # omegaconf's errors name the key; one line is enough
         raise ConfigError(f"bad bench setting: {str(e).splitlines()[0]}") from e
-    OmegaConf.set_struct(with_overrides, False)
-    per_method = OmegaConf.from_dotlist([a for a in mine if a.startswith("overrides.")])
-    with_overrides.overrides = OmegaConf.merge(with_overrides.overrides, per_method.get("overrides", {}))
-    return with_overrides, run, hydra
+    return settings, run, hydra
 
 
 def _names(value: object, what: str) -> list[str]:
@@ -173,24 +175,27 @@ def plan(settings: DictConfig, run_overrides: list[str]) -> Bench:
                               f"+tracking.tags.sidbench.bench={bench_id}"]
                 cells.append(Cell(f"{method}-{dataset}-s{seed}", method, dataset, seed, h,
                                   str(output_root / dataset / run_name), tuple(overrides)))
-    return Bench(bench_id, output_root / "bench" / bench_id, uri, cells, output_root)
+    return Bench(bench_id, uri, cells, output_root)
 
 
-def write_plan(bench: Bench) -> Path:
-    bench.root.mkdir(parents=True, exist_ok=True)
-    path = bench.root / PLAN_NAME
-    data = {"id": bench.id, "uri": bench.uri, "root": str(bench.root), "output_root": str(bench.output_root),
-            "cells": [asdict(c) for c in bench.cells]}
-    tmp = path.with_suffix(".tmp")
+def write_json_atomic(path: Path, data: object) -> Path:
+    """Write JSON whole or not at all: the launcher's jobs read the plan, the parent the reports."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
     return path
 
 
+def write_plan(bench: Bench) -> Path:
+    data = {"id": bench.id, "uri": bench.uri, "output_root": str(bench.output_root), "cells": [asdict(c) for c in bench.cells]}
+    return write_json_atomic(bench.root / PLAN_NAME, data)
+
+
 def read_plan(path: Path) -> Bench:
     data = json.loads(path.read_text())
     cells = [Cell(**{**c, "overrides": tuple(c["overrides"])}) for c in data["cells"]]
-    return Bench(data["id"], Path(data["root"]), data["uri"], cells, Path(data["output_root"]))
+    return Bench(data["id"], data["uri"], cells, Path(data["output_root"]))
 
 
 # -- what MLflow already holds ---------------------------------------------------------------------
@@ -198,14 +203,14 @@ def bench_runs(bench: Bench) -> dict[str, dict[str, str]]:
     """{config hash: {"run_id", "status"}} of the bench's runs in MLflow, a finished run preferred."""
     from mlflow.tracking import MlflowClient
 
-    from sidbench.tracking import retry_locked
+    from sidbench.tracking import all_pages
 
     client = MlflowClient(tracking_uri=bench.uri)
     exps = [e for e in (client.get_experiment_by_name(d) for d in sorted({c.dataset for c in bench.cells})) if e is not None]
     if not exps:
         return {}
-    runs = retry_locked(lambda: client.search_runs([e.experiment_id for e in exps],
-                                                   filter_string=f"tags.`sidbench.bench` = '{bench.id}'", max_results=50000))
+    runs = all_pages(client.search_runs, experiment_ids=[e.experiment_id for e in exps],
+                     filter_string=f"tags.`sidbench.bench` = '{bench.id}'")
     found: dict[str, dict[str, str]] = {}
     for r in runs:
         h = r.data.tags.get("sidbench.config_hash")

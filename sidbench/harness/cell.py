@@ -8,7 +8,6 @@ reported, never raised: the other cells go on.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from sidbench.harness.bench import Cell, read_plan
+from sidbench.harness.bench import Cell, read_plan, write_json_atomic
 
 # The job's config is the plan's path and the cell's key; Hydra must not change the working
 # directory, or relative paths in the user's overrides would move.
@@ -44,11 +43,7 @@ def run_cell(plan_path: Path, key: str) -> dict:
                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
     report = {"key": key, "status": "finished" if rc == 0 else "failed", "returncode": rc, "resumed": resumed,
               "run_dir": cell.run_dir, "log": str(log), "started": started, "seconds": time.time() - started}
-    path = bench.report_path(cell)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(bench.report_path(cell), report)
     return report
 
 

@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from sidbench.tracking import all_pages
+
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
@@ -288,16 +290,6 @@ def load_published(datasets: Iterable[str] | None = None) -> pd.DataFrame:
 
 
 # -- reading MLflow ------------------------------------------------------------------------------
-def _paged(call: Any, **kwargs: Any) -> list[Any]:
-    out, token = [], None
-    while True:
-        page = call(page_token=token, **kwargs)
-        out.extend(page)
-        token = getattr(page, "token", None)
-        if not token:
-            return out
-
-
 def _metric_name(run: Run) -> str | None:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     if tags.get("metric") or params.get("eval.metric"):
@@ -343,18 +335,18 @@ def read_runs(client: MlflowClient, experiments: Sequence[str] | None = None, be
             if exp is None:
                 from sidbench.errors import InputError
 
-                known = sorted(e.name for e in _paged(client.search_experiments))
+                known = sorted(e.name for e in all_pages(client.search_experiments))
                 raise InputError(f"no MLflow experiment {name!r} at this tracking URI (there are: {', '.join(known) or 'none'})")
             exps.append(exp)
     else:
-        exps = _paged(client.search_experiments)
+        exps = all_pages(client.search_experiments)
     names = {e.experiment_id: e.name for e in exps}
     if bench is not None and "'" in bench:
         from sidbench.errors import InputError
 
         raise InputError(f"--bench {bench!r}: a bench id cannot contain a quote")
     filt = f"tags.`sidbench.bench` = '{bench}'" if bench is not None else ""
-    runs = _paged(client.search_runs, experiment_ids=list(names), filter_string=filt, max_results=1000) if names else []
+    runs = all_pages(client.search_runs, experiment_ids=list(names), filter_string=filt, max_results=1000) if names else []
     infos, curves, skipped = [], [], []
     for run in runs:
         # A teacher's measurement (sidbench.eval.teacher_metrics) shares the experiment but is no

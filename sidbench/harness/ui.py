@@ -168,14 +168,12 @@ def mark_experiments(uri: str) -> list[tuple[str, str]]:
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
-    from sidbench.tracking import EXPERIMENT_TAGS
+    from sidbench.tracking import add_experiment_tags, all_pages
 
     client = MlflowClient(tracking_uri=uri)
     with_runs = []
-    for exp in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=50000):
-        for key, value in EXPERIMENT_TAGS.items():
-            if key not in exp.tags:
-                client.set_experiment_tag(exp.experiment_id, key, value)
+    for exp in all_pages(client.search_experiments, view_type=ViewType.ACTIVE_ONLY):
+        add_experiment_tags(client, exp)
         if client.search_runs([exp.experiment_id], max_results=1):
             with_runs.append((exp.experiment_id, exp.name))
     return with_runs
