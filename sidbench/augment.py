@@ -1,4 +1,5 @@
-"""EDM's non-leaking geometric augmentation pipe, as used by SiD's fake-score update (SPEC section 4).
+"""EDM's non-leaking geometric augmentation pipe, as used by SiD's fake-score update
+(docs/sid.md#augmentation).
 
 Per sample, six transforms are drawn independently; transform ``k`` happens with probability
 ``min(p * multiplier_k, 1)``. The published SiD setting is ``xflip=1e8, yflip=1, scale=1,
@@ -38,7 +39,7 @@ This is EDM's matrix exactly: its inverse map (output to input coordinates) is
 ``(w, r)`` and ``(-w, r + pi)`` give the same anisotropic labels but a stretch and a squeeze of the
 same axis. That is EDM's label, kept as it is, because the teachers were trained on it.
 
-Resampling (the named choice). Only the samples whose affine map is not the identity are
+Resampling (SiD's `method.augment_resample`). Only the samples whose affine map is not the identity are
 resampled; identity and pure-flip samples are returned exactly. Two resamplers are provided:
 
 * ``resample="sym6"`` (the default): EDM's scheme. Reflection-pad the image (reflection about the
@@ -59,7 +60,7 @@ resampled; identity and pure-flip samples are returned exactly. Two resamplers a
 * ``resample="bilinear"``: one bilinear sample at the native resolution
   (``grid_sample(mode="bilinear", align_corners=True)`` on coordinates folded back into the image
   by the same reflection about the edge pixels' centres). Cheaper (about 4-7x on CPU) and a little
-  blurrier, with no sub-pixel offset; SPEC names it as an acceptable approximation.
+  blurrier, with no sub-pixel offset; docs/sid.md#augmentation names it as a close approximation.
 
 Both resample in float32 and return the input's dtype. Randomness comes from torch's RNG, or from
 ``generator=`` (draws happen on the generator's device and are then moved to the images' device),

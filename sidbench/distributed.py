@@ -80,18 +80,13 @@ def broadcast_object(obj: T) -> T:
     return box[0]
 
 
-def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """The mean over ranks of each value. Every rank must pass the same keys; a NaN or inf on any
-    rank reaches all of them, so decisions taken on the result (stop on non-finite losses) agree."""
-    return reduce_values(values, {}, device)[0]
-
-
 def reduce_values(mean: dict[str, Any], total: dict[str, Any], device: torch.device) -> tuple[dict[str, float], dict[str, float]]:
     """(mean over ranks of `mean`, sum over ranks of `total`) in one collective, as floats.
 
     Values may be floats or tensors on `device`; they are read back with a single host
     synchronisation, so an iteration's logs cost one sync however many values it has. Every rank
-    must pass the same keys."""
+    must pass the same keys; a NaN or inf on any rank reaches all of them, so decisions taken on
+    the result (stop on non-finite losses) agree."""
     keys = [("m", k) for k in sorted(mean)] + [("t", k) for k in sorted(total)]
     if not keys:
         return {}, {}

@@ -17,6 +17,8 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+from sidbench.atomic import write_text_atomic
+
 __all__ = ["DownloadError", "ChecksumError", "default_cache_dir", "cached_download", "sha256_file"]
 
 _RETRY_HTTP = frozenset({408, 425, 429})  # the 4xx answers worth asking again
@@ -105,10 +107,7 @@ def _recorded(path: Path) -> str | None:
 
 
 def _record(path: Path, digest: str) -> None:
-    side = path.with_name(path.name + ".sha256")
-    tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
-    os.replace(tmp, side)
+    write_text_atomic(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
 
 
 def cached_download(

@@ -124,7 +124,10 @@ def _run(cfg: DictConfig, device: torch.device, rank: int, world: int) -> RunRes
 
         evaluator = Evaluator(build_metric(str(cfg.eval.metric), cfg), cfg.eval.num_samples, cfg.eval.batch_size,
                               teacher.shape, teacher.label_dim, device, cfg.eval.seed, cfg.eval.label_mode)
-    tags = {**run_tags(cfg), "teacher": teacher.source, "code_version": code_version(), "device": str(device),
+    card = cfg.dataset.teacher
+    # a shipped teacher by name: its path differs from one install to the next
+    teacher_name = f"builtin:{card.builtin}" if card.get("builtin") and not card.get("path") else teacher.source
+    tags = {**run_tags(cfg), "teacher": teacher_name, "code_version": code_version(), "device": str(device),
             "world_size": str(world)}
     tracker = start_tracker(cfg, run_dir, tags, run_id, rank)
     if rank == 0 and run_id is None:

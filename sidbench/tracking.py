@@ -145,10 +145,8 @@ def all_pages(call: Callable[..., Any], **kwargs: Any) -> list[Any]:
 
 class MLflowTracker(NullTracker):
     def __init__(self, uri: str, experiment: str, artifact_root: Path, run_name: str | None = None, run_id: str | None = None) -> None:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
-        self._mlflow = mlflow
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         if run_id is None:

@@ -8,8 +8,8 @@ source text of the module that defined the class. The reference loader executes 
 loading a file from the internet runs whatever code it holds.
 
 This module never executes it and never imports a module a file names. A restricted unpickler
-answers only the handful of globals a genuine file refers to (SPEC section 2), each with an inert
-stand-in or a guarded torch/numpy function:
+answers only the handful of globals a genuine file refers to (docs/edm.md#safe-loading), each with
+an inert stand-in or a guarded torch/numpy function:
 
 =============================================================  ==========================================
 global in the file                                             what this loader gives instead

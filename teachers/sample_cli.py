@@ -9,7 +9,6 @@ resume with other settings is refused instead of mixing two sets of samples.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import Progress
 
+from sidbench.atomic import atomic_path, write_text_atomic
 from sidbench.config import ConfigError
 from sidbench.distributed import pick_device
 from sidbench.eval.images import draw_labels, to_uint8
@@ -67,13 +67,8 @@ def sample_teacher(cfg: DictConfig, out: str | Path, num: int = 50000, batch: in
         with np.load(parts / f"batch{b:06d}.npz") as chunk:
             images.append(chunk["images"])
             labels.append(chunk["labels"])
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, images=np.concatenate(images), labels=np.concatenate(labels))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=np.concatenate(images), labels=np.concatenate(labels))
     for b in range(num_batches):
         (parts / f"batch{b:06d}.npz").unlink()
     (parts / SETTINGS_FILE).unlink(missing_ok=True)
@@ -98,25 +93,20 @@ def _check_settings(folder: Path, settings: dict) -> None:
                 "rerun with the same settings to resume, or pick a new --out"
             )
         return
-    tmp = folder / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp, record)
+    write_text_atomic(record, json.dumps(settings, indent=1) + "\n")
 
 
 def _write_batch(folder: Path, b: int, start: int, images: torch.Tensor, labels: torch.Tensor | None, as_npz: bool) -> None:
     hwc = images.permute(0, 2, 3, 1).numpy()
     cls = labels.argmax(1).cpu().numpy() if labels is not None else np.full(len(hwc), -1)
     if as_npz:
-        tmp = folder / f"batch{b:06d}.tmp.npz"
-        np.savez(tmp, images=hwc, labels=cls)
-        os.replace(tmp, folder / f"batch{b:06d}.npz")
+        with atomic_path(folder / f"batch{b:06d}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, images=hwc, labels=cls)
         return
     from PIL import Image
 
-    # Written in index order, each under a temporary name then renamed: the last index of a batch
-    # marks the batch as finished, and a killed job never leaves a half-written PNG behind.
+    # Written in index order, each whole or not at all: the last index of a batch marks the batch
+    # as finished, and a killed job never leaves a half-written PNG behind.
     for i, img in enumerate(hwc):
-        final = folder / f"{start + i:06d}.png"
-        tmp = folder / f".{start + i:06d}.png.tmp"
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp, format="PNG")
-        os.replace(tmp, final)
+        with atomic_path(folder / f"{start + i:06d}.png") as tmp:
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp, format="PNG")

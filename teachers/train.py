@@ -1,6 +1,6 @@
 """`sidbench teacher train`: the small offline teacher, trained on scikit-learn's digits.
 
-The same EDM network family and preconditioning as the published teachers (SPEC section 1), at a
+The same EDM network family and preconditioning as the published teachers (docs/edm.md), at a
 size that trains on 2 CPU cores in minutes. The weights are written in our safetensors format
 with the constructor, the command, the config and the teacher's measured distances, so a
 distillation run can draw the teacher's reference line without sampling it again.

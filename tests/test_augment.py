@@ -1,4 +1,4 @@
-"""Tests of the geometric augmentation pipe (sidbench/augment.py, SPEC section 4)."""
+"""Tests of the geometric augmentation pipe (sidbench/augment.py, docs/sid.md#augmentation)."""
 from __future__ import annotations
 
 import math

@@ -110,7 +110,7 @@ def test_conditional_digits_run_end_to_end(tiny_cond_teacher: Path, run_env: Pat
 
 
 def test_processes_launch_only_outside_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sidbench.cli import launch_processes
+    from sidbench.cli.run import launch_processes
     from sidbench.config import compose
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)

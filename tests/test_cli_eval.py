@@ -1,7 +1,7 @@
 """`sidbench fid` and `sidbench stats` from the command line, offline.
 
 The Inception detector is replaced by a small feature function through the factory the commands
-use (`sidbench.eval.commands.inception_extractor`), so no weights file is needed; the digits
+use (`sidbench.cli.score.inception_extractor`), so no weights file is needed; the digits
 sources use their own offline metric (`fd_pixel`) and need no detector at all.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _features(x: torch.Tensor) -> torch.Tensor:
 @pytest.fixture
 def fake_inception(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Replace the detector factory; returns the list of the calls it received."""
-    import sidbench.eval.commands as commands
+    import sidbench.cli.score as commands
 
     calls: list[dict] = []
 
@@ -162,7 +162,7 @@ def test_missing_or_bad_sources_are_one_line(tmp_path: Path, fake_inception: lis
 
 def test_a_programming_error_inside_fid_keeps_its_traceback(tmp_path: Path, fake_inception: list[dict],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import sidbench.eval.commands as commands
+    import sidbench.cli.score as commands
 
     real = _write_folder(tmp_path / "real", _images(8, 0))
 

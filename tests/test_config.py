@@ -1,4 +1,4 @@
-"""Configs: published SiD settings per dataset (SPEC section 4), names, dry runs."""
+"""Configs: published SiD settings per dataset (docs/sid.md#published-settings), names, dry runs."""
 from __future__ import annotations
 
 import pytest

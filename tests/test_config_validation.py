@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import sidbench.cli
+import sidbench.cli.run
 import sidbench.run
 from sidbench.cli import main
 
@@ -35,7 +35,14 @@ BAD: list[tuple[list[str], str, str, Callable[[Path], None] | None]] = [
     (["method.g_beta1=1"], "method.g_beta1=1:", "a number in [0, 1)", None),
     (["method.dropout=1.5"], "method.dropout=1.5:", "null or a number in [0, 1)", None),
     (["method.augment_p=2"], "method.augment_p=2:", "a number in [0, 1]", None),
+    (["method.augment_resample=bicubic"], "method.augment_resample=bicubic:", "one of sym6, bilinear", None),
     (["method=dmd2", "method.ttur=0"], "method.ttur=0:", "an integer >= 1", None),  # a baseline's own schema
+    (["method=progressive", "method.lr=abc"], "method.lr=abc:", "a number > 0", None),
+    (["method=progressive", "method.lr_anneal=cos"], "method.lr_anneal=cos:", "one of constant, linear, cosine", None),
+    (["method=progressive", "method.data=disk"], "method.data=disk:", "one of teacher, real", None),
+    (["method=consistency", "method.mu=abc"], "method.mu=abc:", "a number in [0, 1)", None),
+    (["method=consistency", "method.lpips_resize=-3"], "method.lpips_resize=-3:", "null or an integer >= 1", None),
+    (["method=consistency", "method.sampling_sigmas=[80,-1]"], "method.sampling_sigmas=[80, -1]:", "> 0", None),
     (["method=dmd2", "method.gan.enabled=maybe"], "method.gan.enabled=maybe:", "true or false", None),
     (["method=dmd2", "method.betas=[0.9,1.5]"], "method.betas=[0.9, 1.5]:", "in [0, 1)", None),
     (["trainer.precision=fp8"], "trainer.precision=fp8:", "one of fp32, bf16, fp16", None),
@@ -68,7 +75,7 @@ def no_launch(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     of starting them, and fails the test if a run starts in this process."""
     launched: list[int] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(sidbench.cli, "relaunch_with_torchrun", lambda n, overrides: launched.append(n) or 0)
+    monkeypatch.setattr(sidbench.cli.run, "relaunch_with_torchrun", lambda n, overrides: launched.append(n) or 0)
     monkeypatch.setattr(sidbench.run, "run", lambda cfg: pytest.fail("a run started"))
     return launched
 

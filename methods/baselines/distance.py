@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DISTANCES", "LPIPSUnavailableError", "load_lpips", "image_distance"]
+__all__ = ["DISTANCES", "LPIPS_BACKBONES", "LPIPSUnavailableError", "load_lpips", "image_distance"]
 
 #: the names `image_distance` knows
 DISTANCES = ("l2", "lpips")
 #: LPIPS backbones: lpips' name -> torchvision weights whose file lpips loads from torch's hub cache
-_LPIPS_BACKBONES = {
+LPIPS_BACKBONES = {
     "alex": "AlexNet_Weights.IMAGENET1K_V1",
     "vgg": "VGG16_Weights.IMAGENET1K_V1",
     "squeeze": "SqueezeNet1_1_Weights.IMAGENET1K_V1",
@@ -78,8 +78,8 @@ def load_lpips(net: str = "vgg", device: torch.device | str = "cpu") -> nn.Modul
 
 @functools.lru_cache(maxsize=None)
 def _load_lpips(net: str, device: str) -> nn.Module:
-    if net not in _LPIPS_BACKBONES:
-        raise ValueError(f"unknown LPIPS backbone {net!r}; expected one of {sorted(_LPIPS_BACKBONES)}")
+    if net not in LPIPS_BACKBONES:
+        raise ValueError(f"unknown LPIPS backbone {net!r}; expected one of {sorted(LPIPS_BACKBONES)}")
     try:
         import lpips  # an optional dependency: only the LPIPS distance needs it
     except ImportError as e:
@@ -93,7 +93,7 @@ def _load_lpips(net: str, device: str) -> nn.Module:
         raise LPIPSUnavailableError(f"LPIPS linear weights missing: {linear} (reinstall the `lpips` package)")
     from torchvision.models import get_weight
 
-    weights_name = _LPIPS_BACKBONES[net]
+    weights_name = LPIPS_BACKBONES[net]
     backbone = Path(torch.hub.get_dir()) / "checkpoints" / Path(get_weight(weights_name).url).name
     if not backbone.is_file():
         raise LPIPSUnavailableError(

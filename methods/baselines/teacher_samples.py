@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,9 +41,11 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from sidbench.atomic import atomic_path
 from sidbench.config import ConfigError
 from sidbench.distributed import broadcast_object, is_distributed, reduce_values
 from sidbench.download import default_cache_dir, sha256_file
+from sidbench.schema import setting
 from sidbench.seeding import generator
 from sidbench.teachers.sampling import heun_sample
 from sidbench.teachers.teacher import Teacher
@@ -215,15 +215,8 @@ def save_teacher_samples(samples: TeacherSamples, spec: SampleSpec, path: Path) 
         tensors["noise"] = samples.noise.contiguous()
     if samples.classes is not None:
         tensors["classes"] = samples.classes.contiguous()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"spec": spec.as_json(), "cost": json.dumps(asdict(samples.cost))})
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"spec": spec.as_json(), "cost": json.dumps(asdict(samples.cost))})
     return path
 
 
@@ -270,12 +263,23 @@ def obtain_teacher_samples(net: torch.nn.Module, spec: SampleSpec, device: torch
 
 
 # -- what a method holds ---------------------------------------------------------------------------
+@dataclass
+class TrainingImagesSchema:
+    """The settings of `TrainingImages`, for the config schema of a method that holds one."""
+    data: str = setting(choices=DATA_MODES)
+    num_teacher_samples: int = setting(ge=1)
+    teacher_sampler_steps: int = setting(ge=1)
+    teacher_sample_batch: int = setting(ge=1)
+    teacher_sample_seed: int = setting()
+
+
 def _has_images(full_cfg: DictConfig) -> bool:
     images = full_cfg.dataset.get("images") or {}
     return bool(images.get("path") or images.get("builtin"))
 
 
-def _label_freq(teacher: Teacher, full_cfg: DictConfig | None) -> tuple[float, ...] | None:
+def label_freq(teacher: Teacher, full_cfg: DictConfig | None) -> tuple[float, ...] | None:
+    """The class frequencies teacher samples are drawn with (None for an unconditional teacher)."""
     if not teacher.label_dim:
         return None
     from sidbench.labels import label_frequencies
@@ -283,6 +287,25 @@ def _label_freq(teacher: Teacher, full_cfg: DictConfig | None) -> tuple[float, .
     spec = full_cfg.dataset.get("label_freq") if full_cfg is not None else None
     name = str(full_cfg.dataset.name) if full_cfg is not None else ""
     return tuple(float(v) for v in label_frequencies(teacher.label_dim, spec, name).tolist())
+
+
+def charge_recorded(ctx: StepContext, samples: TeacherSamples) -> None:
+    """Charge a set of samples made earlier (cached, or a file) the cost it recorded, once over all
+    processes, so a warm cache changes no budget (FLOPs only where the run counts them)."""
+    if ctx.rank == 0:
+        cost = samples.cost
+        ctx.counter.charge(Cost(cost.passes, cost.teacher_passes, cost.flops if ctx.counter.count_flops else 0.0))
+
+
+def samples_for_training(teacher: Teacher, spec: SampleSpec, device: torch.device, ctx: StepContext, *,
+                         before_training: bool) -> tuple[TeacherSamples, bool]:
+    """The samples of `spec` and whether the cache held them. Made now, they are counted as they
+    are made; taken from the cache before training, they are charged their recorded cost; after a
+    resume (the checkpoint's counter holds the charge) they are not charged again."""
+    samples, hit = obtain_teacher_samples(teacher.net, spec, device, ctx.rank, ctx.world_size)
+    if hit and before_training:
+        charge_recorded(ctx, samples)
+    return samples, hit
 
 
 class TrainingImages:
@@ -307,7 +330,7 @@ class TrainingImages:
             raise ConfigError(f"method.num_teacher_samples={count}, teacher_sampler_steps={steps} and "
                               f"teacher_sample_batch={batch} must all be >= 1")
         return SampleSpec(teacher_identity(teacher), steps, count, int(cfg.teacher_sample_seed), batch,
-                          tuple(teacher.shape), teacher.label_dim, _label_freq(teacher, full_cfg))
+                          tuple(teacher.shape), teacher.label_dim, label_freq(teacher, full_cfg))
 
     @property
     def uses_real_data(self) -> bool:
@@ -315,21 +338,16 @@ class TrainingImages:
 
     def prepare(self, ctx: StepContext) -> bool:
         """Make or load the teacher samples before training (call it where the trainer calls
-        `prepare`: inside `ctx.precompute()`). A cache hit is charged its recorded cost, once over
-        all processes. Returns whether the cache was used."""
+        `prepare`: inside `ctx.precompute()`). Returns whether the cache was used."""
         if self.spec is None:
             return False
-        self.samples, hit = obtain_teacher_samples(self.teacher.net, self.spec, self.device, ctx.rank, ctx.world_size)
-        if hit and ctx.rank == 0:
-            cost = self.samples.cost
-            ctx.counter.charge(Cost(cost.passes, cost.teacher_passes, cost.flops if ctx.counter.count_flops else 0.0))
+        self.samples, hit = samples_for_training(self.teacher, self.spec, self.device, ctx, before_training=True)
         return hit
 
     def ensure(self, ctx: StepContext) -> None:
-        """Before an iteration's first update: the samples of a resumed run (which skipped
-        `prepare`), loaded from the cache without a new charge, or remade and counted there."""
+        """Before an iteration's first update: the samples of a resumed run (which skipped `prepare`)."""
         if self.spec is not None and self.samples is None:
-            self.samples, _ = obtain_teacher_samples(self.teacher.net, self.spec, self.device, ctx.rank, ctx.world_size)
+            self.samples, _ = samples_for_training(self.teacher, self.spec, self.device, ctx, before_training=False)
 
     def draw(self, ctx: StepContext, n: int) -> tuple[Tensor, Tensor | None]:
         """n images x and their labels; call inside an update's loss function (seeded draws)."""

@@ -1,6 +1,6 @@
 """The two SiD losses (Zhou et al. 2024, arXiv 2404.04057), as pure per-element functions.
 
-Symbols as in the paper and SPEC section 4:
+Symbols as in the paper and docs/sid.md#losses:
   x_g     generated image  G_theta(sigma_init * z)
   y_real  teacher denoiser f_phi(x_t, sigma)          (x_t = x_g + sigma * n)
   y_fake  fake-score denoiser f_psi(x_t, sigma)

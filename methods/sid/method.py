@@ -1,6 +1,6 @@
 """Score identity Distillation (SiD) as one method plugin: networks, optimisers, one iteration.
 
-One iteration, in the published order (SPEC section 4):
+One iteration, in the published order (docs/sid.md#iteration):
   1. fake-score update: x_g = G(sigma_init z) with G in eval mode and no graph; optionally
      augmented; the fake score (train mode) learns to denoise x_g with EDM's loss;
   2. generator update on fresh noise: G in train mode, fake score in eval mode, teacher always in
@@ -36,7 +36,7 @@ class SiD(Method):
             "generator": torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_generator, betas=(cfg.g_beta1, 0.999), eps=eps),
             "fake_score": torch.optim.Adam(self.fake_score.parameters(), lr=cfg.lr_fake_score, betas=(cfg.fake_beta1, 0.999), eps=eps),
         }
-        self.augment = AugmentPipe(p=cfg.augment_p) if cfg.augment_p > 0 else None
+        self.augment = AugmentPipe(p=cfg.augment_p, resample=cfg.augment_resample) if cfg.augment_p > 0 else None
 
     # -- contract ------------------------------------------------------------------------------
     def networks(self) -> dict[str, torch.nn.Module]:

@@ -2,9 +2,16 @@
 `sidbench.schema` before a run starts. Other keys of `cfg.method` are left alone."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sidbench.schema import setting
+
+
+def _resamplers() -> Sequence[str]:
+    from sidbench.augment import RESAMPLERS  # imports torch: only when checking
+
+    return RESAMPLERS
 
 
 @dataclass
@@ -23,5 +30,6 @@ class SiDSchema:
     loss_scale_fake_score: float = setting(gt=0)
     dropout: float | None = setting(ge=0, lt=1)   # null keeps the teacher's
     augment_p: float = setting(ge=0, le=1)
+    augment_resample: str = setting(choices=_resamplers)
     p_mean: float = setting()
     p_std: float = setting(gt=0)

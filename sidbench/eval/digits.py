@@ -33,6 +33,13 @@ from sidbench.eval.images import to_uint8
 from sidbench.input_errors import InputError
 
 
+def _one_channel(x: object) -> object:
+    """Gray images stored as RGB (image files are read as RGB, grayscale repeated) back to one channel."""
+    if isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == 3 and torch.equal(x, x[:, :1].expand_as(x)):
+        return x[:, :1]
+    return x
+
+
 class DigitsFrechet(Metric):
     """Frechet distance between features of generated digits and of the real digits.
 
@@ -71,6 +78,7 @@ class DigitsFrechet(Metric):
         """Features [N, D] (float64) of every image in `batches`, validating each batch."""
         out = []
         for batch in batches:
+            batch = _one_channel(batch)
             self._check(batch)
             out.append(self._features(batch.cpu()).detach().double().numpy())
         if not out:

@@ -1,6 +1,6 @@
 """FID: Frechet distance between Inception-v3 features of generated images and a reference set.
 
-The detector is the Inception-v3 "2015-12-05" network as a TorchScript file (SPEC section 3), run
+The detector is the Inception-v3 "2015-12-05" network as a TorchScript file (docs/fid.md#detector), run
 through clean-fid's feature extraction. Two of clean-fid's modes are offered:
 
 * ``legacy_tensorflow`` (the default). The uint8 images go into the network at their native
@@ -46,7 +46,7 @@ from sidbench.eval.reference import reference_stats_for, validate_stats
 from sidbench.eval.protocol import FID_MODES  # noqa: F401 - part of this module's interface
 from sidbench.eval.sources import FeatureExtractor, RunningStats, accumulate_features
 
-#: The TorchScript Inception-v3 "2015-12-05" detector (SPEC section 3; the file clean-fid uses).
+#: The TorchScript Inception-v3 "2015-12-05" detector (docs/fid.md#detector; the file clean-fid uses).
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 #: The file name clean-fid's wrapper expects inside the folder it is given.
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
@@ -218,7 +218,7 @@ def inception_extractor(
 
 
 class FID(Metric):
-    """FID of a uint8 image stream against fixed reference statistics (SPEC section 3).
+    """FID of a uint8 image stream against fixed reference statistics (docs/fid.md#statistics).
 
     The reference is either given as `FID(mu, sigma)`, or as one argument: a dataset key
     (`ffhq64`), the address or `.npz` path of EDM-format statistics, or a `(mu, sigma)` pair. A

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sidbench.atomic import atomic_path
 from sidbench.input_errors import InputError, MissingInputError
 
 #: Relative tolerance on |sigma - sigma^T|, against the largest entry of sigma. Covariances written
@@ -84,14 +85,8 @@ def save_reference_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndar
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, mu=mu, sigma=sigma)  # to an open file: np.savez would append .npz to a name
     return path
 
 

@@ -1,12 +1,16 @@
 """Image sources for evaluation, all reduced to one stream of uint8 batches [B, C, H, W].
 
-A source is a folder of image files, an `.npz` holding a uint8 image array, a zip of image files
-(EDM's dataset zips: `00000/img00000000.png`, ..., plus a `dataset.json` that is ignored here), or
-a generator callable (`SampleFn`, through `generated_batches`). Files are read in sorted order of
-their relative names, so a source always yields the same images in the same order.
+A source is a folder or a zip of image files (EDM's dataset zips: `00000/img00000000.png`, ...,
+plus a `dataset.json` that is ignored here), an `.npz` holding a uint8 image array, or a generator
+callable (`SampleFn`, through `generated_batches`).
 
-Channels are kept as stored (1 for grayscale, 3 for colour); the metric decides what to do with
-grayscale. Consecutive images of one shape share a batch; a change of shape starts a new batch.
+Image files are read by clean-fid's own reader (`cleanfid.utils.ResizeDataset`, the one behind
+its `get_folder_features`, arXiv:2104.11222) at native resolution: decoded by PIL and converted to
+RGB (grayscale repeated), exactly as clean-fid feeds its detector; the detector then resizes as
+its mode requires (`sidbench.eval.fid`). What clean-fid lacks is added here: a file order that
+does not depend on the process (sorted relative names, so the first `num_samples` images are
+always the same ones; clean-fid lists a zip through a `set`), `.npz` arrays, generators, and
+one-line errors that name the file. An `.npz` keeps its channels as stored (1 or 3).
 
 `compute_stats` turns a stream into Gaussian statistics (float64 mean, covariance with n - 1)
 without holding every feature vector in memory.
@@ -21,36 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sidbench.data.image_files import IMAGE_EXTENSIONS, decode_image, folder_files, zip_members  # noqa: F401 - re-exported
+from sidbench.data.image_files import IMAGE_EXTENSIONS, folder_files, zip_members
 from sidbench.eval.images import SampleFn, generated_batches
+from sidbench.eval.protocol import DEFAULT_BATCH_SIZE
 from sidbench.input_errors import InputError, MissingInputError
-
 
 #: Keys tried, in order, for the image array of an `.npz` (then: its only array).
 NPZ_IMAGE_KEYS = ("images", "arr_0", "samples", "x")
 
-from sidbench.eval.protocol import DEFAULT_BATCH_SIZE  # noqa: E402,F401 - part of this module's interface
-
 #: A feature extractor: uint8 images [B, 3, H, W] -> float features [B, D] (tensor or array).
 FeatureExtractor = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
-
-
-# ------------------------------------------------------------------------------------------------
-# Decoding and batching
-
-
-def _batched(images: Iterable[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:
-    """Group HWC uint8 arrays into NCHW uint8 tensors; a new shape starts a new batch."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    pending: list[np.ndarray] = []
-    for img in images:
-        if pending and (len(pending) == batch_size or img.shape != pending[0].shape):
-            yield torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).contiguous()
-            pending = []
-        pending.append(img)
-    if pending:
-        yield torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).contiguous()
 
 
 def _limited(batches: Iterable[torch.Tensor], num_samples: int | None, source: str) -> Iterator[torch.Tensor]:
@@ -71,44 +55,63 @@ def _limited(batches: Iterable[torch.Tensor], num_samples: int | None, source: s
 
 
 # ------------------------------------------------------------------------------------------------
-# Folders
+# Folders and zips, through clean-fid's reader
 
 
-def folder_batches(
-    path: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, num_samples: int | None = None
-) -> Iterator[torch.Tensor]:
-    """uint8 batches [B, C, H, W] of the images in a folder (PNG, JPEG, ...), sorted by name."""
-    files = folder_files(path)
-    if not files:
-        raise InputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {path}")
-    images = (decode_image(f) for f in files)
-    return _limited(_batched(images, batch_size), num_samples, f"folder {path}")
-
-
-# ------------------------------------------------------------------------------------------------
-# Zips
-
-
-def zip_batches(
-    path: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, num_samples: int | None = None
-) -> Iterator[torch.Tensor]:
-    """uint8 batches [B, C, H, W] of the images in a zip archive, sorted by member name."""
+def image_files(path: str | os.PathLike) -> tuple[list[str], str | None]:
+    """The image files of a folder or `.zip`, sorted by relative name, and the zip (None for a
+    folder): the arguments clean-fid's reader takes."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"image zip not found: {path}")
-    try:
-        members = zip_members(path)
-    except zipfile.BadZipFile:
-        raise InputError(f"not a zip archive: {path}") from None
-    if not members:
-        raise InputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in zip {path}")
+    if path.is_dir():
+        files, archive = [str(f) for f in folder_files(path)], None
+    else:
+        if not path.is_file():
+            raise MissingInputError(f"image zip not found: {path}")
+        if path.suffix.lower() != ".zip":  # clean-fid tells a zip by its name
+            raise InputError(f"unsupported image source {path}: expected a folder, an .npz or a .zip")
+        try:
+            files, archive = zip_members(path), str(path)
+        except zipfile.BadZipFile:
+            raise InputError(f"not a zip archive: {path}") from None
+    if not files:
+        kind = "zip" if archive else "folder"
+        raise InputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {kind} {path}")
+    return files, archive
 
-    def images() -> Iterator[np.ndarray]:
-        with zipfile.ZipFile(path) as zf:
-            for name in members:
-                yield decode_image(zf.read(name), name=f"{path}:{name}")
 
-    return _limited(_batched(images(), batch_size), num_samples, f"zip {path}")
+def file_batches(
+    path: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, num_samples: int | None = None
+) -> Iterator[torch.Tensor]:
+    """uint8 RGB batches [B, 3, H, W] of the images in a folder or `.zip`, in sorted order, read
+    by clean-fid at native resolution. All images must have one size (as clean-fid requires)."""
+    from cleanfid.utils import ResizeDataset
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    files, archive = image_files(path)
+    if num_samples is not None:
+        if len(files) < num_samples:
+            raise InputError(f"{path} holds only {len(files)} images, fewer than the {num_samples} requested")
+        files = files[:num_samples]
+
+    class Reader(ResizeDataset):  # clean-fid's reader, naming the file it cannot read
+        def __getitem__(self, i: int) -> torch.Tensor:
+            try:
+                return super().__getitem__(i)
+            except (OSError, ValueError) as err:
+                where = f"{files[i]} in {archive}" if archive else files[i]
+                raise InputError(f"cannot read image {where}: {' '.join(str(err).split())}") from None
+
+    def stack(images: list[torch.Tensor]) -> torch.Tensor:
+        sizes = sorted({tuple(t.shape[1:]) for t in images})
+        if len(sizes) > 1:
+            raise InputError(f"{path} holds images of several sizes ({sizes}); score one resolution at a time")
+        return torch.stack(images)
+
+    # "legacy_tensorflow": clean-fid's reader without resizing; values are float 0..255 integers
+    loader = torch.utils.data.DataLoader(Reader(files, mode="legacy_tensorflow", fdir=archive),
+                                         batch_size=batch_size, collate_fn=stack)
+    return (batch.round().to(torch.uint8) for batch in loader)  # listed now, read lazily
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,14 +220,12 @@ def image_batches(
     if generator_kwargs:
         raise TypeError(f"arguments {sorted(generator_kwargs)} apply to generator sources only")
     path = Path(source).expanduser()
-    if path.is_dir():
-        return folder_batches(path, batch_size, num_samples)
+    if path.is_dir() or path.suffix.lower() == ".zip":
+        return file_batches(path, batch_size, num_samples)
     if not path.exists():
         raise MissingInputError(f"image source not found: {path} (expected a folder, an .npz or a .zip)")
     if path.suffix.lower() == ".npz":
         return npz_batches(path, batch_size, num_samples)
-    if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
-        return zip_batches(path, batch_size, num_samples)
     raise InputError(f"unsupported image source {path}: expected a folder, an .npz or a .zip")
 
 

@@ -12,7 +12,6 @@ reads those reports, so it works alike for cells run here, in joblib workers or 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from sidbench.atomic import write_text_atomic
 from sidbench.config import ConfigError
 
 PLAN_NAME = "plan.json"
@@ -180,11 +180,7 @@ def plan(settings: DictConfig, run_overrides: list[str]) -> Bench:
 
 def write_json_atomic(path: Path, data: object) -> Path:
     """Write JSON whole or not at all: the launcher's jobs read the plan, the parent the reports."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def write_plan(bench: Bench) -> Path:

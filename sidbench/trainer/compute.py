@@ -131,12 +131,12 @@ class ComputeCounter:
         """Hooks on for the block; with `measure`, its FLOPs land in the yielded list."""
         flops: list[float] = []
         mode = FlopCounterMode(display=False) if measure else contextlib.nullcontext()
-        self._active = True
+        outer, self._active = self._active, True  # nested blocks leave the hooks as they found them
         try:
             with mode:
                 yield flops
         finally:
-            self._active = False
+            self._active = outer
         if measure:
             flops.append(float(mode.get_total_flops()))
 

@@ -20,7 +20,6 @@ class ProgressDisplay:
         self.live = enabled and self.console.is_terminal
         self.line_every_s = line_every_s
         self._last_line = 0.0
-        self._start = start
         self._bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[used]}"),
             TextColumn("{task.fields[speed]}"), TextColumn("{task.fields[losses]}"), TimeRemainingColumn(),

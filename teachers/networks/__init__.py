@@ -3,7 +3,7 @@ with parameter names that load the published checkpoints as they are."""
 
 from .build import build_edm_network
 from .dhariwal import DhariwalUNet
-from .precond import EDMPrecond, VPPrecond
+from .precond import EDMPrecond, Precond, VPPrecond
 from .songunet import SongUNet
 
-__all__ = ["build_edm_network", "EDMPrecond", "VPPrecond", "SongUNet", "DhariwalUNet"]
+__all__ = ["build_edm_network", "EDMPrecond", "Precond", "VPPrecond", "SongUNet", "DhariwalUNet"]

@@ -22,8 +22,9 @@ MODEL_TYPES: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet":
 Coefficients = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
-class _Precond(nn.Module):
-    """Shared forward: input handling, the float32 wrapper arithmetic and the call of ``model``."""
+class Precond(nn.Module):
+    """Shared forward: input handling, the float32 wrapper arithmetic and the call of ``model``;
+    a subclass gives the `coefficients` (a wrapper with the same attributes may borrow `forward`)."""
 
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool,
                  model_type: str, model_kwargs: dict[str, Any]) -> None:
@@ -93,7 +94,7 @@ class _Precond(nn.Module):
         return (d_x, features) if return_bottleneck else d_x
 
 
-class EDMPrecond(_Precond):
+class EDMPrecond(Precond):
     """EDM's preconditioning (Karras et al. 2022, Table 1), with ``sd = sigma_data``:
     c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd/sqrt(sigma^2+sd^2), c_in = 1/sqrt(sigma^2+sd^2),
     c_noise = ln(sigma)/4."""
@@ -124,7 +125,7 @@ class EDMPrecond(_Precond):
         return c_skip, c_out, c_in, c_noise
 
 
-class VPPrecond(_Precond):
+class VPPrecond(Precond):
     """Variance-preserving preconditioning (Song et al. 2021 in EDM's form): c_skip = 1,
     c_out = -sigma, c_in = 1/sqrt(sigma^2+1), c_noise = (M-1) t(sigma) with
     t(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(1+sigma^2)) - beta_min) / beta_d."""

@@ -1,4 +1,4 @@
-"""The functions behind `sidbench fid` and `sidbench stats`, offline with small detectors."""
+"""The functions behind `sidbench fid` and `sidbench stats` (`sidbench.cli.score`), offline with small detectors."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ from PIL import Image
 from rich.console import Console
 
 from sidbench.eval import reference as ref_mod
-from sidbench.eval.commands import fid_command, stats_command
+from sidbench.cli.score import fid_command, stats_command
 from sidbench.eval.fid import CleanFIDExtractor
 from sidbench.eval.reference import load_reference_stats, save_reference_stats
 

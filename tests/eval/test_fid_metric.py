@@ -23,7 +23,7 @@ from sidbench.eval.fid import (
     load_inception_detector,
 )
 from sidbench.eval.frechet import feature_statistics
-from sidbench.eval.sources import RunningStats, compute_stats, folder_batches
+from sidbench.eval.sources import RunningStats, compute_stats, file_batches
 
 # The stand-in detector file is TorchScript, which recent torch marks deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit:FutureWarning")
@@ -244,7 +244,7 @@ def test_features_match_cleanfid_folder_pipeline(mode, standin_weights, tmp_path
     theirs = get_folder_features(str(folder), theirs_net, num_workers=0, batch_size=4,
                                  device=torch.device("cpu"), mode=mode, verbose=False)
     extractor = CleanFIDExtractor.from_file(canonical / INCEPTION_FILENAME, mode)
-    ours = np.concatenate([extractor(b) for b in folder_batches(folder, batch_size=4)])
+    ours = np.concatenate([extractor(b) for b in file_batches(folder, batch_size=4)])
     # Their folder loader goes through ToTensor()*255 (float round-off on the pixels).
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
@@ -318,7 +318,7 @@ def test_corrupt_weights_file_gives_one_line_error(tmp_path):
 
 def test_import_keeps_cleanfid_and_downloader_out():
     code = (
-        "import sys, sidbench.eval.fid, sidbench.eval.reference, sidbench.eval.sources, sidbench.eval.commands;"
+        "import sys, sidbench.eval.fid, sidbench.eval.reference, sidbench.eval.sources, sidbench.cli.score;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('cleanfid', 'requests', 'urllib3', 'torchvision')"
         " or m == 'sidbench.download'];"
         "print(bad); sys.exit(1 if bad else 0)"

@@ -1,4 +1,4 @@
-"""`generated_batches`: the uint8 stream a generator is scored on (SPEC section 1 conversion)."""
+"""`generated_batches`: the uint8 stream a generator is scored on (docs/edm.md#uint8-conversion)."""
 from __future__ import annotations
 
 import torch

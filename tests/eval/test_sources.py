@@ -1,4 +1,4 @@
-"""Image sources: folders, .npz arrays and zips give back exactly the images put in."""
+"""Image sources: folders and zips (read by clean-fid) and .npz arrays give back exactly the images put in."""
 from __future__ import annotations
 
 import json
@@ -9,13 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sidbench.eval.sources import (
-    folder_batches,
-    image_batches,
-    npz_batches,
-    to_nchw,
-    zip_batches,
-)
+from sidbench.eval.sources import file_batches, image_batches, npz_batches, to_nchw
 
 
 def _images(n=11, h=8, w=6, c=3, seed=0) -> np.ndarray:
@@ -41,23 +35,23 @@ def test_folder_round_trip_sorted_and_recursive(tmp_path):
         _save(img, sub / f"img{i:08d}.png")
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / ".hidden.png").write_bytes(b"junk")
-    batches = list(folder_batches(tmp_path, batch_size=4))
+    batches = list(file_batches(tmp_path, batch_size=4))
     assert [b.shape[0] for b in batches] == [4, 4, 3]
     np.testing.assert_array_equal(_collect(batches), imgs)
 
 
-def test_folder_grayscale_and_jpeg(tmp_path):
+def test_folder_grayscale_is_repeated_to_rgb_and_jpeg(tmp_path):
     gray = _images(n=3, c=1, seed=1)
     for i, img in enumerate(gray):
         _save(img, tmp_path / f"{i}.png")
-    out = _collect(folder_batches(tmp_path))
-    assert out.shape == (3, 8, 6, 1)
-    np.testing.assert_array_equal(out, gray)
+    out = _collect(file_batches(tmp_path))
+    assert out.shape == (3, 8, 6, 3)  # as clean-fid feeds its detector
+    np.testing.assert_array_equal(out, np.repeat(gray, 3, axis=3))
     jpg_dir = tmp_path / "jpg"
     jpg_dir.mkdir()
     smooth = np.tile(np.linspace(0, 255, 16, dtype=np.uint8)[None, :, None], (16, 1, 3))
     _save(smooth, jpg_dir / "a.jpg", fmt="JPEG")
-    out = _collect(folder_batches(jpg_dir))
+    out = _collect(file_batches(jpg_dir))
     assert out.shape == (1, 16, 16, 3)
     assert np.abs(out.astype(int) - smooth).max() < 12  # lossy, but the same picture
 
@@ -66,17 +60,31 @@ def test_rgba_and_palette_become_rgb(tmp_path):
     rgba = np.concatenate([_images(n=1)[0], np.full((8, 6, 1), 255, np.uint8)], axis=2)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
     Image.fromarray(_images(n=1, seed=2)[0]).convert("P").save(tmp_path / "b.png")
-    out = _collect(folder_batches(tmp_path))
+    out = _collect(file_batches(tmp_path))
     assert out.shape == (2, 8, 6, 3)
     np.testing.assert_array_equal(out[0], rgba[:, :, :3])
 
 
-def test_mixed_sizes_split_batches(tmp_path):
+def test_mixed_sizes_are_one_clear_error(tmp_path):
     small, big = _images(n=2, h=4, w=4), _images(n=2, h=8, w=8, seed=3)
     for i, img in enumerate([small[0], small[1], big[0], big[1]]):
         _save(img, tmp_path / f"{i}.png")
-    shapes = [tuple(b.shape) for b in folder_batches(tmp_path, batch_size=8)]
-    assert shapes == [(2, 3, 4, 4), (2, 3, 8, 8)]
+    with pytest.raises(ValueError, match=r"several sizes \(\[\(4, 4\), \(8, 8\)\]\)"):
+        list(file_batches(tmp_path, batch_size=8))
+
+
+def test_the_first_images_of_a_zip_in_name_order_whatever_the_process(tmp_path):
+    # clean-fid lists a zip through a set (its order changes with PYTHONHASHSEED); ours is sorted
+    imgs = _images(n=12)
+    path = tmp_path / "x.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in [5, 0, 11, 3, 8, 1, 10, 2, 7, 4, 9, 6]:
+            tmp = tmp_path / "t.png"
+            _save(imgs[i], tmp)
+            zf.write(tmp, f"img{i:08d}.png")
+    np.testing.assert_array_equal(_collect(file_batches(path, batch_size=5, num_samples=7)), imgs[:7])
+    with pytest.raises(ValueError, match="only 12 images"):
+        file_batches(path, num_samples=13)  # known before any image is read
 
 
 @pytest.mark.parametrize("key", ["images", "arr_0"])
@@ -121,7 +129,7 @@ def test_zip_round_trip_edm_layout(tmp_path):
             _save(img, tmp)
             zf.write(tmp, f"{i // 4:05d}/img{i:08d}.png")
         zf.writestr("dataset.json", json.dumps({"labels": [[f"{i:05d}", i % 2] for i in range(7)]}))
-    np.testing.assert_array_equal(_collect(zip_batches(path, batch_size=3)), imgs)
+    np.testing.assert_array_equal(_collect(file_batches(path, batch_size=3)), imgs)
     np.testing.assert_array_equal(_collect(image_batches(path, batch_size=3)), imgs)
 
 
@@ -143,13 +151,16 @@ def test_unknown_sources_are_clear_errors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="no image files"):
-        folder_batches(empty)
+        file_batches(empty)
     (tmp_path / "bad.png").write_bytes(b"not a png")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="bad.png"):
-        list(folder_batches(bad))
+    with pytest.raises(ValueError, match=r"cannot read image .*bad\.png: cannot identify"):
+        list(file_batches(bad))
+    (tmp_path / "named.bin").write_bytes(b"PK")
+    with pytest.raises(ValueError, match="unsupported"):
+        file_batches(tmp_path / "named.bin")
 
 
 def test_generator_source_goes_through_generated_batches():

@@ -262,6 +262,7 @@ def test_two_runs_compared_in_a_real_browser(store: str, ui_process, tmp_path: P
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.set_default_timeout(30_000)
+            expect.set_options(timeout=30_000)  # assertions too (5 s by default): the UI is slow on a loaded machine
             page.goto(url)
             # The experiment opens on its runs (not the GenAI overview), in chart mode.
             runs = page.get_by_role("checkbox", name="Press Space to toggle row selection (unchecked)")

@@ -1,6 +1,7 @@
-"""Consistency distillation's parameterisation, grid, teacher step, loss, EMA and sampler (SPEC
-section 5), against values worked out by hand; the Gaussian test bed is data N(0, C^2) per pixel
-(D(x, s) = x C^2/(C^2 + s^2), ODE flow x(s) = x(t) sqrt(s^2 + C^2)/sqrt(t^2 + C^2))."""
+"""Consistency distillation's parameterisation, grid, teacher step, loss, EMA and sampler
+(docs/baselines.md#consistency-distillation), against values worked out by hand; the Gaussian test
+bed is data N(0, C^2) per pixel (D(x, s) = x C^2/(C^2 + s^2), ODE flow
+x(s) = x(t) sqrt(s^2 + C^2)/sqrt(t^2 + C^2))."""
 from __future__ import annotations
 
 import copy

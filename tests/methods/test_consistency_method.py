@@ -1,7 +1,7 @@
-"""Consistency distillation as a plugin (arXiv 2303.01469, SPEC section 5): the counted cost of an
-iteration, the target network's EMA, the shared dropout mask, the teacher samples shared with
-progressive distillation, the multistep sampler, the analytic Gaussian, the one-line errors, and a
-saved generator rebuilt and scored by `sidbench fid`."""
+"""Consistency distillation as a plugin (arXiv 2303.01469, docs/baselines.md#consistency-distillation):
+the counted cost of an iteration, the target network's EMA, the shared dropout mask, the teacher
+samples shared with progressive distillation, the multistep sampler, the analytic Gaussian, the
+one-line errors, and a saved generator rebuilt and scored by `sidbench fid`."""
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
-"""DMD / DMD2 loss formulas at fixed draws (SPEC section 5); expected values by hand or autograd."""
+"""DMD / DMD2 loss formulas at fixed draws (docs/baselines.md#distribution-matching); expected values
+by hand or autograd."""
 from __future__ import annotations
 
 import math
@@ -71,7 +72,7 @@ def test_dm_loss_gradient_is_normalised_score_difference_over_numel() -> None:
 
     xd = x.detach()
     expected = torch.empty_like(xd)
-    for i in range(3):  # SPEC's second form: (mu_fake - mu_real) / mean|x - mu_real|, per sample
+    for i in range(3):  # the doc's second form: (mu_fake - mu_real) / mean|x - mu_real|, per sample
         expected[i] = (mu_fake[i] - mu_real[i]) / (xd[i] - mu_real[i]).abs().mean()
     torch.testing.assert_close(x.grad, expected / xd.numel())
     torch.testing.assert_close(dm_gradient(xd, mu_real, mu_fake), expected)

@@ -1,6 +1,7 @@
-"""Progressive distillation's grid, target, loss and sampler (SPEC section 5), against values worked
-out by hand: a point mass at 0 (D = 0, ODE flow x(s) = x(t) s/t) and data N(0, c^2) per pixel
-(D(x, s) = x c^2/(c^2 + s^2), ODE flow x(s) = x(t) sqrt(s^2 + c^2)/sqrt(t^2 + c^2))."""
+"""Progressive distillation's grid, target, loss and sampler (docs/baselines.md#progressive-distillation),
+against values worked out by hand: a point mass at 0 (D = 0, ODE flow x(s) = x(t) s/t) and data
+N(0, c^2) per pixel (D(x, s) = x c^2/(c^2 + s^2), ODE flow
+x(s) = x(t) sqrt(s^2 + c^2)/sqrt(t^2 + c^2))."""
 from __future__ import annotations
 
 import math

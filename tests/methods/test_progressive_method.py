@@ -1,6 +1,7 @@
-"""Progressive distillation as a plugin (arXiv 2202.00512, SPEC section 5): the counted cost of an
-iteration, the teacher samples made once and cached, the stages through the real trainer, the
-analytic Gaussian, the one-line errors, and a saved multi-step student scored by `sidbench fid`."""
+"""Progressive distillation as a plugin (arXiv 2202.00512, docs/baselines.md#progressive-distillation):
+the counted cost of an iteration, the teacher samples made once and cached, the stages through the
+real trainer, the analytic Gaussian, the one-line errors, and a saved multi-step student scored by
+`sidbench fid`."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""SiD's loss formulas at fixed draws (SPEC section 4)."""
+"""SiD's loss formulas at fixed draws (arXiv 2404.04057, docs/sid.md#losses)."""
 from __future__ import annotations
 
 import math

@@ -132,3 +132,9 @@ def test_fake_score_loss_drops_samples_that_hold_a_nan(tiny_teacher: Path, monke
     torch.testing.assert_close(clean, per_sample.sum())
     torch.testing.assert_close(poisoned, per_sample.sum() - per_sample[1])
     assert ctx.take_logs()["dropped_fake_score"] == 1 and torch.isfinite(items["fake_score"])
+
+
+@pytest.mark.parametrize("resample", ["sym6", "bilinear"])
+def test_the_augment_resampler_is_the_configured_one(tiny_teacher: Path, resample: str) -> None:
+    sid, _, _ = make_sid(tiny_teacher, augment_resample=resample)
+    assert sid.augment.resample == resample and sid.augment.p == 0.5

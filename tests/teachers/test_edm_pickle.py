@@ -1,6 +1,6 @@
 """sidbench.teachers.edm_pickle: EDM's pickle checkpoints load without executing anything.
 
-The tests write their own checkpoints in the exact structure of EDM's files (SPEC section 2):
+The tests write their own checkpoints in the exact structure of EDM's files (docs/edm.md#checkpoint-format):
 modules pickled by a stand-in of ``torch_utils.persistence`` (``_reconstruct_persistent_obj(meta)``
 with the module's source text, which here would create a marker file if it were ever executed),
 ``torch.nn.ModuleDict`` pickled the ordinary way, tensors through torch's own reduce (so
@@ -303,7 +303,7 @@ def _assert_not_executed(markers):
 # Genuine files
 
 
-def test_fixture_refers_to_exactly_the_globals_of_spec_section_2(edm_file):
+def test_fixture_refers_to_exactly_the_documented_globals(edm_file):  # docs/edm.md#safe-loading
     path, _, _ = edm_file
     found = _globals_in(path.read_bytes())
     assert found == {

@@ -96,3 +96,14 @@ def test_counter_charges_nothing_outside_iterations_and_precompute() -> None:
         with torch.no_grad():
             net(torch.randn(3, 3, 8, 8))
     assert counter.cost.passes == 3 and counter.cost.flops == conv_forward_flops(3, 8, 8)
+
+
+def test_a_nested_block_leaves_the_outer_one_counting() -> None:
+    net = conv_net()
+    counter = ComputeCounter(count_flops=False)
+    counter.attach({"net": net})
+    with torch.no_grad(), counter.iteration():
+        with counter.precompute():
+            net(torch.randn(2, 3, 8, 8))
+        net(torch.randn(3, 3, 8, 8))  # after the inner block ended: still inside the iteration
+    assert counter.cost.passes == 5

@@ -157,7 +157,7 @@ def test_a_process_killed_without_a_traceback_is_reported_with_its_signal(tiny_t
 def test_failed_processes_keep_their_own_exit_code() -> None:
     from types import SimpleNamespace
 
-    from sidbench.cli import report_child_failure
+    from sidbench.cli.run import report_child_failure
 
     said = SimpleNamespace(exitcode=2, signal_name=lambda: "", timestamp=1)  # a bad setting: it printed one line
     stopped = SimpleNamespace(exitcode=-15, signal_name=lambda: "SIGTERM", timestamp=2)  # by torchrun, after

@@ -1,6 +1,6 @@
 """Consistency distillation (Song et al. 2023, arXiv 2303.01469) on EDM networks, as pure functions.
 
-Symbols as in the paper and SPEC section 5:
+Symbols as in the paper and docs/baselines.md#consistency-distillation:
   f_theta(x, s)  the consistency function c_skip(s) x + c_out(s) F_theta(c_in(s) x, c_noise(s))
   s_min          the boundary, epsilon in the paper (0.002): f(x, s_min) = x
   t > t2         adjacent points t_{n+1} > t_n of the N-point Karras grid (N = 18 CIFAR-10, 40 ImageNet-64)
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from sidbench.methods.baselines.progressive.loss import _per_sample
-from sidbench.teachers.networks import EDMPrecond, build_edm_network
+from sidbench.teachers.networks import EDMPrecond, Precond, build_edm_network
 from sidbench.teachers.sampling import karras_sigmas
 
 __all__ = [
@@ -78,39 +78,14 @@ class ConsistencyParam(nn.Module):
         self.img_resolution, self.img_channels, self.label_dim = net.img_resolution, net.img_channels, net.label_dim
         self.use_fp16, self.augment_dim = net.use_fp16, net.augment_dim
 
-    def forward(
-        self,
-        x: Tensor,
-        sigma: float | Tensor,
-        class_labels: Tensor | None = None,
-        augment_labels: Tensor | None = None,
-        *,
-        force_fp32: bool = False,
-    ) -> Tensor:
-        """f(x, sigma) for ``x`` [B, C, H, W] and ``sigma`` (a number, 0-d or [B]); float32 out.
-        Labels as for EDMPrecond: one-hot [B, label_dim] and [B, augment_dim], None -> zeros."""
-        x = x.to(torch.float32)
-        batch = x.shape[0]
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
-        sigma = sigma.expand(batch) if sigma.numel() == 1 else sigma
-        if sigma.numel() != batch:
-            raise ValueError(f"sigma has {sigma.numel()} values for a batch of {batch}")
-        labels = None
-        if self.label_dim:
-            labels = (torch.zeros([batch, self.label_dim], device=x.device) if class_labels is None
-                      else class_labels.to(device=x.device, dtype=torch.float32).reshape(-1, self.label_dim))
-        augment = None
-        if self.augment_dim:
-            augment = (torch.zeros([batch, self.augment_dim], device=x.device) if augment_labels is None
-                       else augment_labels.to(device=x.device, dtype=torch.float32).reshape(-1, self.augment_dim))
-
+    def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(c_skip, c_out) of the consistency parametrisation, (c_in, c_noise) of the EDMPrecond."""
         _, _, c_in, c_noise = self._edm.coefficients(sigma)
-        c_skip, c_out = consistency_coefficients(sigma, self.sigma_min, self.sigma_data)
-        c_skip, c_out, c_in = (c.reshape(-1, 1, 1, 1) for c in (c_skip, c_out, c_in))
-        # As EDMPrecond: half-precision UNet inputs on CUDA when the network asks for fp16.
-        dtype = torch.float16 if (self.use_fp16 and not force_fp32 and x.device.type == "cuda") else torch.float32
-        f_x = self.model((c_in * x).to(dtype), c_noise, labels, augment)
-        return c_skip * x + c_out * f_x.to(torch.float32)
+        return (*consistency_coefficients(sigma, self.sigma_min, self.sigma_data), c_in, c_noise)
+
+    #: f(x, sigma): EDMPrecond's input handling (labels, sigma shapes, fp16 on CUDA, float32 out)
+    #: around these coefficients.
+    forward = Precond.forward
 
 
 def consistency_constructor(edm_constructor: Mapping[str, Any], sigma_min: float = 0.002) -> dict[str, Any]:

@@ -40,10 +40,11 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from sidbench.config import ConfigError
-from sidbench.methods.base import Method, Recipe, register_method
+from sidbench.methods.base import Recipe, register_method
 from sidbench.methods.baselines.consistency.loss import ConsistencyParam, adjacent_grid_points, heun_teacher_step
 from sidbench.methods.baselines.distance import DISTANCES, LPIPSUnavailableError, image_distance, load_lpips
-from sidbench.methods.baselines.teacher_samples import TrainingImages
+from sidbench.methods.baselines.consistency.schema import ConsistencySchema
+from sidbench.methods.baselines.student import DenoiserStudent
 from sidbench.seeding import mix
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
@@ -112,27 +113,22 @@ def set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> 
 
 
 @register_method("consistency")
-class ConsistencyDistillation(Method):
+class ConsistencyDistillation(DenoiserStudent):
     description = "Consistency distillation (Song et al. 2023): one- or few-step consistency function"
+    config_schema = ConsistencySchema
+    check_config = staticmethod(check_config)
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
-        check_config(cfg)
-        self.images = TrainingImages(cfg, teacher, full_cfg, device)
-        self.uses_real_data = self.images.uses_real_data  # read on the instance by sidbench.run
         self.sigma_min = float(cfg.sigma_min)
         self.distance = str(cfg.distance)
         if self.distance == "lpips":
             self._check_lpips(teacher)
-        overrides = self._overrides(cfg)
+        overrides = self.student_overrides(cfg)
         self.dropout = float(overrides.get("dropout", teacher.constructor.get("dropout", 0.0)) or 0.0)
         self.generator = self.consistency_function(teacher.copy_network(**overrides), self.sigma_min)
         self.target = EMA(self.generator)  # constant-rate average: blend(net, mu) after each update
         self.opt = torch.optim.Adam(self.generator.parameters(), lr=float(cfg.lr), betas=tuple(cfg.adam_betas))
-
-    @staticmethod
-    def _overrides(cfg: DictConfig) -> dict[str, Any]:
-        return {"dropout": cfg.dropout} if cfg.get("dropout") is not None else {}
 
     def _check_lpips(self, teacher: Teacher) -> None:
         if teacher.channels == 1 and not bool(self.cfg.lpips_adapt_gray):
@@ -158,15 +154,10 @@ class ConsistencyDistillation(Method):
     def averages(self) -> dict[str, EMA]:
         return {"target": self.target}
 
-    def prepare(self, ctx: StepContext) -> None:
-        self.images.prepare(ctx)
-
     @classmethod
     def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        check_config(cfg)  # the dry run asks this before anything is built: refuse bad settings there too
-        # The plain EDM constructor for f and its target: see the module docstring.
-        generator = {**teacher_constructor, **cls._overrides(cfg)}
-        return {"teacher": dict(teacher_constructor), "generator": generator, "target": dict(generator)}
+        nets = super().plan_networks(cfg, teacher_constructor)  # the plain EDM constructor: see the module docstring
+        return {**nets, "target": dict(nets["generator"])}
 
     # -- sampling ------------------------------------------------------------------------------
     def sampling(self) -> Recipe:
@@ -182,14 +173,9 @@ class ConsistencyDistillation(Method):
 
     # -- one iteration -------------------------------------------------------------------------
     def train_step(self, ctx: StepContext) -> dict[str, Tensor]:
-        self.images.ensure(ctx)  # a resumed run skipped prepare
-        logs = ctx.update("generator", lambda n: self._loss(ctx, n), clip_grad_norm=self._clip())
+        logs = self.update(ctx, lambda n: self._loss(ctx, n))
         self.target.blend(self.generator, float(self.cfg.mu))
-        ctx.log("real_data", float(self.images.uses_real_data))
         return logs
-
-    def _clip(self) -> float | None:
-        return float(self.cfg.clip_grad_norm) if self.cfg.get("clip_grad_norm") is not None else None
 
     def _lpips_resize(self) -> int | None:
         return int(self.cfg.lpips_resize) if self.cfg.get("lpips_resize") is not None else None

@@ -1,6 +1,7 @@
 """The DMD and DMD2 losses as pure functions (DMD: arXiv 2311.18828, DMD2: arXiv 2405.14867).
 
-Symbols as in the papers and SPEC section 5 (EDM form: x_t = x + sigma n, alpha_t = 1):
+Symbols as in the papers and docs/baselines.md#distribution-matching (EDM form: x_t = x + sigma n,
+alpha_t = 1):
   x        generated image G_theta(80 z, 80, labels)
   mu_real  teacher denoiser mu_real(x_t, sigma)            (no gradient)
   mu_fake  fake-score denoiser mu_fake(x_t, sigma)          (no gradient)

@@ -2,7 +2,7 @@
 form, and DMD (Yin et al. 2023, arXiv 2311.18828) beside it: the same distribution matching, no
 TTUR or GAN, plus a regression onto (noise, teacher sample) pairs made before training.
 
-One DMD2 iteration (SPEC section 5):
+One DMD2 iteration (docs/baselines.md#dmd2):
   1. on a generator iteration (every `ttur`-th, the two time-scale update rule): x = G(80 z, 80, c)
      with a graph; L_G = L_DM (+ gan.generator_weight * L_GAN_G); the scores (and the head) are
      frozen and pass gradients to x only;
@@ -31,14 +31,13 @@ from sidbench.methods.baselines.dmd.gan_head import GANHead, bottleneck_shape
 from sidbench.methods.baselines.distance import DISTANCES, image_distance
 from sidbench.methods.baselines.dmd.schema import DMD2Schema, DMDSchema
 from sidbench.methods.baselines.teacher_samples import (
-    SampleSpec, TeacherSamples, load_teacher_samples, obtain_teacher_samples, teacher_identity,
+    SampleSpec, TeacherSamples, charge_recorded, label_freq, load_teacher_samples, samples_for_training, teacher_identity,
 )
 from sidbench.methods.baselines.dmd.loss import (
     distribution_matching_loss, dmd_fake_score_loss, gan_discriminator_loss, gan_generator_loss, karras_grid,
     sample_grid_sigma,
 )
 from sidbench.teachers.teacher import Teacher
-from sidbench.trainer.compute import Cost
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.schedule import lr_schedule
 
@@ -209,15 +208,8 @@ class DMD(DistributionMatching):
             raise ConfigError("method.regression.distance=lpips on a 1-channel teacher needs an adaptation: set "
                               "method.regression.adapt_gray=true (the channel is repeated to RGB) or use distance=l2")
         steps = reg.sampler_steps or (full_cfg.dataset.teacher.sampler_steps if full_cfg is not None else 18)
-        freq = None
-        if teacher.label_dim:
-            from sidbench.labels import label_frequencies
-
-            spec_freq = full_cfg.dataset.get("label_freq") if full_cfg is not None else None
-            name = str(full_cfg.dataset.name) if full_cfg is not None else ""
-            freq = tuple(float(v) for v in label_frequencies(teacher.label_dim, spec_freq, name).tolist())
         self.spec = SampleSpec(teacher_identity(teacher), int(steps), int(reg.pairs), int(reg.seed), int(reg.batch),
-                               tuple(teacher.shape), teacher.label_dim, freq)
+                               tuple(teacher.shape), teacher.label_dim, label_freq(teacher, full_cfg))
         self.pairs: TeacherSamples | None = None
         if reg.get("pairs_file"):  # pairs the user made elsewhere: they must be this teacher's
             self.pairs = self._checked_pairs(Path(str(reg.pairs_file)))
@@ -243,16 +235,13 @@ class DMD(DistributionMatching):
 
     def prepare(self, ctx: StepContext) -> None:
         if self.pairs is not None:  # a file the user gave: charged what it recorded
-            ctx.counter.charge(self.pairs.cost) if ctx.rank == 0 else None
-            return
-        self.pairs, hit = obtain_teacher_samples(self.teacher.net, self.spec, self.device, ctx.rank, ctx.world_size)
-        if hit and ctx.rank == 0:
-            cost = self.pairs.cost
-            ctx.counter.charge(Cost(cost.passes, cost.teacher_passes, cost.flops if ctx.counter.count_flops else 0.0))
+            charge_recorded(ctx, self.pairs)
+        else:
+            self.pairs, _ = samples_for_training(self.teacher, self.spec, self.device, ctx, before_training=True)
 
     def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        if self.pairs is None:  # a resumed run skips prepare: the cached pairs, without a new charge
-            self.pairs, _ = obtain_teacher_samples(self.teacher.net, self.spec, self.device, ctx.rank, ctx.world_size)
+        if self.pairs is None:  # a resumed run skips prepare
+            self.pairs, _ = samples_for_training(self.teacher, self.spec, self.device, ctx, before_training=False)
         self._stash = []
         clip = self.cfg.grad_clip
         logs: dict[str, Any] = {}

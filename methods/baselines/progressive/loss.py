@@ -1,6 +1,6 @@
 """Progressive distillation (Salimans & Ho 2022, arXiv 2202.00512) in EDM's sigma form, as pure functions.
 
-Symbols as in the paper and SPEC section 5, with EDM's variance-exploding noising
+Symbols as in the paper and docs/baselines.md#progressive-distillation, with EDM's variance-exploding noising
 (Karras et al. 2022, arXiv 2206.00364), where DDIM is the Euler method on the probability-flow ODE
 dx/ds = (x - D(x, s)) / s:
   N          number of student steps in the current stage (the teacher has 2N)

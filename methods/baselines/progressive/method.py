@@ -29,11 +29,12 @@ import torch
 from omegaconf import DictConfig
 
 from sidbench.config import ConfigError
-from sidbench.methods.base import Method, Recipe, Stage, register_method
+from sidbench.methods.base import Recipe, Stage, register_method
 from sidbench.methods.baselines.progressive.loss import (
     euler_sample, progressive_loss, sample_stage_sigmas, student_sigmas, teacher_target,
 )
-from sidbench.methods.baselines.teacher_samples import TrainingImages
+from sidbench.methods.baselines.progressive.schema import ProgressiveSchema
+from sidbench.methods.baselines.student import DenoiserStudent
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.schedule import lr_schedule
@@ -69,17 +70,16 @@ def check_config(cfg: DictConfig) -> None:
 
 
 @register_method("progressive")
-class ProgressiveDistillation(Method):
+class ProgressiveDistillation(DenoiserStudent):
     description = "Progressive distillation (Salimans & Ho 2022): halve the student's Euler steps stage by stage"
+    config_schema = ProgressiveSchema
     generator_name = "student"
+    check_config = staticmethod(check_config)
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
-        check_config(cfg)
-        self.images = TrainingImages(cfg, teacher, full_cfg, device)
-        self.uses_real_data = self.images.uses_real_data  # read on the instance by sidbench.run
         self.steps_per_stage = stage_steps(int(cfg.start_steps), int(cfg.final_steps))
-        self.student = teacher.copy_network(**self._overrides(cfg))
+        self.student = teacher.copy_network(**self.student_overrides(cfg))
         self.stage_teacher: torch.nn.Module | None = None  # the promoted student, from stage 1 on
         self.stage = 0
         self.opt = torch.optim.Adam(self.student.parameters(), lr=float(cfg.lr), betas=tuple(cfg.adam_betas))
@@ -88,10 +88,6 @@ class ProgressiveDistillation(Method):
                                     anneal_iterations=int(cfg.stage_iterations) - warmup, final=float(cfg.lr_final))
         self.grid = {"final_zero": bool(cfg.final_zero), "sigma_min": float(cfg.sigma_min),
                      "sigma_max": float(cfg.sigma_max), "rho": float(cfg.rho)}
-
-    @staticmethod
-    def _overrides(cfg: DictConfig) -> dict[str, Any]:
-        return {"dropout": cfg.dropout} if cfg.get("dropout") is not None else {}
 
     # -- contract ------------------------------------------------------------------------------
     @property
@@ -125,17 +121,8 @@ class ProgressiveDistillation(Method):
         # A fresh build, not a deepcopy of the student: a copy would carry the compute counter's
         # hooks on the student and be counted under its name.
         if self.stage_teacher is None:
-            self.stage_teacher = self.teacher.copy_network(**self._overrides(self.cfg)).eval().requires_grad_(False)
+            self.stage_teacher = self.teacher.copy_network(**self.student_overrides(self.cfg)).eval().requires_grad_(False)
         return self.stage_teacher
-
-    def prepare(self, ctx: StepContext) -> None:
-        self.images.prepare(ctx)
-
-    @classmethod
-    def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        check_config(cfg)  # the dry run asks this before anything is built: refuse bad settings there too
-        student = {**teacher_constructor, **cls._overrides(cfg)}
-        return {"teacher": dict(teacher_constructor), "student": student}
 
     def state_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "steps": self.num_steps}
@@ -161,14 +148,9 @@ class ProgressiveDistillation(Method):
 
     # -- one iteration -------------------------------------------------------------------------
     def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        self.images.ensure(ctx)  # a resumed run skipped prepare
-        logs = ctx.update("student", lambda n: self._loss(ctx, n), clip_grad_norm=self._clip())
+        logs = self.update(ctx, lambda n: self._loss(ctx, n))
         ctx.log("steps", float(self.num_steps))
-        ctx.log("real_data", float(self.images.uses_real_data))
         return logs
-
-    def _clip(self) -> float | None:
-        return float(self.cfg.clip_grad_norm) if self.cfg.get("clip_grad_norm") is not None else None
 
     def _loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, labels = self.images.draw(ctx, n)

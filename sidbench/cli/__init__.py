@@ -1,4 +1,6 @@
-"""The `sidbench` command line. Subcommands take Hydra overrides (`key=value`)."""
+"""The `sidbench` command line: the parser and one small handler per subcommand; `run` (training,
+torchrun) and `score` (`fid`, `stats`) hold the two that do more. Subcommands take Hydra overrides
+(`key=value`)."""
 from __future__ import annotations
 
 import argparse
@@ -26,84 +28,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sidbench.config import compose
+    from sidbench.cli.run import run_command
 
-    overrides = _overrides(args)
-    cfg = compose(overrides)
-    from sidbench.schema import validate_run_config
-
-    validate_run_config(cfg)  # here, before torchrun: a bad setting is one line, not one traceback per rank
-    if cfg.dry_run:
-        from sidbench.run import dry_run
-
-        print(dry_run(cfg))
-        return 0
-    processes = launch_processes(cfg)
-    if processes > 1:
-        return relaunch_with_torchrun(processes, overrides)
-    from sidbench.run import run
-
-    result = run(cfg)
-    if result.rank != 0:
-        return 0
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if not k.endswith("seconds"))
-    console.print(f"done: {result.run_dir} ({result.progress.kimg:.1f} kimg, {result.progress.seconds:.0f} s) {shown}")
-    if result.mlflow_run_id:
-        console.print(f"MLflow run {result.mlflow_run_id}; browse with `sidbench ui`")
-    return 0
-
-
-def launch_processes(cfg) -> int:  # noqa: ANN001 - a DictConfig
-    """How many processes `sidbench run` starts on this machine: `processes`, at most one per GPU
-    on CUDA machines; 1 inside a process that torchrun already started."""
-    import os
-
-    if "WORLD_SIZE" in os.environ or int(cfg.get("processes") or 1) <= 1:
-        return 1
-    from sidbench.distributed import pick_device
-
-    if pick_device(cfg.device).type == "cuda":
-        import torch
-
-        return max(1, min(int(cfg.processes), torch.cuda.device_count()))
-    return int(cfg.processes)
-
-
-def relaunch_with_torchrun(processes: int, overrides: list[str]) -> int:
-    """The same command under torchrun with `processes` DDP processes (a CPU's cores work as one
-    DDP job; each process runs one thread). Errors are printed by the processes themselves."""
-    import logging
-    import os
-
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
-    # One thread per process (torchrun would set it, with a banner); the processes print their own
-    # errors, so torchrun's report of a failed child would only repeat them.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    args = get_args_parser().parse_args(
-        ["--standalone", f"--nproc_per_node={processes}", "-m", "sidbench.cli", "run", *overrides])
-    try:
-        run(args)
-    except ChildFailedError as e:
-        return report_child_failure(e.failures)
-    return 0
-
-
-def report_child_failure(failures: dict) -> int:  # rank -> torch's ProcessFailure
-    """The exit code of a failed DDP run: that of its first failed process (torchrun then stops the
-    others with SIGTERM). A process that exited with a code printed its own error (one line, or a
-    traceback); one killed by a signal (the kernel's OOM killer, a segfault) printed nothing, so
-    say which one died and how."""
-    if not failures:
-        return 1
-    rank, first = min(failures.items(), key=lambda item: item[1].timestamp)
-    if first.exitcode >= 0:
-        return first.exitcode or 1
-    console.print(f"[red]error:[/red] training process {rank} was killed by {first.signal_name()} without a Python "
-                  "traceback (out of memory? see `dmesg`); resume with resume=<run dir>")
-    return 128 - first.exitcode  # as a shell reports a signal
+    return run_command(_overrides(args))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -181,7 +108,7 @@ def positive_int(text: str) -> int:
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    from sidbench.eval.fid_cli import run_fid
+    from sidbench.cli.score import run_fid
 
     result = run_fid(args.source, _overrides(args), ref=args.ref, mode=args.mode, num=args.num, batch=args.batch,
                      device=args.device, inception=args.inception, console=console)
@@ -190,7 +117,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from sidbench.eval.commands import stats_command
+    from sidbench.cli.score import stats_command
 
     path = stats_command(args.source, args.out, mode=args.mode, num_samples=args.num, batch_size=args.batch,
                          device=args.device, inception_path=args.inception, console=console)
@@ -363,7 +290,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             console.print("interrupted")
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

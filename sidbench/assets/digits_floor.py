@@ -12,7 +12,7 @@ generator does not score 0. This measures, for `fd_pixel` and `fd_digits`:
              `fd_digits` it is not a floor: it shows how far from digits such blobs look to the
              classifier, where `fd_pixel` cannot tell them from digits.
 
-    python -m sidbench.eval.digits_floor      # writes sidbench/eval/assets/digits_floor.json
+    python -m sidbench.assets.digits_floor      # writes sidbench/assets/digits_floor.json (beside this script)
 """
 from __future__ import annotations
 
@@ -26,14 +26,13 @@ import numpy as np
 import torch
 
 from sidbench.eval.digits import DigitsFrechet, FDDigits, FDPixel
-from sidbench.eval.digits_classifier import ASSETS, real_digits_uint8, uint8_to_float
+from sidbench.assets import ASSETS
+from sidbench.eval.digits_classifier import real_digits_uint8, uint8_to_float
 from sidbench.eval.frechet import feature_statistics, frechet_distance
 from sidbench.eval.images import to_uint8
 
 DEFAULT_OUT = ASSETS / "digits_floor.json"
-MODULE_COMMAND = "python -m sidbench.eval.digits_floor"
-#: fd_pixel floor measured in the feasibility run (SPEC section 7), for comparison.
-SPEC_FD_PIXEL = {"halves_898_vs_899": (0.284, 0.022), "bootstrap_2000_vs_real": (0.067, 0.011), "gaussian_2000_vs_real": (0.070, None)}
+MODULE_COMMAND = "python -m sidbench.assets.digits_floor"
 
 
 def _summary(values: list[float]) -> dict:
@@ -114,7 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gaussian_uint8": "the same samples through to_uint8 (clipped to [-1, 1]); under fd_digits this is "
             "not a floor but a pixel-moment-matched non-digit",
         },
-        "spec_section_7_fd_pixel": {k: {"mean": m, "std": s} for k, (m, s) in SPEC_FD_PIXEL.items()},
         **floor,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

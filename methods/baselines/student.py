@@ -1,0 +1,52 @@
+"""What progressive and consistency distillation share: a student copied from the teacher's
+denoiser (with the config's dropout), trained on x from `TrainingImages` (`method.data`: the
+teacher's own samples or real images) with an optional gradient-norm clip, and `check_config`
+asked before a dry run as well as before a run."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from sidbench.methods.base import Method
+from sidbench.methods.baselines.teacher_samples import TrainingImages
+from sidbench.teachers.teacher import Teacher
+from sidbench.trainer.context import StepContext
+
+
+class DenoiserStudent(Method):
+    """Subclasses set `check_config` (one-line `ConfigError`s for settings they cannot run)."""
+
+    @staticmethod
+    def check_config(cfg: DictConfig) -> None:
+        """Refuse settings the method cannot run (beyond its schema's types and ranges)."""
+
+    def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
+        super().__init__(teacher, cfg, device, full_cfg)
+        self.check_config(cfg)
+        self.images = TrainingImages(cfg, teacher, full_cfg, device)
+        self.uses_real_data = self.images.uses_real_data  # read on the instance by sidbench.run
+
+    @staticmethod
+    def student_overrides(cfg: DictConfig) -> dict[str, Any]:
+        """Constructor changes of the student: its dropout, when the config sets one."""
+        return {"dropout": cfg.dropout} if cfg.get("dropout") is not None else {}
+
+    @classmethod
+    def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        cls.check_config(cfg)  # the dry run asks this before anything is built: refuse bad settings there too
+        return {"teacher": dict(teacher_constructor),
+                cls.generator_name: {**teacher_constructor, **cls.student_overrides(cfg)}}
+
+    def prepare(self, ctx: StepContext) -> None:
+        self.images.prepare(ctx)
+
+    def update(self, ctx: StepContext, loss) -> dict[str, torch.Tensor]:  # noqa: ANN001 - ctx.update's loss function
+        """The student's update on this iteration's x (a resumed run skipped `prepare`: the samples
+        are loaded first), with the configured clip; logs whether x was real data."""
+        self.images.ensure(ctx)
+        clip = self.cfg.get("clip_grad_norm")
+        logs = ctx.update(self.generator_name, loss, clip_grad_norm=None if clip is None else float(clip))
+        ctx.log("real_data", float(self.images.uses_real_data))
+        return logs

@@ -1,0 +1,82 @@
+"""`sidbench run`: validate the whole config here, then train in this process or relaunch the same
+command under torchrun with one DDP process per core (CPU) or GPU."""
+from __future__ import annotations
+
+import logging
+import os
+
+from sidbench.cli import console
+from sidbench.config import compose
+from sidbench.schema import validate_run_config
+
+
+def run_command(overrides: list[str]) -> int:
+    """`sidbench run`: validate, then train here or relaunch under torchrun."""
+    cfg = compose(overrides)
+    validate_run_config(cfg)  # here, before torchrun: a bad setting is one line, not one traceback per rank
+    if cfg.dry_run:
+        from sidbench.run import dry_run
+
+        print(dry_run(cfg))
+        return 0
+    processes = launch_processes(cfg)
+    if processes > 1:
+        return relaunch_with_torchrun(processes, overrides)
+    from sidbench.run import run
+
+    result = run(cfg)
+    if result.rank != 0:
+        return 0
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if not k.endswith("seconds"))
+    console.print(f"done: {result.run_dir} ({result.progress.kimg:.1f} kimg, {result.progress.seconds:.0f} s) {shown}")
+    if result.mlflow_run_id:
+        console.print(f"MLflow run {result.mlflow_run_id}; browse with `sidbench ui`")
+    return 0
+
+
+def launch_processes(cfg) -> int:  # noqa: ANN001 - a DictConfig
+    """How many processes `sidbench run` starts on this machine: `processes`, at most one per GPU
+    on CUDA machines; 1 inside a process that torchrun already started."""
+    if "WORLD_SIZE" in os.environ or int(cfg.get("processes") or 1) <= 1:
+        return 1
+    from sidbench.distributed import pick_device
+
+    if pick_device(cfg.device).type == "cuda":
+        import torch
+
+        return max(1, min(int(cfg.processes), torch.cuda.device_count()))
+    return int(cfg.processes)
+
+
+def relaunch_with_torchrun(processes: int, overrides: list[str]) -> int:
+    """The same command under torchrun with `processes` DDP processes (a CPU's cores work as one
+    DDP job; each process runs one thread). Errors are printed by the processes themselves."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    # One thread per process (torchrun would set it, with a banner); the processes print their own
+    # errors, so torchrun's report of a failed child would only repeat them.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc_per_node={processes}", "-m", "sidbench.cli", "run", *overrides])
+    try:
+        run(args)
+    except ChildFailedError as e:
+        return report_child_failure(e.failures)
+    return 0
+
+
+def report_child_failure(failures: dict) -> int:  # rank -> torch's ProcessFailure
+    """The exit code of a failed DDP run: that of its first failed process (torchrun then stops the
+    others with SIGTERM). A process that exited with a code printed its own error (one line, or a
+    traceback); one killed by a signal (the kernel's OOM killer, a segfault) printed nothing, so
+    say which one died and how."""
+    if not failures:
+        return 1
+    rank, first = min(failures.items(), key=lambda item: item[1].timestamp)
+    if first.exitcode >= 0:
+        return first.exitcode or 1
+    console.print(f"[red]error:[/red] training process {rank} was killed by {first.signal_name()} without a Python "
+                  "traceback (out of memory? see `dmesg`); resume with resume=<run dir>")
+    return 128 - first.exitcode  # as a shell reports a signal

@@ -1,0 +1,348 @@
+"""`sidbench fid SOURCE` and `sidbench stats SOURCE`: which images, which metric, which reference.
+
+SOURCE is one of
+* `teacher`: the dataset card's teacher (`dataset=<d>`, `dataset.teacher.path=...`) sampled with
+  EDM's Heun sampler at the card's `sampler_steps`; the result is also recorded in MLflow as the
+  teacher's reference value for runs on that dataset (`eval.teacher_metrics`) when it was
+  measured against the dataset's own reference;
+* a saved generator: a `generator.safetensors`, or the run folder holding one (the dataset then
+  defaults to the run's own, from its `config.yaml`);
+* a folder, `.npz` or zip of images (`eval.sources`: files are read by clean-fid).
+
+Generated images come from `generated_batches` (the eval group's seed and label mode; labels
+cyclic by default, docs/fid.md) on the configured device. The metric is the dataset's
+(`eval.metric`: `fid` on the real datasets, the offline `fd_pixel`/`fd_digits` on digits); an
+explicit `--ref` always means FID against that reference. `stats` writes reference statistics of
+real images in EDM's `.npz` format. The Inception detector is built by this module's
+`inception_extractor` (looked up at call time, so tests can replace it).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sidbench.config import ConfigError, compose
+from sidbench.eval.base import Metric
+from sidbench.eval.fid import FID, FID_MODES, FeatureExtractor, inception_extractor
+from sidbench.eval.generators import generator_file, is_run_folder
+from sidbench.eval.images import SampleFn
+from sidbench.eval.protocol import DEFAULT_BATCH_SIZE
+from sidbench.eval.reference import card_references, reference_stats_for, save_reference_stats
+from sidbench.eval.sources import accumulate_features, image_batches, image_files
+
+#: The number of generated images of the FID protocol (docs/fid.md).
+PROTOCOL_NUM_IMAGES = 50_000
+
+#: Metrics that are not FID, with the reference they carry themselves (for the printout).
+OFFLINE_REFERENCES = {
+    "fd_pixel": "the 1797 scikit-learn digits (pixel space; not FID)",
+    "fd_digits": "the 1797 scikit-learn digits (digits-classifier features; not FID)",
+}
+
+
+@dataclass
+class FidResult:
+    metric: str
+    value: float
+    #: the MLflow run that records the value as the teacher's reference (teacher sources, tracking on)
+    teacher_run_id: str | None = None
+
+
+def source_kind(source: str) -> str:
+    """`teacher`, `generator` (a `.safetensors` file or a run folder) or `images`."""
+    if source == "teacher":
+        return "teacher"
+    path = Path(source).expanduser()
+    if path.suffix == ".safetensors" or is_run_folder(path):
+        return "generator"
+    return "images"
+
+
+def _has_group(overrides: list[str], group: str) -> bool:
+    return any(o.partition("=")[0].lstrip("+~") == group for o in overrides)
+
+
+def _run_dataset(gen_path: Path) -> str | None:
+    """The dataset a run folder's generator was trained on, from the run's `config.yaml`."""
+    config = gen_path.parent / "config.yaml"
+    if not config.is_file():
+        return None
+    try:
+        name = OmegaConf.select(OmegaConf.load(config), "dataset.name")
+    except Exception:  # noqa: BLE001 - an unreadable config only loses the default
+        return None
+    return None if name is None else str(name)
+
+
+def _check_fits(cfg: DictConfig, shape: tuple[int, int, int], label_dim: int, what: str) -> None:
+    ds = cfg.dataset
+    want = (int(ds.channels), int(ds.resolution), int(ds.resolution))
+    if tuple(shape) != want or int(label_dim) != int(ds.get("label_dim", 0) or 0):
+        raise ConfigError(
+            f"{what} makes {shape[0]}x{shape[1]}x{shape[2]} images with label_dim {label_dim}, but dataset "
+            f"{ds.name} has {want[0]}x{want[1]}x{want[2]} with label_dim {ds.get('label_dim', 0)}; "
+            "pass the dataset it belongs to (dataset=<name>)"
+        )
+
+
+def run_fid(
+    source: str,
+    overrides: list[str],
+    *,
+    ref: str | None = None,
+    mode: str | None = None,
+    num: int | None = None,
+    batch: int | None = None,
+    device: str | None = None,
+    inception: str | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+) -> FidResult:
+    """Score `source` (see the module's docstring); prints a table and returns the number."""
+    from sidbench.distributed import pick_device
+
+    console = console or Console()
+    overrides = list(overrides)
+    kind = source_kind(source)
+    notes: list[tuple[str, str]] = []
+    gen_path = None
+    if kind == "generator":
+        gen_path = generator_file(source)
+        if not _has_group(overrides, "dataset"):
+            name = _run_dataset(gen_path)
+            if name is None:
+                raise ConfigError(f"cannot tell which dataset {gen_path} was trained on (no run config.yaml beside it); "
+                                  "pass dataset=<name>")
+            overrides.insert(0, f"dataset={name}")
+            notes.append(("dataset", f"{name} (from {gen_path.parent / 'config.yaml'})"))
+    elif Path(source).suffix == ".pkl":
+        raise ConfigError(f"{source} is a checkpoint, not images; score a teacher with "
+                          f"`sidbench fid teacher dataset=<name> dataset.teacher.path={source}`")
+    elif kind == "images" and ref is None and not _has_group(overrides, "dataset"):
+        raise ConfigError(f"name the reference for {source}: --ref <dataset key, address or .npz of statistics> "
+                          "or dataset=<name> (its own metric and reference)")
+    cfg = compose(overrides)
+    dev = pick_device(device or str(cfg.device))
+    mode = mode or str(cfg.eval.fid_mode)
+    inception = inception or cfg.eval.get("inception_path")
+    metric = "fid" if ref is not None else str(cfg.eval.metric)
+    ref_text = ref if ref is not None else (cfg.dataset.get("ref_stats") if metric == "fid" else None)
+    if metric == "fid" and not ref_text:
+        raise ConfigError(f"dataset {cfg.dataset.name} has no FID reference statistics (dataset.ref_stats); pass --ref")
+
+    gen_kwargs: dict = {}
+    teacher = steps = None
+    if kind == "images":
+        sample_source, source_name = source, source
+        batch = batch or DEFAULT_BATCH_SIZE
+    else:
+        if kind == "teacher":
+            from sidbench.eval.generators import teacher_sampler
+            from sidbench.teachers.load import load_teacher
+
+            teacher = load_teacher(cfg.dataset.teacher, dev)
+            steps = int(cfg.dataset.teacher.sampler_steps)
+            sample_source = teacher_sampler(teacher.net, steps)
+            shape, label_dim = teacher.shape, teacher.label_dim
+            source_name = f"teacher {teacher.source}"
+            notes.append(("sampler", f"Heun, {steps} steps ({2 * steps - 1} NFE)"))
+            what = f"teacher {teacher.source}"
+        else:
+            from sidbench.eval.generators import load_generator
+
+            gen = load_generator(gen_path, dev)
+            sample_source, shape, label_dim = gen, gen.shape, gen.label_dim
+            source_name = str(gen_path)
+            notes.append(("generator", gen.describe()))
+            what = f"generator {gen_path}"
+        _check_fits(cfg, shape, label_dim, what)
+        num = num or int(cfg.eval.final_samples)
+        batch = batch or int(cfg.eval.batch_size)
+        gen_kwargs = dict(shape=shape, label_dim=label_dim, device=dev, seed=int(cfg.eval.seed),
+                          label_mode=str(cfg.eval.label_mode))
+        if not any(k == "dataset" for k, _ in notes):
+            notes.append(("dataset", str(cfg.dataset.name)))
+        notes.append(("labels", f"{cfg.eval.label_mode}, seed {cfg.eval.seed}" if label_dim else f"none, seed {cfg.eval.seed}"))
+
+    if metric == "fid":
+        gen_kwargs.pop("device", None)  # fid_command puts the noise on its own `device`, the same
+        value = fid_command(sample_source, ref_text, mode=mode, num_samples=num, batch_size=batch, device=dev,
+                            inception_path=inception, console=console, progress=progress, source_name=source_name,
+                            extra_rows=notes, **gen_kwargs)
+    else:
+        from sidbench.eval.factory import build_metric
+
+        value = metric_command(sample_source, build_metric(metric, cfg), num_samples=num, batch_size=batch,
+                               console=console, progress=progress, source_name=source_name,
+                               reference=OFFLINE_REFERENCES.get(metric), extra_rows=notes, **gen_kwargs)
+
+    run_id = None
+    if teacher is not None and ref is None:
+        from sidbench.eval.teacher_metrics import record_teacher_metric
+
+        run_id = record_teacher_metric(
+            cfg, teacher.source, metric=metric, value=value, num_samples=int(num), steps=int(steps),
+            mode=mode if metric == "fid" else None, ref=str(ref_text) if metric == "fid" else None,
+        )
+        if run_id is not None:
+            console.print(f"recorded as the teacher's {metric} ({int(num):,} images) for runs on {cfg.dataset.name}: "
+                          f"MLflow run {run_id}")
+    return FidResult(metric, float(value), run_id)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring a source with a metric, and writing reference statistics
+
+
+def _count_images(source: str | os.PathLike | SampleFn, num_samples: int | None) -> int | None:
+    """Images a source will yield, when that is cheap to know (for the progress bar)."""
+    if callable(source):
+        return num_samples
+    try:
+        total = len(image_files(source)[0])
+    except Exception:  # noqa: BLE001 - only the bar's total is lost; the reader reports the problem
+        total = None
+    if num_samples is not None:
+        return num_samples if total is None else min(num_samples, total)
+    return total
+
+
+def _counted(batches: Iterable[torch.Tensor], console: Console, show: bool, what: str, total: int | None,
+             seen: list[int]) -> Iterator[torch.Tensor]:
+    """The batches, counted into `seen[0]`, behind a transient progress bar on a terminal."""
+    bar = (Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True) if show and console.is_terminal else nullcontext(None))
+    with bar as bar:
+        task = bar.add_task(what, total=total) if bar is not None else None
+        for batch in batches:
+            seen[0] += batch.shape[0]
+            if bar is not None:
+                bar.advance(task, batch.shape[0])
+            yield batch
+
+
+def _source_name(source, source_name: str | None) -> str:
+    if source_name is not None:
+        return source_name
+    return getattr(source, "__name__", "generator") if callable(source) else os.fspath(source)
+
+
+def metric_command(
+    source: str | os.PathLike | SampleFn,
+    metric: Metric,
+    *,
+    num_samples: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    console: Console | None = None,
+    progress: bool = True,
+    source_name: str | None = None,
+    reference: str | None = None,
+    extra_rows: Sequence[tuple[str, str]] = (),
+    **generator_kwargs,
+) -> float:
+    """`metric` (FID, `fd_pixel`, ...) of a file or generator source (`sources.image_batches`);
+    printed under the metric's own name, so a distance that is not FID is never shown as one."""
+    console = console or Console()
+    batches = image_batches(source, batch_size=batch_size, num_samples=num_samples, **generator_kwargs)
+    seen = [0]
+    value = float(metric.compute(_counted(batches, console, progress, metric.name,
+                                          _count_images(source, num_samples), seen)))
+    table = Table(title=metric.name.upper() if metric.name == "fid" else metric.name, show_header=False)
+    table.add_row("source", _source_name(source, source_name))
+    for key, text in extra_rows:
+        table.add_row(key, text)
+    if reference is not None:
+        table.add_row("reference", reference)
+    if isinstance(metric, FID):
+        table.add_row("mode", metric.mode)
+    table.add_row("images", f"{seen[0]:,}")
+    table.add_row(table.title, f"[bold]{value:.4f}[/]")
+    console.print(table)
+    if isinstance(metric, FID) and seen[0] < PROTOCOL_NUM_IMAGES:
+        console.print(f"[yellow]note:[/] {seen[0]:,} images; the protocol uses {PROTOCOL_NUM_IMAGES:,} "
+                      "(FID is biased upwards on smaller sets)")
+    return value
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in FID_MODES:
+        raise ValueError(f"unknown FID mode {mode!r}; use one of {', '.join(FID_MODES)}")
+
+
+def fid_command(
+    source: str | os.PathLike | SampleFn,
+    ref: str | os.PathLike,
+    *,
+    mode: str = "legacy_tensorflow",
+    device: torch.device | str | None = None,
+    inception_path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    feature_extractor: FeatureExtractor | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+    **score_kwargs,
+) -> float:
+    """FID of the images in `source` against `ref` (a dataset key such as `ffhq64`: EDM's
+    statistics, downloaded once; an address; or an `.npz` with `mu` and `sigma`); prints and
+    returns it. The reference is resolved before the detector is loaded, and both before any
+    image is made. Other arguments as in `metric_command`; a generator's noise goes to `device`,
+    where the detector runs too."""
+    console = console or Console()
+    ref_text = os.fspath(ref)
+    _check_mode(mode)
+    refs = card_references()
+    if mode != "legacy_tensorflow" and (ref_text in refs or ref_text in refs.values()):
+        console.print(f"[yellow]warning:[/] EDM's reference statistics were made in legacy_tensorflow mode; "
+                      f"a {mode} FID against them is not comparable with published numbers")
+    ref_mu, ref_sigma = reference_stats_for(ref_text, cache_dir=cache_dir, progress=progress)
+    if feature_extractor is None:
+        feature_extractor = inception_extractor(mode, inception_path=inception_path, device=device,
+                                                cache_dir=cache_dir, progress=progress)
+    if callable(source) and device is not None:
+        score_kwargs["device"] = device
+    return metric_command(source, FID(ref_mu, ref_sigma, mode=mode, feature_extractor=feature_extractor),
+                          console=console, progress=progress, reference=ref_text, **score_kwargs)
+
+
+def stats_command(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    mode: str = "legacy_tensorflow",
+    num_samples: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: torch.device | str | None = None,
+    inception_path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    feature_extractor: FeatureExtractor | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+) -> Path:
+    """Reference statistics of real images (folder, zip or `.npz`) written as EDM's `.npz`; only
+    comparable with FIDs computed in the same `mode`. Returns the path written (`.npz` appended
+    when `out` lacks it)."""
+    console = console or Console()
+    _check_mode(mode)
+    batches = image_batches(source, batch_size=batch_size, num_samples=num_samples)
+    if feature_extractor is None:
+        feature_extractor = inception_extractor(mode, inception_path=inception_path, device=device,
+                                                cache_dir=cache_dir, progress=progress)
+    seen = [0]
+    stats = accumulate_features(_counted(batches, console, progress, "reference features",
+                                         _count_images(source, num_samples), seen), feature_extractor)
+    path = save_reference_stats(out, stats.mu, stats.sigma)
+    table = Table(title="FID reference statistics", show_header=False)
+    for key, text in (("source", os.fspath(source)), ("mode", mode), ("images", f"{stats.n:,}"),
+                      ("features", str(stats.mu.shape[0])), ("written", str(path))):
+        table.add_row(key, text)
+    console.print(table)
+    return path
