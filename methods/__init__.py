@@ -22,6 +22,8 @@ register_method = METHODS.register
 # The built-ins: name, "module:Class", and the class's `description` (the decorator checks both).
 METHODS.register_lazy("sid", "sidbench.methods.sid.method:SiD",
                       "Score identity Distillation (Zhou et al. 2024): data-free, one-step")
+METHODS.register_lazy("sida", "sidbench.methods.sid.sida:SiDA",
+                      "SiDA / SiD²A (Zhou et al. 2024): SiD plus an adversarial term, the fake score's encoder as discriminator")
 METHODS.register_lazy("dmd2", "sidbench.methods.baselines.dmd.method:DMD2",
                       "DMD2 (Yin et al. 2024): distribution matching, two time-scale updates, optional GAN head")
 METHODS.register_lazy("dmd", "sidbench.methods.baselines.dmd.method:DMD",

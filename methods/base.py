@@ -127,6 +127,12 @@ class Method(ABC):
         """Work before the first iteration of a fresh run; wrap network calls in `ctx.precompute()`."""
 
     @classmethod
+    def needs_real_data(cls, cfg: DictConfig) -> bool:
+        """Whether a run with method config `cfg` trains on real images: asked before the run
+        starts, so a dataset without them is one line, not a failure after the teacher loaded."""
+        return cls.uses_real_data
+
+    @classmethod
     def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Constructor of each network the method would build, without building any (dry run;
         the saved generator's constructor). Default: every network is a copy of the teacher."""

@@ -179,10 +179,21 @@ def validate_run_config(cfg: DictConfig) -> None:
     schema = method_schema(str(cfg.method.name))
     if schema is not None:
         check(schema, cfg.method, "method")
+    _check_real_images(cfg)
     _check_device(str(cfg.device))
     _check_batch_split(cfg)
     if cfg.get("resume") not in (None, ""):
         _check_resume(cfg)
+
+
+def _check_real_images(cfg: DictConfig) -> None:
+    from sidbench.methods import METHODS
+
+    needs = getattr(METHODS.get(str(cfg.method.name)), "needs_real_data", None)
+    images = cfg.dataset.get("images") or {}
+    if needs is not None and needs(cfg.method) and not (images.get("path") or images.get("builtin")):
+        raise ConfigError(f"method={cfg.method.name} trains on real images and dataset {cfg.dataset.name} has none: "
+                          "set dataset.images.path=<EDM dataset zip or folder>")
 
 
 def check(schema: type, node: Any, prefix: str = "") -> None:
@@ -268,6 +279,8 @@ def _describe_scalar(tp: Any, meta: typing.Mapping[str, Any], plural: bool = Fal
     if tp is bool:
         return "true or false"
     if tp is str:
+        if meta.get("exists"):
+            return "existing paths" if plural else "an existing path"
         choices = _choices(meta)
         return f"one of {', '.join(choices)}" if choices is not None else ("strings" if plural else "a string")
     noun = ("integers" if plural else "an integer") if tp is int else ("numbers" if plural else "a number")

@@ -32,6 +32,32 @@ def test_published_sid_settings(dataset: str) -> None:
     assert list(t.eval_at_kimg) == list(range(100, 1001, 100)) and t.eval_every_kimg == 500
 
 
+# SiDA, docs/sid.md#sida-settings: dataset: (lr, batch, precision, dropout, augment_p, EMA half-life kimg)
+PUBLISHED_SIDA = {
+    "cifar10": (1e-5, 256, "fp32", 0.13, 0.12, 500),
+    "cifar10-cond": (1e-5, 256, "fp32", 0.13, 0.12, 500),
+    "imagenet64": (4e-6, 8192, "fp16", 0.1, 0.0, 2000),
+    "ffhq64": (1e-5, 512, "fp16", 0.05, 0.15, 500),
+    "afhqv2-64": (5e-6, 512, "fp16", 0.05, 0.15, 500),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(PUBLISHED_SIDA))
+def test_published_sida_settings(dataset: str) -> None:
+    cfg = compose(["method=sida", f"dataset={dataset}"])
+    lr, batch, precision, dropout, augment_p, ema = PUBLISHED_SIDA[dataset]
+    m, t = cfg.method, cfg.trainer
+    assert (m.lr_generator, m.lr_fake_score, m.dropout, m.augment_p, t.batch, t.precision) == (
+        lr, lr, dropout, augment_p, batch, precision)
+    assert (t.ema_halflife_kimg, t.ema_rampup) == (ema, 0.05)
+    # the same in every published run: alpha 1, Adam betas (0, 0.999), the loss weights and the schedule
+    assert (m.alpha, m.sigma_init, m.t_max, m.g_beta1, m.fake_beta1) == (1.0, 2.5, 800, 0.0, 0.0)
+    assert (m.loss_scale_generator, m.loss_scale_fake_score, m.discriminator_weight, m.adversarial_scale,
+            m.adversarial_mix) == (100, 1, 1.0, 0.01, 0.5)
+    assert (m.generator_start_kimg, m.adversarial_start_kimg, m.fake_score_clip_value) == (100, 200, 1.0)
+    assert m.generator_init is None
+
+
 @pytest.mark.parametrize("dataset,mult", [("ffhq64", [1, 2, 2, 2]), ("afhqv2-64", [1, 2, 2, 2]), ("cifar10", [2, 2, 2]),
                                           ("imagenet64", [1, 2, 3, 4])])
 def test_network_channel_multipliers(dataset: str, mult: list[int]) -> None:

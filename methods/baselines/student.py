@@ -26,7 +26,11 @@ class DenoiserStudent(Method):
         super().__init__(teacher, cfg, device, full_cfg)
         self.check_config(cfg)
         self.images = TrainingImages(cfg, teacher, full_cfg, device)
-        self.uses_real_data = self.images.uses_real_data  # read on the instance by sidbench.run
+        self.uses_real_data = self.images.uses_real_data  # read on the instance by sidbench.run (= needs_real_data)
+
+    @classmethod
+    def needs_real_data(cls, cfg: DictConfig) -> bool:
+        return str(cfg.get("data")) == "real"
 
     @staticmethod
     def student_overrides(cfg: DictConfig) -> dict[str, Any]:

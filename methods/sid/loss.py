@@ -14,23 +14,29 @@ import torch
 SIGMA_DATA = 0.5
 
 
-def generator_loss(x_g: torch.Tensor, y_real: torch.Tensor, y_fake: torch.Tensor, alpha: float) -> torch.Tensor:
-    """L_G per element: (y_real - y_fake) * ((y_real - x_g) - alpha (y_real - y_fake)) / w.
-
-    w = mean over pixels of |x_g - y_real| per sample, without gradient, clipped below at 1e-5;
-    it normalises the loss across noise levels like DMD's weighting.
-    """
+def normaliser(x_g: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
+    """w [B, 1, 1, 1]: the mean over pixels of |x_g - y_real| per sample, without gradient, clipped
+    below at 1e-5; it normalises the loss across noise levels like DMD's weighting."""
     with torch.no_grad():
-        w = (x_g - y_real).abs().mean(dim=tuple(range(1, x_g.ndim)), keepdim=True).clamp(min=1e-5)
+        return (x_g - y_real).abs().mean(dim=tuple(range(1, x_g.ndim)), keepdim=True).clamp(min=1e-5)
+
+
+def generator_loss(x_g: torch.Tensor, y_real: torch.Tensor, y_fake: torch.Tensor, alpha: float) -> torch.Tensor:
+    """L_G per element: (y_real - y_fake) * ((y_real - x_g) - alpha (y_real - y_fake)) / w,
+    with w = `normaliser(x_g, y_real)`."""
     diff = y_real - y_fake
-    return diff * ((y_real - x_g) - alpha * diff) / w
+    return diff * ((y_real - x_g) - alpha * diff) / normaliser(x_g, y_real)
+
+
+def edm_weight(sigma: torch.Tensor) -> torch.Tensor:
+    """EDM's loss weight of a noise level: w(sigma) = (sigma^2 + sd^2) / (sigma sd)^2."""
+    return (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
 
 
 def fake_score_loss(denoised: torch.Tensor, x_g: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """EDM's denoising loss on generated images: w(sigma) * (f_psi(x_g + sigma n) - x_g)^2,
-    with w(sigma) = (sigma^2 + sd^2) / (sigma sd)^2. `sigma` broadcasts against x_g ([B,1,1,1])."""
-    weight = (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
-    return weight * (denoised - x_g) ** 2
+    """EDM's denoising loss on generated images: w(sigma) * (f_psi(x_g + sigma n) - x_g)^2.
+    `sigma` broadcasts against x_g ([B,1,1,1])."""
+    return edm_weight(sigma) * (denoised - x_g) ** 2
 
 
 def edm_training_sigma(

@@ -1,4 +1,4 @@
-"""The settings of SiD's config (`method/sid.yaml`) and their allowed values, checked by
+"""The settings of SiD's and SiDA's configs (`method/sid.yaml`, `method/sida.yaml`) and their allowed values, checked by
 `sidbench.schema` before a run starts. Other keys of `cfg.method` are left alone."""
 from __future__ import annotations
 
@@ -33,3 +33,14 @@ class SiDSchema:
     augment_resample: str = setting(choices=_resamplers)
     p_mean: float = setting()
     p_std: float = setting(gt=0)
+
+
+@dataclass
+class SiDASchema(SiDSchema):
+    discriminator_weight: float = setting(ge=0)
+    adversarial_scale: float = setting(ge=0)
+    adversarial_mix: float = setting(ge=0, le=1)
+    generator_start_kimg: float = setting(ge=0)
+    adversarial_start_kimg: float = setting(ge=0)
+    fake_score_clip_value: float | None = setting(gt=0)
+    generator_init: str | None = setting(exists=True, allowed="an existing generator file (a sidbench .safetensors or an EDM .pkl)")

@@ -129,13 +129,14 @@ BENCH_HELP = """Run every (method, dataset, seed) cell under one budget: a Hydra
 
   sidbench bench methods=[sid,dmd2] datasets=[digits] seeds=3 budget.unit=flops budget.value=2e12
   sidbench bench datasets=[cifar10,ffhq64] seeds=1                 # every method, each card's budget
-  sidbench bench methods=[dmd2] 'overrides.dmd2=[method.gan=true]'   # per-method run overrides
+  sidbench bench methods=[dmd2] 'overrides.dmd2=[method.gan.enabled=true]'   # per-method run overrides
+  sidbench bench datasets=[cifar10] 'overrides.cifar10=[dataset.images.path=/data/cifar10.zip]'   # per dataset
   sidbench bench ... hydra/launcher=joblib hydra.launcher.n_jobs=2   # cells in parallel on this machine
   sidbench bench ... hydra/launcher=submitit_slurm hydra.launcher.partition=gpu   # on Slurm (see README)
   sidbench bench ... --dry-run                                       # the cells and their state; runs nothing
 
 Bench keys (sidbench/conf/bench.yaml): methods, datasets, seeds, id, budget.unit, budget.value,
-points.* (the evaluation fractions), overrides.<method>. Any other key=value is a run override for
+points.* (the evaluation fractions), overrides.<method or dataset>. Any other key=value is a run override for
 every cell (e.g. trainer.batch=64); hydra... keys go to Hydra. The same command again skips finished
 cells (found in MLflow by the bench id and each cell's config hash) and resumes interrupted ones."""
 

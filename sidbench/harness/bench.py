@@ -63,7 +63,7 @@ class Bench:
 # -- the command line ----------------------------------------------------------------------------
 def parse_args(args: list[str]) -> tuple[DictConfig, list[str], list[str]]:
     """(bench settings, run overrides for every cell, Hydra overrides) from `key=value` arguments.
-    Bench keys are those of conf/bench.yaml; values are YAML, so `overrides.dmd2=[method.gan=true]`
+    Bench keys are those of conf/bench.yaml; values are YAML, so `overrides.dmd2=[method.gan.enabled=true]`
     is a list of one override (quote an element that holds a comma or brackets)."""
     defaults = OmegaConf.load(str(files("sidbench.conf") / "bench.yaml"))
     bench_keys = set(defaults.keys())
@@ -103,11 +103,14 @@ def _seeds(value: object) -> list[int]:
     raise ConfigError(f"seeds={value!r}: give a count >= 1 (seeds 0..n-1) or a list of integers, e.g. seeds=[0,7]")
 
 
-def _per_method(overrides: DictConfig, methods: list[str]) -> dict[str, list[str]]:
+def _per_cell_overrides(overrides: DictConfig, methods: list[str], datasets: list[str]) -> dict[str, list[str]]:
+    """`overrides.<method or dataset>`: run overrides of the cells of one method, or of one dataset
+    (its images, say: `overrides.cifar10=[dataset.images.path=/data/cifar10.zip]`)."""
     out: dict[str, list[str]] = {}
     for name, value in (overrides or {}).items():
-        if name not in methods:
-            raise ConfigError(f"overrides.{name}: {name!r} is not among the bench's methods ({', '.join(methods)})")
+        if name not in methods and name not in datasets:
+            raise ConfigError(f"overrides.{name}: {name!r} is not among the bench's methods ({', '.join(methods)}) "
+                              f"or datasets ({', '.join(datasets)})")
         items = [value] if isinstance(value, str) else list(value)
         bad = [str(v) for v in items if "=" not in str(v)]
         if bad:
@@ -150,7 +153,7 @@ def plan(settings: DictConfig, run_overrides: list[str]) -> Bench:
     methods = _names(settings.methods, "methods") if settings.methods is not None else METHODS.names()
     datasets = _names(settings.datasets, "datasets")
     seeds = _seeds(settings.seeds)
-    per_method = _per_method(settings.overrides, methods)
+    per_cell = _per_cell_overrides(settings.overrides, methods, datasets)
     budget = budget_overrides(settings.budget)
     bench_id = str(settings.id) if settings.id else default_id(datasets, settings.budget)
     if "/" in bench_id or not bench_id.strip():
@@ -166,9 +169,12 @@ def plan(settings: DictConfig, run_overrides: list[str]) -> Bench:
         for seed in seeds:
             for method in methods:
                 overrides = [f"method={method}", f"dataset={dataset}", f"trainer.seed={seed}", *common,
-                             *per_method.get(method, [])]
+                             *per_cell.get(dataset, []), *per_cell.get(method, [])]
                 cfg = compose(overrides)
-                validate_run_config(cfg)
+                try:
+                    validate_run_config(cfg)
+                except ConfigError as e:  # name the cell: the same setting may suit the others
+                    raise ConfigError(f"cell {method}-{dataset}-s{seed}: {e} (or leave {method} out: methods=[...])") from None
                 h = settings_hash(cfg, with_seed=True)
                 run_name = f"bench-{bench_id}/{method}-s{seed}-{h[:8]}"
                 overrides += [f"output_root={output_root}", f"tracking.uri={uri}", f"run_name={run_name}",

@@ -44,7 +44,8 @@ def test_bench_keys_run_overrides_and_hydra_overrides_are_told_apart() -> None:
 
 def test_cells_carry_the_budget_the_evaluation_points_and_per_method_overrides(tiny_teacher: Path, run_env: Path) -> None:
     settings, run, _ = parse_args(["methods=[sid,dmd2]", "seeds=[0,7]", "budget.unit=passes", "budget.value=1000",
-                                   "overrides.dmd2=[method.lr=3e-6]", *cell_overrides(tiny_teacher)])
+                                   "overrides.dmd2=[method.lr=3e-6]", "overrides.digits=[eval.num_samples=96]",
+                                   *cell_overrides(tiny_teacher)])
     bench = plan(settings, run)
     assert bench.id == "digits-passes1000"
     assert [c.key for c in bench.cells] == ["sid-digits-s0", "dmd2-digits-s0", "sid-digits-s7", "dmd2-digits-s7"]
@@ -57,6 +58,7 @@ def test_cells_carry_the_budget_the_evaluation_points_and_per_method_overrides(t
         assert cfg.tracking.tags.sidbench.bench == "digits-passes1000"
     assert cfgs["dmd2-digits-s0"].method.lr == 3e-6 and cfgs["sid-digits-s0"].method.lr != 3e-6
     assert cfgs["sid-digits-s7"].trainer.seed == 7
+    assert {cfg.eval.num_samples for cfg in cfgs.values()} == {96}  # a dataset's overrides reach all its cells
     # one hash per cell; the same settings with another seed share sidbench.settings, not the cell hash
     assert len({c.config_hash for c in bench.cells}) == 4
 
@@ -64,10 +66,11 @@ def test_cells_carry_the_budget_the_evaluation_points_and_per_method_overrides(t
 @pytest.mark.parametrize("args,fragment", [
     (["seeds=0"], "seeds=0: give a count >= 1"),
     (["budget.unit=flops"], "give both"),
-    (["methods=[sid]", "overrides.dmd=[method.lr=1]"], "'dmd' is not among the bench's methods"),
+    (["methods=[sid]", "overrides.dmd=[method.lr=1]"], "'dmd' is not among the bench's methods (sid) or datasets (digits)"),
     (["methods=[sid]", "overrides.sid=[lr]"], "each element must be key=value"),
     (["methods=[nosuch]"], "unknown method 'nosuch'"),
-    (["methods=[sid]", "trainer.batch=-4"], "trainer.batch=-4: must be an integer >= 1"),
+    (["methods=[sid]", "trainer.batch=-4"], "cell sid-digits-s0: trainer.batch=-4: must be an integer >= 1"),
+    (["methods=[sid,sida]", "datasets=[cifar10]"], "cell sida-cifar10-s0: method=sida trains on real images"),
     (["seedz=3"], "unknown setting 'seedz'"),
     (["methods=[sid]", "hydra/launcher=submitit_slurm"], "cannot write sqlite:"),
 ])

@@ -126,10 +126,14 @@ class DMD2(DistributionMatching):
     description = "DMD2 (Yin et al. 2024): distribution matching, two time-scale updates, optional GAN head"
     config_schema = DMD2Schema
 
+    @classmethod
+    def needs_real_data(cls, cfg: DictConfig) -> bool:
+        return bool(cfg.gan.enabled)  # the GAN head alone reads real images
+
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
         self.gan = bool(cfg.gan.enabled)
-        self.uses_real_data = self.gan  # the GAN head alone needs real images
+        self.uses_real_data = self.needs_real_data(cfg)
         if self.gan:
             try:
                 c, h, w = bottleneck_shape(self.fake_score, teacher.shape)

@@ -1,0 +1,155 @@
+"""SiDA and SiD²A (Zhou et al. 2024, arXiv 2410.14919) as one method plugin: SiD plus an
+adversarial term on real images, the discriminator being the fake score's own encoder (no new
+network). The formulas are in `sida_loss.py` and SiD's `loss.py`; the published iteration is in
+docs/sid.md#sida.
+
+One iteration:
+  1. fake-score and discriminator update on a real batch (x_r, c): x_g = G(sigma_init z, c) with G
+     in eval mode and no graph; x_g and x_r augmented independently; ONE call of the fake score
+     (train mode) on [x_g + sigma n, x_r + sigma n] (the same sigma and noise for both; GroupNorm
+     is per sample, so this is two calls' computation, and DDP sees one forward) gives the
+     denoised x_g and the logits of both; loss L_fs + discriminator_weight * L_D, gradients
+     clipped per value;
+  2. from `generator_start_kimg` on, the generator update on labels of a fresh real batch: SiD's
+     loss, and from `adversarial_start_kimg` on, mixed with the adversarial term on the logits the
+     same fake-score call (eval mode) returns.
+The phases are stages (`stages()`), so a resumed run is in the phase it left. Before
+`generator_start_kimg` the generator's update is skipped altogether (the published loop computes
+it and takes no step): the same training, less compute.
+
+SiD²A is `method.generator_init=<a trained SiD generator>`: G, and so its EMA, start from that file
+(a `generator.safetensors` or one of the published EDM pickles); the fake score and both optimisers
+start fresh, and the kimg schedule counts from 0.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from sidbench.config import ConfigError
+from sidbench.methods.base import Stage, register_method
+from sidbench.methods.sid.loss import (
+    edm_training_sigma, edm_weight, fake_score_loss, finite_samples, generator_loss, generator_sigma, normaliser,
+)
+from sidbench.methods.sid.method import SiD
+from sidbench.methods.sid.schema import SiDASchema
+from sidbench.methods.sid.sida_loss import adversarial_generator_loss, discriminator_logits, discriminator_loss
+from sidbench.teachers.teacher import Teacher
+from sidbench.trainer.context import StepContext
+
+#: The phases, in order: only the fake score trains; + SiD's generator loss; + the adversarial term.
+PHASES = ("fake-score warm-up", "sid", "sida")
+
+
+@register_method("sida")
+class SiDA(SiD):
+    description = "SiDA / SiD²A (Zhou et al. 2024): SiD plus an adversarial term, the fake score's encoder as discriminator"
+    config_schema = SiDASchema
+    uses_real_data = True
+
+    def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
+        super().__init__(teacher, cfg, device, full_cfg)
+        if float(cfg.adversarial_start_kimg) < float(cfg.generator_start_kimg):
+            raise ConfigError(f"method.adversarial_start_kimg={cfg.adversarial_start_kimg} is before "
+                              f"method.generator_start_kimg={cfg.generator_start_kimg}: the adversarial term is a "
+                              "term of the generator's loss")
+        if cfg.get("generator_init"):
+            self._load_generator(Path(str(cfg.generator_init)))
+        self.phase = 0
+
+    def _load_generator(self, path: Path) -> None:
+        """SiD²A: G's weights from a trained SiD generator of this teacher's architecture."""
+        from sidbench.teachers.load import load_teacher_file
+
+        net, constructor, _ = load_teacher_file(str(path))
+        ignore = ("dropout",)  # the run's dropout applies, whatever the file was trained with
+        mine = {k: v for k, v in self.teacher.constructor.items() if k not in ignore}
+        theirs = {k: v for k, v in constructor.items() if k not in ignore}
+        if mine != theirs:
+            changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+            raise ConfigError(f"method.generator_init={path}: a network of another architecture than the teacher's "
+                              f"(differs in {', '.join(changed)}); give a generator distilled from this teacher")
+        self.generator.load_state_dict(net.state_dict(), strict=True)
+
+    # -- contract ------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        starts = (0.0, float(self.cfg.generator_start_kimg), float(self.cfg.adversarial_start_kimg))
+        return [Stage(name, start=start, unit="kimg") for name, start in zip(PHASES, starts)]
+
+    def enter_stage(self, index: int, stage: Stage) -> None:
+        self.phase = index
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.phase = int(state["phase"])
+
+    # -- one iteration -------------------------------------------------------------------------
+    def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        clip = self.cfg.get("fake_score_clip_value")
+        logs = ctx.update("fake_score", lambda n: self._fake_score_loss(ctx, n), loss_scale=self.cfg.loss_scale_fake_score,
+                          clip_grad_value=None if clip is None else float(clip))
+        if self.phase >= 1:
+            logs |= ctx.update("generator", lambda n: self._generator_loss(ctx, n))
+        ctx.log("phase", float(self.phase))
+        return logs
+
+    def _fake_score_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x_r, labels = ctx.real(n)
+        self.generator.eval()
+        with torch.no_grad():
+            x_g = self._generate(self.generator, n, labels).float()
+        aug = None
+        if self.augment is not None:  # each batch its own draws
+            x_g, aug_g = self.augment(x_g)
+            x_r, aug_r = self.augment(x_r)
+            aug = torch.cat([aug_g, aug_r])
+        sigma = edm_training_sigma(n, self.cfg.p_mean, self.cfg.p_std, device=self.device)
+        noise = sigma * torch.randn_like(x_g)
+        both = None if labels is None else torch.cat([labels, labels])
+        fake = ctx.net("fake_score").train()
+        denoised, bottleneck = fake(torch.cat([x_g + noise, x_r + noise]), sigma.flatten().repeat(2), both,
+                                    augment_labels=aug, return_bottleneck=True)
+        denoised = denoised[:n].float()
+        logits = discriminator_logits(bottleneck)
+        l_fake, l_real = logits[:n], logits[n:]
+        # As published, samples with a NaN in x_g, the denoised image or a logit leave both sums.
+        keep = finite_samples(x_g, denoised, l_fake, l_real)
+        fs = torch.where(keep.view(-1, 1, 1, 1), fake_score_loss(denoised, x_g, sigma), 0).sum()
+        d = discriminator_loss(l_real[keep], l_fake[keep], edm_weight(sigma)[keep]) if keep.any() else fs.new_zeros(())
+        ctx.log("dropped_fake_score", (~keep).sum())
+        total = fs + float(self.cfg.discriminator_weight) * d
+        return total, {"fake_score": fs.detach() / n, "discriminator": d.detach() / n}
+
+    def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _, labels = ctx.real(n)  # the labels of a fresh real batch; its images are not used
+        generator = ctx.net("generator").train()
+        self.fake_score.eval()  # no dropout inside the generator's loss
+        x_g = self._generate(generator, n, labels).float()
+        sigma = generator_sigma(n, self.cfg.t_max, device=self.device)
+        x_t = x_g + sigma * torch.randn_like(x_g)
+        y_real = self.teacher.net(x_t, sigma.flatten(), labels).float()
+        adversarial = self.phase >= 2
+        if adversarial:
+            y_fake, bottleneck = self.fake_score(x_t, sigma.flatten(), labels, return_bottleneck=True)
+            logits = discriminator_logits(bottleneck)
+        else:
+            y_fake = self.fake_score(x_t, sigma.flatten(), labels)
+        y_fake = y_fake.float()
+        keep = finite_samples(x_g, y_real, y_fake)
+        ctx.log("dropped_generator", (~keep).sum())
+        sid = torch.where(keep.view(-1, 1, 1, 1), generator_loss(x_g, y_real, y_fake, self.cfg.alpha), 0).sum()
+        total = float(self.cfg.loss_scale_generator) * sid
+        logs = {"generator": torch.where(keep.any(), sid.detach() / n, torch.full_like(sid, float("nan")))}
+        if adversarial:
+            numel = x_g[0].numel()
+            adv = (adversarial_generator_loss(logits[keep], normaliser(x_g, y_real)[keep], numel) if keep.any()
+                   else sid.new_zeros(()))
+            mix = float(self.cfg.adversarial_mix)
+            total = (1 - mix) * total + mix * float(self.cfg.adversarial_scale) * adv
+            logs["adversarial"] = adv.detach() / n
+        return total, logs
