@@ -79,15 +79,24 @@ class SiD(Method):
         ctx.log("dropped_fake_score", dropped)
         return total, {"fake_score": total.detach() / n}
 
-    def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        labels = ctx.labels(n)
+    def _generator_forward(self, ctx: StepContext, n: int, labels: torch.Tensor | None, *,
+                           bottleneck: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(x_g, y_real, y_fake, the fake score's bottleneck or None) of the generator update: G in
+        train mode, the fake score in eval mode (no dropout inside the generator's loss)."""
         generator = ctx.net("generator").train()
-        self.fake_score.eval()  # no dropout inside the generator's loss
+        self.fake_score.eval()
         x_g = self._generate(generator, n, labels).float()
         sigma = generator_sigma(n, self.cfg.t_max, device=self.device)
         x_t = x_g + sigma * torch.randn_like(x_g)
         y_real = self.teacher.net(x_t, sigma.flatten(), labels).float()
-        y_fake = self.fake_score(x_t, sigma.flatten(), labels).float()
+        if bottleneck:
+            y_fake, features = self.fake_score(x_t, sigma.flatten(), labels, return_bottleneck=True)
+        else:  # the plain call: a fake score need not know the keyword (e.g. sidbench.testing's)
+            y_fake, features = self.fake_score(x_t, sigma.flatten(), labels), None
+        return x_g, y_real, y_fake.float(), features
+
+    def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x_g, y_real, y_fake, _ = self._generator_forward(ctx, n, ctx.labels(n))
         total, dropped = drop_nonfinite(generator_loss(x_g, y_real, y_fake, self.cfg.alpha), x_g, y_real, y_fake)
         ctx.log("dropped_generator", dropped)
         # All samples dropped is a failure the trainer must see, not a zero loss.
@@ -101,4 +110,9 @@ def drop_nonfinite(loss: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Te
     The trainer's context then scales the sum and divides by the whole micro-batch, dropped
     samples included, as the published code does. The count stays a tensor (no host sync)."""
     keep = finite_samples(*tensors)
-    return torch.where(keep.view(-1, *[1] * (loss.ndim - 1)), loss, 0).sum(), (~keep).sum()
+    return sum_kept(loss, keep), (~keep).sum()
+
+
+def sum_kept(loss: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The sum of the per-element `loss` over the samples where `keep` [B] is true."""
+    return torch.where(keep.view(-1, *[1] * (loss.ndim - 1)), loss, 0).sum()

@@ -31,10 +31,8 @@ from omegaconf import DictConfig
 
 from sidbench.config import ConfigError
 from sidbench.methods.base import Stage, register_method
-from sidbench.methods.sid.loss import (
-    edm_training_sigma, edm_weight, fake_score_loss, finite_samples, generator_loss, generator_sigma, normaliser,
-)
-from sidbench.methods.sid.method import SiD
+from sidbench.methods.sid.loss import edm_training_sigma, edm_weight, fake_score_loss, finite_samples, generator_loss, normaliser
+from sidbench.methods.sid.method import SiD, sum_kept
 from sidbench.methods.sid.schema import SiDASchema
 from sidbench.methods.sid.sida_loss import adversarial_generator_loss, discriminator_logits, discriminator_loss
 from sidbench.teachers.teacher import Teacher
@@ -119,7 +117,7 @@ class SiDA(SiD):
         l_fake, l_real = logits[:n], logits[n:]
         # As published, samples with a NaN in x_g, the denoised image or a logit leave both sums.
         keep = finite_samples(x_g, denoised, l_fake, l_real)
-        fs = torch.where(keep.view(-1, 1, 1, 1), fake_score_loss(denoised, x_g, sigma), 0).sum()
+        fs = sum_kept(fake_score_loss(denoised, x_g, sigma), keep)
         d = discriminator_loss(l_real[keep], l_fake[keep], edm_weight(sigma)[keep]) if keep.any() else fs.new_zeros(())
         ctx.log("dropped_fake_score", (~keep).sum())
         total = fs + float(self.cfg.discriminator_weight) * d
@@ -127,26 +125,16 @@ class SiDA(SiD):
 
     def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         _, labels = ctx.real(n)  # the labels of a fresh real batch; its images are not used
-        generator = ctx.net("generator").train()
-        self.fake_score.eval()  # no dropout inside the generator's loss
-        x_g = self._generate(generator, n, labels).float()
-        sigma = generator_sigma(n, self.cfg.t_max, device=self.device)
-        x_t = x_g + sigma * torch.randn_like(x_g)
-        y_real = self.teacher.net(x_t, sigma.flatten(), labels).float()
         adversarial = self.phase >= 2
-        if adversarial:
-            y_fake, bottleneck = self.fake_score(x_t, sigma.flatten(), labels, return_bottleneck=True)
-            logits = discriminator_logits(bottleneck)
-        else:
-            y_fake = self.fake_score(x_t, sigma.flatten(), labels)
-        y_fake = y_fake.float()
+        x_g, y_real, y_fake, bottleneck = self._generator_forward(ctx, n, labels, bottleneck=adversarial)
         keep = finite_samples(x_g, y_real, y_fake)
         ctx.log("dropped_generator", (~keep).sum())
-        sid = torch.where(keep.view(-1, 1, 1, 1), generator_loss(x_g, y_real, y_fake, self.cfg.alpha), 0).sum()
+        sid = sum_kept(generator_loss(x_g, y_real, y_fake, self.cfg.alpha), keep)
         total = float(self.cfg.loss_scale_generator) * sid
         logs = {"generator": torch.where(keep.any(), sid.detach() / n, torch.full_like(sid, float("nan")))}
         if adversarial:
             numel = x_g[0].numel()
+            logits = discriminator_logits(bottleneck)
             adv = (adversarial_generator_loss(logits[keep], normaliser(x_g, y_real)[keep], numel) if keep.any()
                    else sid.new_zeros(()))
             mix = float(self.cfg.adversarial_mix)

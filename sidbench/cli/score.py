@@ -32,7 +32,7 @@ from rich.table import Table
 
 from sidbench.config import ConfigError, compose
 from sidbench.eval.base import Metric
-from sidbench.eval.fid import FID, FID_MODES, FeatureExtractor, inception_extractor
+from sidbench.eval.fid import FID, FeatureExtractor, check_mode, inception_extractor
 from sidbench.eval.generators import generator_file, is_run_folder
 from sidbench.eval.images import SampleFn
 from sidbench.eval.protocol import DEFAULT_BATCH_SIZE
@@ -273,11 +273,6 @@ def metric_command(
     return value
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in FID_MODES:
-        raise ValueError(f"unknown FID mode {mode!r}; use one of {', '.join(FID_MODES)}")
-
-
 def fid_command(
     source: str | os.PathLike | SampleFn,
     ref: str | os.PathLike,
@@ -298,7 +293,7 @@ def fid_command(
     where the detector runs too."""
     console = console or Console()
     ref_text = os.fspath(ref)
-    _check_mode(mode)
+    check_mode(mode)
     refs = card_references()
     if mode != "legacy_tensorflow" and (ref_text in refs or ref_text in refs.values()):
         console.print(f"[yellow]warning:[/] EDM's reference statistics were made in legacy_tensorflow mode; "
@@ -331,7 +326,7 @@ def stats_command(
     comparable with FIDs computed in the same `mode`. Returns the path written (`.npz` appended
     when `out` lacks it)."""
     console = console or Console()
-    _check_mode(mode)
+    check_mode(mode)
     batches = image_batches(source, batch_size=batch_size, num_samples=num_samples)
     if feature_extractor is None:
         feature_extractor = inception_extractor(mode, inception_path=inception_path, device=device,

@@ -58,7 +58,8 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _check_mode(mode: str) -> str:
+def check_mode(mode: str) -> str:
+    """`mode` if it is one of clean-fid's modes offered here, else a ValueError naming them."""
     if mode not in FID_MODES:
         raise ValueError(f"unknown FID mode {mode!r}; use one of {', '.join(FID_MODES)}")
     return mode
@@ -127,7 +128,7 @@ def load_inception_detector(
     """
     from cleanfid.inception_torchscript import InceptionV3W
 
-    _check_mode(mode)
+    check_mode(mode)
     path = Path(path)
     resize_inside = mode == "legacy_tensorflow"
 
@@ -175,7 +176,7 @@ class CleanFIDExtractor:
         from cleanfid.fid import get_batch_features
         from cleanfid.resize import build_resizer
 
-        self.mode = _check_mode(mode)
+        self.mode = check_mode(mode)
         self.device = torch.device(device)
         self.detector = detector.to(self.device).eval()
         if hasattr(self.detector, "resize_inside"):
@@ -212,7 +213,7 @@ def inception_extractor(
     progress: bool = True,
 ) -> CleanFIDExtractor:
     """The Inception detector with clean-fid's preprocessing for `mode`, from local weights."""
-    _check_mode(mode)
+    check_mode(mode)
     path = inception_weights(inception_path, cache_dir=cache_dir, progress=progress)
     return CleanFIDExtractor.from_file(path, mode, device if device is not None else default_device())
 
@@ -246,7 +247,7 @@ class FID(Metric):
         cache_dir: str | os.PathLike | None = None,
         progress: bool = False,
     ):
-        self.mode = _check_mode(mode)
+        self.mode = check_mode(mode)
         self.inception_path = inception_path
         self.device = device
         self.cache_dir = cache_dir
