@@ -94,6 +94,7 @@ class TrainerSchema:
     cudnn_benchmark: bool = setting()
     ema_halflife_kimg: float = setting(ge=0)
     ema_rampup: float | None = setting(ge=0)
+    ema_beta: float | None = setting(ge=0, lt=1)
     seed: int = setting()
     tick_kimg: float | None = setting(ge=0)  # intervals: 0 or null turns them off
     eval_every_kimg: float | None = setting(ge=0)

@@ -23,16 +23,24 @@ def ema_beta(batch: int, images_seen: int, halflife_kimg: float, rampup: float |
 class EMA:
     """A frozen copy of a network whose parameters trail the live ones."""
 
-    def __init__(self, net: torch.nn.Module, halflife_kimg: float | None = None, rampup: float | None = 0.05) -> None:
+    def __init__(self, net: torch.nn.Module, halflife_kimg: float | None = None, rampup: float | None = 0.05,
+                 beta: float | None = None) -> None:
         self.halflife_kimg = halflife_kimg
         self.rampup = rampup
+        # A fixed rate per update, from the first one (consistency models' and progressive
+        # distillation's published EMAs: 0.9999, 0.9999432189950708, 0 = no average); replaces
+        # the half-life, whose conversion from a rate would round the published number.
+        self.beta = beta
         self.module = copy.deepcopy(net).eval().requires_grad_(False)
 
     def update(self, net: torch.nn.Module, batch: int, images_seen: int) -> float:
-        """Average with EDM's half-life; `images_seen` before this batch."""
-        if self.halflife_kimg is None:
-            raise ValueError("this average has no half-life; call blend(net, beta)")
-        beta = ema_beta(batch, images_seen, self.halflife_kimg, self.rampup)
+        """Average with the fixed rate, else with EDM's half-life; `images_seen` before this batch."""
+        if self.beta is not None:
+            beta = self.beta
+        elif self.halflife_kimg is None:
+            raise ValueError("this average has no half-life and no rate; call blend(net, beta)")
+        else:
+            beta = ema_beta(batch, images_seen, self.halflife_kimg, self.rampup)
         self.blend(net, beta)
         return beta
 

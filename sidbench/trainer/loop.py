@@ -125,7 +125,7 @@ class Trainer:
         self.budget = budget_of(cfg)
         self.stages = method.stages()
         generator = method.networks()[method.generator_name]
-        self.ema = EMA(generator, cfg.ema_halflife_kimg, cfg.ema_rampup)
+        self.ema = EMA(generator, cfg.ema_halflife_kimg, cfg.ema_rampup, beta=cfg.get("ema_beta"))
         self.counter = ComputeCounter(count_flops=bool(cfg.get("count_flops", True)))
         self.ctx = StepContext(
             method.networks(), method.optimizers(), device,

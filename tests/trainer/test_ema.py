@@ -28,3 +28,22 @@ def test_ema_tracks_parameters_and_copies_buffers() -> None:
     torch.testing.assert_close(ema.module.weight, torch.full((2,), 0.5))
     torch.testing.assert_close(ema.module.running_mean, torch.full((2,), 3.0))
     assert not ema.module.weight.requires_grad
+
+
+def test_fixed_rate_replaces_halflife_and_rampup_from_the_first_update() -> None:
+    # The consistency models' EMA: theta_ema <- mu theta_ema + (1 - mu) theta at every update,
+    # with no ramp-up (the first update averages too, unlike the ramped half-life's copy).
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    mu = 0.9999432189950708
+    ema = EMA(net, halflife_kimg=500, rampup=0.05, beta=mu)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    assert ema.update(net, batch=2048, images_seen=0) == mu
+    assert ema.module.weight.item() == torch.tensor(0.0).lerp(torch.tensor(1.0), 1 - mu).item()
+    none = EMA(net, beta=0.0)  # rate 0: the average is the network itself (no EMA, as published for PD)
+    with torch.no_grad():
+        net.weight.fill_(7.0)
+    none.update(net, batch=1, images_seen=10**6)
+    assert none.module.weight.item() == 7.0
