@@ -20,6 +20,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def follows_another_rank(e: BaseException) -> bool:
+    """A collective that failed because another DDP process ended (gloo/NCCL report the closed
+    connection): on a process other than rank 0 that is never the first error of the run."""
+    import torch.distributed as dist
+
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(
+        s in str(e) for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")))
+
+
 def exit_code(e: BaseException) -> int:
     """2 for a bad command line (unknown names, bad values), 1 for a failure while running."""
     return 2 if isinstance(e, (ConfigError, UnknownNameError)) else 1

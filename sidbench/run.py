@@ -1,8 +1,8 @@
 """`sidbench run`: config -> teacher -> method -> trainer (-> evaluation, tracking)."""
 from __future__ import annotations
 
-import datetime as dt
 import json
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,13 @@ from sidbench.labels import label_frequencies, label_sampler
 from sidbench.methods import METHODS
 from sidbench.methods.base import Method
 from sidbench.teachers.load import load_teacher, save_native_teacher
-from sidbench.tracking import code_version, find_run_dir, run_tags, start_tracker, tracking_uri
-from sidbench.trainer.checkpoint import load_checkpoint
+from sidbench.run_folder import (
+    CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, Start, claim, named_dir, new_folder, plan_start, record_mlflow_run, restart_records, resume_dir, write_records,
+)
+from sidbench.tracking import NullTracker, TrackingStoreError, code_version, run_tags, start_tracker, tracking_uri
 from sidbench.trainer.context import configure_cuda_math
-from sidbench.trainer.loop import CHECKPOINT_NAME, Progress, Trainer
+from sidbench.trainer.interrupt import TrainingInterrupted
+from sidbench.trainer.loop import Progress, Trainer
 
 console = Console(stderr=True)
 
@@ -43,23 +46,23 @@ def dry_run(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg) + "\n# network constructors\n" + json.dumps(nets, indent=2)
 
 
-def resolve_run_dir(cfg: DictConfig) -> tuple[Path, str | None]:
-    """(run folder, MLflow run id to continue or None) for a new or resumed run.
-
-    Call it on rank 0 only and broadcast the answer (`run` does): the default name holds a
-    timestamp that processes started a second apart would not agree on, and a resume by MLflow
-    run id needs to ask the tracking store only once.
-    """
-    if cfg.resume:
-        path = Path(str(cfg.resume))
-        if not path.is_dir():  # not a folder: an MLflow run id
-            path = find_run_dir(str(cfg.resume), tracking_uri(cfg))
-        ckpt = path / CHECKPOINT_NAME
-        # Only the run id is needed here; the trainer reads the whole checkpoint when it resumes.
-        run_id = load_checkpoint(ckpt, mmap=True).get("mlflow_run_id") or None if ckpt.is_file() else None
-        return path, run_id
-    name = cfg.run_name or f"{cfg.method.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    return Path(cfg.output_root) / str(cfg.dataset.name) / name, None
+def claim_run_dir(cfg: DictConfig, overrides: list[str] | None) -> tuple[Start, Any]:
+    """Rank 0's part of starting: the run folder (the one `resume` names, the one `run_name` names,
+    or a new one), held for this process, its records made clean for a run begun again, and the
+    settings written for a run that does not resume. Returns what the start does and the held lock."""
+    named = resume_dir(cfg) if cfg.resume else named_dir(cfg)
+    run_dir = named or new_folder(Path(str(cfg.output_root)) / str(cfg.dataset.name), str(cfg.method.name))
+    lock = claim(run_dir)
+    try:
+        start = plan_start(cfg, run_dir)  # again, now that the folder is ours: another run may have ended
+        if start.kind == "restart":
+            restart_records(run_dir, start.mlflow_run_id, tracking_uri(cfg) if cfg.tracking.enabled else None)
+        if start.kind != "resume":
+            write_records(run_dir, cfg, overrides)
+    except BaseException:
+        lock.release()
+        raise
+    return start, lock
 
 
 def reference_metrics(cfg: DictConfig, info: dict[str, Any], teacher_file: str | Path | None = None,
@@ -93,24 +96,38 @@ def reference_metrics(cfg: DictConfig, info: dict[str, Any], teacher_file: str |
     return {f"{metric}_published": float(published)} if published is not None else {}
 
 
-def run(cfg: DictConfig) -> RunResult:
+def run(cfg: DictConfig, overrides: list[str] | None = None) -> RunResult:
+    """Train the run of `cfg`; `overrides` (the command line that composed it) are kept in the run
+    folder so that `resume=<run dir>` alone composes the same config again."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     device = pick_device(cfg.device, local_rank())
     configure_cuda_math(bool(cfg.trainer.tf32), bool(cfg.trainer.cudnn_benchmark))
     rank, world = init_from_env(device)
     try:
-        return _run(cfg, device, rank, world)
+        return _run(cfg, device, rank, world, overrides)
     finally:
         shutdown()
 
 
-def _run(cfg: DictConfig, device: torch.device, rank: int, world: int) -> RunResult:
-    # Every rank works in rank 0's run folder (and continues rank 0's MLflow run).
-    run_dir, run_id = broadcast_object(resolve_run_dir(cfg) if rank == 0 else None)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+def _run(cfg: DictConfig, device: torch.device, rank: int, world: int, overrides: list[str] | None) -> RunResult:
+    # Every rank works in rank 0's run folder (and continues rank 0's MLflow run); rank 0 holds it.
+    claimed = claim_run_dir(cfg, overrides) if rank == 0 else None
+    start = broadcast_object(claimed[0] if claimed else None)
+    try:
+        return _train(cfg, device, rank, world, start)
+    except KeyboardInterrupt:  # outside the training loop, which stops at an iteration's end itself
+        ckpt = start.run_dir / CHECKPOINT_NAME
+        hint = (f"resume with resume={start.run_dir}" if ckpt.is_file()
+                else "no checkpoint yet, nothing to resume: run the same command again to start over")
+        raise TrainingInterrupted(f"interrupted; {hint}", signal.SIGINT) from None
+    finally:
+        if claimed:
+            claimed[1].release()
+
+
+def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: Start) -> RunResult:
+    run_dir, run_id = start.run_dir, start.mlflow_run_id if start.kind == "resume" else None
     torch.manual_seed(cfg.trainer.seed)
 
     teacher = load_teacher(cfg.dataset.teacher, device)
@@ -131,17 +148,32 @@ def _run(cfg: DictConfig, device: torch.device, rank: int, world: int) -> RunRes
             "world_size": str(world)}
     tracker = start_tracker(cfg, run_dir, tags, run_id, rank)
     if rank == 0 and run_id is None:
-        tracker.log_artifact(run_dir / "config.yaml")
+        record_mlflow_run(run_dir, tracker.run_id)  # known before the first checkpoint: a restart closes it
+        tracker.log_artifact(run_dir / CONFIG_NAME)
 
     real_data = open_real_images(cfg.dataset, teacher.shape, teacher.label_dim) if method.uses_real_data else None
     trainer = Trainer(cfg.trainer, method, run_dir, device, evaluator, tracker, sampler, rank, world,
                       wrap_ddp(method.networks(), device), reference_metrics(cfg, teacher.info, teacher.source, rank), real_data)
-    if trainer.resume() and rank == 0:
-        console.print(f"resumed {run_dir} at {trainer.progress.kimg:.1f} kimg")
+    if start.kind == "resume" and trainer.resume():
+        if trainer.budget.reached(trainer.progress.counters()) and (run_dir / GENERATOR_FILENAME).is_file():
+            # A finished run started again: nothing to train, and its records stay as they are
+            # (no second final evaluation, no headline without a metric).
+            if rank == 0:
+                console.print(f"{run_dir} already reached its budget at {trainer.progress.kimg:.1f} kimg; nothing to "
+                              "train (a larger trainer.kimg or trainer.budget with resume= trains on)")
+            tracker.finish()
+            return RunResult(run_dir, trainer.progress, last_evaluation(run_dir), getattr(tracker, "run_id", None), rank)
+        if rank == 0:
+            console.print(f"resumed {run_dir} at {trainer.progress.kimg:.1f} kimg")
     try:
         progress = trainer.train()
+    except (TrainingInterrupted, KeyboardInterrupt):
+        finish_quietly(tracker, "KILLED")
+        raise
+    except TrackingStoreError as e:  # the store failed mid-run: the checkpoints are intact
+        raise TrackingStoreError(f"{e}; {trainer.resume_hint()}") from None
     except BaseException:
-        tracker.finish("FAILED" if rank == 0 else "KILLED")
+        finish_quietly(tracker, "FAILED" if rank == 0 else "KILLED")
         raise
     # Training ends with all ranks at a barrier after rank 0's last checkpoint. What follows is
     # rank 0's alone and needs no collective: end the process group now, so that the final
@@ -165,6 +197,25 @@ def _run(cfg: DictConfig, device: torch.device, rank: int, world: int) -> RunRes
     tracker.set_tags(headline_tags(method, progress, metrics or trainer.last_metrics))
     tracker.finish()
     return RunResult(run_dir, progress, metrics, getattr(tracker, "run_id", None))
+
+
+def last_evaluation(run_dir: Path) -> dict[str, float]:
+    """The metric values of the last evaluation in the run's metrics.jsonl (none: {})."""
+    path = run_dir / METRICS_NAME
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in reversed(lines):
+        values = {k: v for k, v in json.loads(line).items() if k.startswith("eval/") and not k.endswith("seconds_total")}
+        if values:
+            return values
+    return {}
+
+
+def finish_quietly(tracker: NullTracker, status: str) -> None:
+    """Mark the MLflow run ended, unless the store itself is what failed (its error is already on its way)."""
+    try:
+        tracker.finish(status)
+    except TrackingStoreError:
+        pass
 
 
 def headline_tags(method: Method, progress: Progress, metrics: dict[str, float]) -> dict[str, str]:

@@ -183,8 +183,7 @@ def validate_run_config(cfg: DictConfig) -> None:
     _check_real_images(cfg)
     _check_device(str(cfg.device))
     _check_batch_split(cfg)
-    if cfg.get("resume") not in (None, ""):
-        _check_resume(cfg)
+    _check_run_folder(cfg)
 
 
 def _check_real_images(cfg: DictConfig) -> None:
@@ -340,43 +339,24 @@ def _check_batch_split(cfg: DictConfig) -> None:
                           f"use e.g. trainer.batch={batch + world - batch % world}")
 
 
-RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids (uuid4 hex)
-
-
-def _check_resume(cfg: DictConfig) -> None:
-    """`resume` names a run folder with a readable checkpoint, or an MLflow run id that the tracking
-    store knows and whose folder has one (the same look-up as `sidbench.run.resolve_run_dir`)."""
+def _check_run_folder(cfg: DictConfig) -> None:
+    """The folder the run would use: a valid name; on resume a readable checkpoint; the settings of
+    a run already there (`sidbench.run_folder.plan_start`); not held by another process."""
+    from sidbench.run_folder import CHECKPOINT_NAME, check_creatable, check_not_in_use, named_dir, plan_start, resume_dir
     from sidbench.trainer.checkpoint import CheckpointError, load_checkpoint
-    from sidbench.trainer.loop import CHECKPOINT_NAME
 
-    value = str(cfg.resume)
-    where = f"resume={_show(value)}"
-    path = Path(value)
-    if not path.is_dir():
-        if not RUN_ID.fullmatch(value):
-            raise ConfigError(f"{where}: no such run folder, and not an MLflow run id (32 hex digits); "
-                              "give a run folder (runs/<dataset>/<name>) or a run id")
-        path = _mlflow_run_dir(value, cfg, where)
-        if not path.is_dir():
-            raise ConfigError(f"{where}: the MLflow run's folder {path} does not exist")
-    ckpt = path / CHECKPOINT_NAME
-    if not ckpt.is_file():
-        raise ConfigError(f"{where}: no {CHECKPOINT_NAME} in {path} (the run saved no checkpoint); start a new run instead")
-    try:
-        load_checkpoint(ckpt, mmap=True)  # mapped, not read: cheap for checkpoints of any size
-    except CheckpointError as e:
-        raise ConfigError(f"{where}: {' '.join(str(e).split())}") from e
-
-
-def _mlflow_run_dir(run_id: str, cfg: DictConfig, where: str) -> Path:
-    from sidbench.tracking import find_run_dir, tracking_uri
-
-    uri = tracking_uri(cfg)
-    # MLflow would create a missing SQLite store (and log about it): there is no run in one
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ConfigError(f"{where}: no such run folder, and no MLflow store at {uri} to look the run id up in")
-    try:
-        return find_run_dir(run_id, uri)
-    except Exception as e:  # noqa: BLE001 - not found, no folder tag, store unreachable: the reason is in the message
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise ConfigError(f"{where}: not a run folder, and not a run of the MLflow store {uri} ({reason})") from e
+    if cfg.get("resume") not in (None, ""):
+        path = resume_dir(cfg)
+        ckpt = path / CHECKPOINT_NAME
+        if ckpt.is_file():
+            try:
+                load_checkpoint(ckpt, mmap=True)  # mapped, not read: cheap for checkpoints of any size
+            except CheckpointError as e:
+                raise ConfigError(f"resume={_show(str(cfg.resume))}: {' '.join(str(e).split())}") from e
+    else:
+        path = named_dir(cfg)
+        if path is None:  # a new folder of the default name
+            check_creatable(Path(str(cfg.output_root)))
+            return
+    plan_start(cfg, path)
+    check_not_in_use(path)

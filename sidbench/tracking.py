@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sidbench.input_errors import InputError
+
 
 # Experiment tags. `mlflow.experimentKind` = "custom_model_development" marks a model-training
 # experiment for MLflow 3's UI ("Machine learning" in its JS; "genai_development" is the other kind),
@@ -143,33 +145,93 @@ def all_pages(call: Callable[..., Any], **kwargs: Any) -> list[Any]:
             return out
 
 
+class TrackingStoreError(InputError):
+    """The MLflow store cannot be created, read or written; the message names it and what to do."""
+
+
+def _store_failure(e: BaseException) -> bool:
+    """An error of the store (MLflow's, its database's, the file system's), not of our code."""
+    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("mlflow", "sqlalchemy", "sqlite3", "alembic")
+
+
+def store_call(uri: str, fn: Callable[[], Any]) -> Any:
+    """`retry_locked(fn)`, with a failure of the store itself as one line naming it."""
+    try:
+        return retry_locked(fn)
+    except Exception as e:
+        if not _store_failure(e):
+            raise
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        raise TrackingStoreError(f"the MLflow store {uri} failed ({reason}); make it writable, or point tracking.uri "
+                                 "(or MLFLOW_TRACKING_URI) at a store you can write, or set tracking.enabled=false") from None
+
+
+_OPENED: set[str] = set()
+
+
+def open_store(uri: str) -> Any:
+    """An MlflowClient of `uri`, the store created (and its schema migrated) first. For a SQLite
+    file that happens under a file lock: processes that open a new store at once (parallel runs,
+    bench cells, trials) would otherwise race MLflow's migration."""
+    from mlflow.tracking import MlflowClient
+
+    if uri in _OPENED:
+        return MlflowClient(tracking_uri=uri)
+
+    def first_use() -> Any:  # MLflow creates and migrates a SQL store when it first opens it
+        c = store_call(uri, lambda: MlflowClient(tracking_uri=uri))
+        store_call(uri, lambda: c.search_experiments(max_results=1))
+        return c
+
+    if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        db = Path(uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(db) + ".lock")
+            lock.acquire()
+        except OSError as e:
+            raise TrackingStoreError(f"the MLflow store {uri} cannot be created ({e.strerror or e}); point tracking.uri "
+                                     "(or MLFLOW_TRACKING_URI) at a folder you can write") from None
+        try:
+            c = first_use()
+        finally:
+            lock.release()
+    else:
+        c = first_use()
+    _OPENED.add(uri)
+    return c
+
+
 class MLflowTracker(NullTracker):
     def __init__(self, uri: str, experiment: str, artifact_root: Path, run_name: str | None = None, run_id: str | None = None) -> None:
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = open_store(uri)
         self.uri = uri
         if run_id is None:
             exp_id = ensure_experiment(uri, experiment, artifact_root)
-            run = retry_locked(lambda: self.client.create_run(exp_id, run_name=run_name))
+            run = self._call(lambda: self.client.create_run(exp_id, run_name=run_name))
             self.run_id = run.info.run_id
         else:
             self.run_id = run_id
-            retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"))
+            self._call(lambda: self.client.update_run(run_id, status="RUNNING"))
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        return store_call(self.uri, fn)
 
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            retry_locked(lambda batch=items[i : i + 100]: self.client.log_batch(self.run_id, params=batch))
+            self._call(lambda batch=items[i : i + 100]: self.client.log_batch(self.run_id, params=batch))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         if items:
-            retry_locked(lambda: self.client.log_batch(self.run_id, tags=items))
+            self._call(lambda: self.client.log_batch(self.run_id, tags=items))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -177,13 +239,25 @@ class MLflowTracker(NullTracker):
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
         if items:
-            retry_locked(lambda: self.client.log_batch(self.run_id, metrics=items))
+            self._call(lambda: self.client.log_batch(self.run_id, metrics=items))
 
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
-        retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path=subdir))
+        self._call(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path=subdir))
 
     def finish(self, status: str = "FINISHED") -> None:
-        retry_locked(lambda: self.client.set_terminated(self.run_id, status=status))
+        self._call(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def close_abandoned_run(uri: str, run_id: str) -> None:
+    """Mark a run KILLED if it is still RUNNING: its process died before it could say so (a run
+    begun again in its folder starts a new MLflow run; the leaderboard reads only FINISHED ones)."""
+    c = open_store(uri)
+    try:
+        run = store_call(uri, lambda: c.get_run(run_id))
+    except TrackingStoreError:
+        return  # not in this store (the user pointed the run at another one): nothing to close
+    if run.info.status == "RUNNING":
+        store_call(uri, lambda: c.set_terminated(run_id, status="KILLED"))
 
 
 def start_tracker(cfg: DictConfig, run_dir: Path, tags: dict[str, str], run_id: str | None, rank: int = 0) -> NullTracker:
@@ -202,15 +276,18 @@ def start_tracker(cfg: DictConfig, run_dir: Path, tags: dict[str, str], run_id: 
 def ensure_experiment(uri: str, name: str, artifact_root: Path) -> str:
     """The id of experiment `name`, created if missing (artifacts beside a SQLite store), with
     EXPERIMENT_TAGS (also added to an experiment made before they existed)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    exp = retry_locked(lambda: client.get_experiment_by_name(name))
+    c = open_store(uri)
+    exp = store_call(uri, lambda: c.get_experiment_by_name(name))
     if exp is None:
         # Artifacts beside the SQLite store, not in whatever folder the user ran from.
         location = artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
-        return retry_locked(lambda: client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS))
-    add_experiment_tags(client, exp)
+        try:
+            return store_call(uri, lambda: c.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS))
+        except TrackingStoreError:
+            exp = store_call(uri, lambda: c.get_experiment_by_name(name))  # another process made it meanwhile
+            if exp is None:
+                raise
+    add_experiment_tags(c, exp)
     return exp.experiment_id
 
 
@@ -223,9 +300,7 @@ def add_experiment_tags(client: Any, exp: Any) -> None:  # an MlflowClient, an m
 
 def find_run_dir(run_id: str, uri: str) -> Path:
     """The run folder that an MLflow run id was logged from (for `resume=<run id>`)."""
-    from mlflow.tracking import MlflowClient
-
-    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    run = open_store(uri).get_run(run_id)
     path = run.data.tags.get("sidbench.run_dir")
     if not path:
         raise ValueError(f"MLflow run {run_id} has no sidbench.run_dir tag; pass resume=<run dir> instead")

@@ -39,8 +39,9 @@ def save_native_teacher(net: torch.nn.Module, constructor: dict[str, Any], path:
     return path
 
 
-def load_native_teacher(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
-    """(constructor, state_dict, info) of a file written by `save_native_teacher`."""
+def load_native_teacher(path: str | Path, kind: str = "teacher") -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """(constructor, state_dict, info) of a file written by `save_native_teacher`; `kind` names the
+    file in errors ("teacher", "generator")."""
     from safetensors import safe_open
 
     try:
@@ -48,9 +49,9 @@ def load_native_teacher(path: str | Path) -> tuple[dict[str, Any], dict[str, tor
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
-        raise TeacherLoadError(f"teacher file {path} is not a readable safetensors file ({e})") from e
+        raise TeacherLoadError(f"{kind} file {path} is not a readable safetensors file ({e})") from e
     if "constructor" not in meta:
-        raise TeacherLoadError(f"teacher file {path} has no 'constructor' metadata; save it with save_native_teacher")
+        raise TeacherLoadError(f"{kind} file {path} has no 'constructor' metadata; save it with save_native_teacher")
     return json.loads(meta["constructor"]), state, json.loads(meta.get("info", "{}"))
 
 
@@ -59,15 +60,16 @@ def _examples(keys: set[str], n: int = 3) -> str:
     return ", ".join(shown[:n]) + (f", ... ({len(shown)} in all)" if len(shown) > n else "")
 
 
-def _build(constructor: dict[str, Any], state: dict[str, torch.Tensor], path: str) -> torch.nn.Module:
+def _build(constructor: dict[str, Any], state: dict[str, torch.Tensor], path: str, kind: str = "teacher") -> torch.nn.Module:
     """The network of `constructor` with the file's weights, loaded strictly; a file that does not
-    fit says which tensors are missing, extra or of another shape, in one line."""
+    fit says which tensors are missing, extra, of another shape or of another kind of number (an
+    integer tensor would be cast silently by `load_state_dict`), in one line."""
     from sidbench.teachers.networks import build_edm_network
 
     try:
         net = build_edm_network(constructor)
     except (ValueError, TypeError, KeyError) as e:
-        raise TeacherLoadError(f"teacher file {path}: cannot build the network {constructor.get('precond')}/"
+        raise TeacherLoadError(f"{kind} file {path}: cannot build the network {constructor.get('precond')}/"
                                f"{constructor.get('model_type')} from its constructor ({type(e).__name__}: {e})") from e
     expected = net.state_dict()
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
@@ -77,24 +79,31 @@ def _build(constructor: dict[str, Any], state: dict[str, torch.Tensor], path: st
     if reshaped:
         k = reshaped[0]
         problems.append(f"{len(reshaped)} shape mismatches, e.g. {k}: file {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}")
+    retyped = sorted(k for k in set(expected) & set(state)
+                     if expected[k].is_floating_point() != state[k].is_floating_point() or state[k].is_complex())
+    if retyped:
+        k = retyped[0]
+        problems.append(f"{len(retyped)} dtype mismatches, e.g. {k}: file {str(state[k].dtype).removeprefix('torch.')} vs "
+                        f"network {str(expected[k].dtype).removeprefix('torch.')}")
     if problems:
-        raise TeacherLoadError(f"teacher file {path} does not fit the network its constructor describes: " + "; ".join(problems))
+        raise TeacherLoadError(f"{kind} file {path} does not fit the network its constructor describes: " + "; ".join(problems))
     net.load_state_dict(state, strict=True)
     return net
 
 
-def load_teacher_file(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
-    """(network, constructor, info) from a `.safetensors` (ours) or `.pkl` (EDM) file."""
+def load_teacher_file(path: str | Path, kind: str = "teacher") -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    """(network, constructor, info) from a `.safetensors` (ours) or `.pkl` (EDM) file; `kind` names
+    the file in errors ("teacher", "generator")."""
     path = Path(path)
     if not path.is_file():
-        raise TeacherLoadError(f"teacher file {path} does not exist")
+        raise TeacherLoadError(f"{kind} file {path} does not exist")
     if path.suffix == ".pkl":
         from sidbench.teachers.edm_pickle import load_edm_checkpoint
 
         ckpt = load_edm_checkpoint(path)
-        return _build(ckpt.constructor, ckpt.state_dict, str(path)), ckpt.constructor, {}
-    constructor, state, info = load_native_teacher(path)
-    return _build(constructor, state, str(path)), constructor, info
+        return _build(ckpt.constructor, ckpt.state_dict, str(path), kind), ckpt.constructor, {}
+    constructor, state, info = load_native_teacher(path, kind)
+    return _build(constructor, state, str(path), kind), constructor, info
 
 
 def resolve_teacher_path(cfg: DictConfig | dict[str, Any]) -> str:

@@ -16,7 +16,13 @@ UNKNOWN_RUN_ID = "0123456789abcdef0123456789abcdef"
 
 
 def _folder(root: Path, checkpoint: bytes | None) -> None:
+    """A run folder of the default settings, with `checkpoint` as its checkpoint file (None: none)."""
+    from omegaconf import OmegaConf
+
+    from sidbench.config import compose
+
     (root / "runs" / "digits" / "old").mkdir(parents=True)
+    (root / "runs" / "digits" / "old" / "config.yaml").write_text(OmegaConf.to_yaml(compose([])))
     if checkpoint is not None:
         (root / "runs" / "digits" / "old" / "checkpoint.pt").write_bytes(checkpoint)
 
@@ -73,7 +79,14 @@ BAD: list[tuple[list[str], str, str, Callable[[Path], None] | None]] = [
     (["dry_run=yes"], "dry_run=yes:", "true or false", None),
     (["dataset.teacher.path=/nonexistent/teacher.pkl"], "dataset.teacher.path=/nonexistent/teacher.pkl:", "an existing file", None),
     (["resume=runs/digits/gone"], "resume=runs/digits/gone:", "no such run folder", None),
-    (["resume=runs/digits/old"], "resume=runs/digits/old:", "no checkpoint.pt", lambda root: _folder(root, None)),
+    (["resume=runs/digits/old"], "resume=runs/digits/old:", "holds no checkpoint.pt", lambda root: _folder(root, None)),
+    (["resume=runs/digits/old"], "resume=runs/digits/old:", "not a run folder (no config.yaml)",
+     lambda root: (root / "runs" / "digits" / "old").mkdir(parents=True)),
+    (["resume=runs/digits/old", "trainer.seed=1"], "resume=runs/digits/old:", "other settings (trainer.seed 0 -> 1)",
+     lambda root: _folder(root, None)),
+    (["run_name=../../x"], "run_name='../../x'", "single folder name", None),
+    (["run_name=/abs/path"], "run_name='/abs/path'", "single folder name", None),
+    (["run_name=.."], "run_name='..'", "single folder name", None),
     (["resume=runs/digits/old"], "resume=runs/digits/old:", "is unreadable", lambda root: _folder(root, b"PK\x03\x04cut")),
     ([f"resume={UNKNOWN_RUN_ID}"], f"resume={UNKNOWN_RUN_ID}:", "no MLflow store", None),  # none made yet
 ]
@@ -86,7 +99,7 @@ def no_launch(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     launched: list[int] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(sidbench.cli.run, "relaunch_with_torchrun", lambda n, overrides: launched.append(n) or 0)
-    monkeypatch.setattr(sidbench.run, "run", lambda cfg: pytest.fail("a run started"))
+    monkeypatch.setattr(sidbench.run, "run", lambda cfg, overrides=None: pytest.fail("a run started"))
     return launched
 
 

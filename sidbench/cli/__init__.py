@@ -174,9 +174,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from sidbench.config import compose
-    from sidbench.harness.ui import exec_serve, mark_experiments
+    from sidbench.harness.ui import check_port, exec_serve, mark_experiments
     from sidbench.tracking import tracking_uri
 
+    if args.port:
+        check_port(args.port)  # before the store is opened and the server started
     uri = tracking_uri(compose(_overrides(args)))
     return exec_serve(uri, args.port, mark_experiments(uri))  # replaces this process with a lean one
 
@@ -274,18 +276,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # KeyboardInterrupt is no Exception: it is handled below
         # imported here, not at the top: it names error types from every room (the trainer
         # among them), and `sidbench --help` must answer without importing torch
-        from sidbench.errors import USER_ERRORS, exit_code
+        from sidbench.errors import USER_ERRORS, exit_code, follows_another_rank
+        from sidbench.trainer.interrupt import TrainingInterrupted
 
-        if not isinstance(e, USER_ERRORS):
-            raise  # a programming error keeps its traceback
         import os
 
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+        rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun every rank fails alike: say it once
+        if isinstance(e, TrainingInterrupted):
+            if rank0:
+                console.print(str(e), highlight=False, soft_wrap=True)
+            return e.exit_code
+        if not rank0 and follows_another_rank(e):
+            return 1  # a peer died (its own error is printed) and took our collective with it
+        if not isinstance(e, USER_ERRORS):
+            raise  # a programming error keeps its traceback
+        if rank0:
             console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return exit_code(e)
     except KeyboardInterrupt:
         if args.command == "run":
-            console.print("interrupted; resume with resume=<run dir>")
+            console.print("interrupted")
         elif args.command == "teacher" and args.teacher_command == "sample":
             console.print("interrupted; the same command resumes from the finished batches")
         else:

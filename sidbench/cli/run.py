@@ -5,14 +5,31 @@ from __future__ import annotations
 import logging
 import os
 
+from omegaconf import DictConfig
+
 from sidbench.cli import console
 from sidbench.config import compose
 from sidbench.schema import validate_run_config
 
 
+def compose_run(overrides: list[str]) -> DictConfig:
+    """The run's config. A resume composes the run's own overrides (kept in its folder) with the
+    given ones on top, so `resume=<run dir>` alone continues the run it names."""
+    cfg = compose(overrides)
+    if cfg.get("resume") in (None, ""):
+        return cfg
+    from sidbench.run_folder import merge_overrides, resume_dir, stored_overrides
+
+    stored = stored_overrides(resume_dir(cfg))
+    return cfg if stored is None else compose(merge_overrides(stored, overrides))
+
+
 def run_command(overrides: list[str]) -> int:
     """`sidbench run`: validate, then train here or relaunch under torchrun."""
-    cfg = compose(overrides)
+    from sidbench.processes import die_with_parent
+
+    die_with_parent()  # a DDP worker of ours, or the run of a bench cell: never outlive the launcher
+    cfg = compose_run(overrides)
     validate_run_config(cfg)  # here, before torchrun: a bad setting is one line, not one traceback per rank
     if cfg.dry_run:
         from sidbench.run import dry_run
@@ -24,7 +41,7 @@ def run_command(overrides: list[str]) -> int:
         return relaunch_with_torchrun(processes, overrides)
     from sidbench.run import run
 
-    result = run(cfg)
+    result = run(cfg, overrides)
     if result.rank != 0:
         return 0
     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if not k.endswith("seconds"))
@@ -51,19 +68,28 @@ def launch_processes(cfg) -> int:  # noqa: ANN001 - a DictConfig
 def relaunch_with_torchrun(processes: int, overrides: list[str]) -> int:
     """The same command under torchrun with `processes` DDP processes (a CPU's cores work as one
     DDP job; each process runs one thread). Errors are printed by the processes themselves."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
+
+    from sidbench.processes import PARENT_ENV
 
     # One thread per process (torchrun would set it, with a banner); the processes print their own
     # errors, so torchrun's report of a failed child would only repeat them.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")] + ["torch.distributed.elastic"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # its modules' loggers carry levels of their own
     args = get_args_parser().parse_args(
         ["--standalone", f"--nproc_per_node={processes}", "-m", "sidbench.cli", "run", *overrides])
+    os.environ[PARENT_ENV] = str(os.getpid())  # the workers die with us, even if we are SIGKILLed
     try:
         run(args)
     except ChildFailedError as e:
         return report_child_failure(e.failures)
+    except SignalException as e:
+        # Ctrl-C or a kill reached us: torchrun passed the signal on to the workers and waited for
+        # them; rank 0 printed what can be resumed.
+        return 128 + int(e.sigval)
     return 0
 
 

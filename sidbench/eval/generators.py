@@ -106,7 +106,7 @@ def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu") 
     from sidbench.teachers.sampling import sample_with_recipe
 
     file = generator_file(path)
-    net, constructor, info = load_teacher_file(file)
+    net, constructor, info = load_teacher_file(file, kind="generator")
     info = {**info, "sampling": _recipe(info, file)}
     method = info.get("method")
     # a file without a method can still name one of the shared samplers

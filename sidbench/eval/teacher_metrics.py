@@ -65,9 +65,7 @@ def record_teacher_metric(
     if not cfg.tracking.enabled:
         return None
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    from sidbench.tracking import code_version, ensure_experiment, retry_locked, tracking_uri
+    from sidbench.tracking import code_version, ensure_experiment, open_store, retry_locked, tracking_uri
 
     uri = tracking_uri(cfg)
     # The same experiment and artifact folder as the training runs (sidbench.tracking.start_tracker).
@@ -78,7 +76,7 @@ def record_teacher_metric(
             "code_version": code_version()}
     # Absent, not "None", for metrics without them: a tag left out matches a lookup's None.
     tags |= {k: str(v) for k, v in (("fid_mode", mode), ("ref", ref)) if v is not None}
-    client = MlflowClient(tracking_uri=uri)
+    client = open_store(uri)
     # The file's name, not the card's: `dataset.teacher.path=` may point at another teacher.
     name = f"teacher-{Path(teacher_file).stem}-{metric}"
     run_id = retry_locked(lambda: client.create_run(exp_id, run_name=name, tags=tags)).info.run_id
@@ -111,11 +109,9 @@ def lookup_teacher_metric(
     """
     if not cfg.tracking.enabled:
         return None
-    from mlflow.tracking import MlflowClient
+    from sidbench.tracking import all_pages, open_store, retry_locked, tracking_uri
 
-    from sidbench.tracking import all_pages, retry_locked, tracking_uri
-
-    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    client = open_store(tracking_uri(cfg))
     exp = retry_locked(lambda: client.get_experiment_by_name(str(cfg.dataset.name)))
     if exp is None:
         return None

@@ -146,6 +146,7 @@ def default_id(datasets: list[str], budget: DictConfig) -> str:
 def plan(settings: DictConfig, run_overrides: list[str]) -> Bench:
     """Compose and validate every cell's run config; the cells in the order they run."""
     from sidbench.config import compose
+    from sidbench.run_folder import check_folder_name
     from sidbench.methods import METHODS
     from sidbench.schema import validate_run_config
     from sidbench.tracking import settings_hash, tracking_uri
@@ -156,8 +157,7 @@ def plan(settings: DictConfig, run_overrides: list[str]) -> Bench:
     per_cell = _per_cell_overrides(settings.overrides, methods, datasets)
     budget = budget_overrides(settings.budget)
     bench_id = str(settings.id) if settings.id else default_id(datasets, settings.budget)
-    if "/" in bench_id or not bench_id.strip():
-        raise ConfigError(f"id={bench_id!r}: a bench id names a folder; use letters, digits, - or _")
+    check_folder_name(bench_id, "id")  # it names folders: checked before anything is written
     common = [*budget, *points_overrides(settings.points), "trainer.kimg=null", *run_overrides]
 
     base = compose(run_overrides)  # where the runs and the store are, as `sidbench run` would see it
@@ -176,7 +176,7 @@ def plan(settings: DictConfig, run_overrides: list[str]) -> Bench:
                 except ConfigError as e:  # name the cell: the same setting may suit the others
                     raise ConfigError(f"cell {method}-{dataset}-s{seed}: {e} (or leave {method} out: methods=[...])") from None
                 h = settings_hash(cfg, with_seed=True)
-                run_name = f"bench-{bench_id}/{method}-s{seed}-{h[:8]}"
+                run_name = f"bench-{bench_id}.{method}-s{seed}-{h[:8]}"  # one folder name (sidbench.run_folder)
                 overrides += [f"output_root={output_root}", f"tracking.uri={uri}", f"run_name={run_name}",
                               f"+tracking.tags.sidbench.bench={bench_id}"]
                 cells.append(Cell(f"{method}-{dataset}-s{seed}", method, dataset, seed, h,
@@ -203,11 +203,9 @@ def read_plan(path: Path) -> Bench:
 # -- what MLflow already holds ---------------------------------------------------------------------
 def bench_runs(bench: Bench) -> dict[str, dict[str, str]]:
     """{config hash: {"run_id", "status"}} of the bench's runs in MLflow, a finished run preferred."""
-    from mlflow.tracking import MlflowClient
+    from sidbench.tracking import all_pages, open_store
 
-    from sidbench.tracking import all_pages
-
-    client = MlflowClient(tracking_uri=bench.uri)
+    client = open_store(bench.uri)
     exps = [e for e in (client.get_experiment_by_name(d) for d in sorted({c.dataset for c in bench.cells})) if e is not None]
     if not exps:
         return {}
@@ -223,7 +221,7 @@ def bench_runs(bench: Bench) -> dict[str, dict[str, str]]:
 
 def cell_states(bench: Bench) -> dict[str, str]:
     """finished (in MLflow), resume (a checkpoint, not finished) or new, per cell key."""
-    from sidbench.trainer.loop import CHECKPOINT_NAME
+    from sidbench.run_folder import CHECKPOINT_NAME
 
     runs = bench_runs(bench)
     states = {}

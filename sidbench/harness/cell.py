@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from sidbench.harness.bench import Cell, read_plan, write_json_atomic
+from sidbench.processes import children_die_with_me
 
 # The job's config is the plan's path and the cell's key; Hydra must not change the working
 # directory, or relative paths in the user's overrides would move.
@@ -27,7 +28,7 @@ ConfigStore.instance().store(name="sidbench_cell", node={"plan": "???", "cell": 
 
 def run_cell(plan_path: Path, key: str) -> dict:
     """Run the cell `key` of the plan to its end; its report (also written to cells/<key>.json)."""
-    from sidbench.trainer.loop import CHECKPOINT_NAME
+    from sidbench.run_folder import CHECKPOINT_NAME
 
     bench = read_plan(plan_path)
     cell: Cell = next(c for c in bench.cells if c.key == key)
@@ -39,8 +40,10 @@ def run_cell(plan_path: Path, key: str) -> dict:
     with open(log, "a") as f:
         f.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} sidbench run {' '.join(args)}\n")
         f.flush()
+        # the run dies with this job (a killed launcher must not leave it training); a run begun
+        # again after a kill before its first checkpoint starts with clean records (sidbench.run_folder)
         rc = subprocess.call([sys.executable, "-m", "sidbench.cli", "run", *args], stdout=f, stderr=subprocess.STDOUT,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                             env=children_die_with_me({**os.environ, "PYTHONUNBUFFERED": "1"}))
     report = {"key": key, "status": "finished" if rc == 0 else "failed", "returncode": rc, "resumed": resumed,
               "run_dir": cell.run_dir, "log": str(log), "started": started, "seconds": time.time() - started}
     write_json_atomic(bench.report_path(cell), report)

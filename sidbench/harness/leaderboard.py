@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from sidbench.tracking import all_pages
+from sidbench.tracking import all_pages, open_store
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -444,9 +444,7 @@ def build_leaderboard(uri: str, out: Path, experiments: list[str] | None = None,
     `bench` is given) and write to `out`: leaderboard.csv (measured), leaderboard_published.csv
     (reference figures of the datasets read), leaderboard_runs.csv (the per-seed numbers), and per
     dataset and metric the curves and the final-samples mosaic as PNG."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = open_store(uri)
     infos, curves, skipped, exp_names = read_runs(client, experiments, bench)
     runs = pd.DataFrame([run_summary(i, curves[curves["run_id"] == i["run_id"]]) for i in infos])
     board = aggregate(runs)

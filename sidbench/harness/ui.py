@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlencode
 
+from sidbench.processes import death_signal_setup
+
 HOST = "127.0.0.1"
 
 # MLflow 3.17's UI takes the mode of an experiment's pages from its "GenAI | Model training" switch:
@@ -30,6 +32,18 @@ HOST = "127.0.0.1"
 # EXPERIMENT_TAGS) only where that switch is off (MLflow 3 UIs before it), so the addresses we print
 # carry the parameter.
 WORKFLOW_TYPE = "machine_learning"
+
+
+def check_port(port: int, host: str = HOST) -> None:
+    """One line if `port` on `host` is taken (MLflow's server would only report that it exited)."""
+    from sidbench.input_errors import InputError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise InputError(f"--port {port}: {host}:{port} is in use by another program ({e.strerror}); choose "
+                             "another port, or leave --port out for a free one") from None
 
 
 def free_port(host: str = HOST) -> int:
@@ -60,22 +74,13 @@ def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 def _child_setup() -> Callable[[], None]:
     """Runs in the child between fork and exec: unblock the signals `serve` blocks around the
     fork, and (Linux) ask for SIGTERM when `sidbench ui` dies, so that even a SIGKILLed `sidbench ui`
-    takes the server along (`mlflow server` forwards SIGTERM to uvicorn). libc is loaded here, in the
-    parent, because the child must not import or allocate."""
-    prctl = None
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            prctl = ctypes.CDLL(None, use_errno=True).prctl
-        except (OSError, AttributeError):
-            prctl = None
-    pr_set_pdeathsig = 1
+    takes the server along (`mlflow server` forwards SIGTERM to uvicorn). Everything the child
+    calls is prepared here, in the parent: the child must not import or allocate."""
+    die_with_parent = death_signal_setup(signal.SIGTERM)
 
     def setup() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
-        if prctl is not None:
-            prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        die_with_parent()
 
     return setup
 
@@ -166,11 +171,10 @@ def mark_experiments(uri: str) -> list[tuple[str, str]]:
     training (stores filled before sidbench set them). Returns (id, name) of those with runs: the
     Default experiment that MLflow makes in every store is usually empty."""
     from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
 
-    from sidbench.tracking import add_experiment_tags, all_pages
+    from sidbench.tracking import add_experiment_tags, all_pages, open_store
 
-    client = MlflowClient(tracking_uri=uri)
+    client = open_store(uri)
     with_runs = []
     for exp in all_pages(client.search_experiments, view_type=ViewType.ACTIVE_ONLY):
         add_experiment_tags(client, exp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -22,19 +23,19 @@ from sidbench.data.real import RealImages
 from sidbench.distributed import barrier, reduce_values
 from sidbench.eval.evaluator import Evaluator
 from sidbench.methods.base import Method, Stage
+from sidbench.run_folder import CHECKPOINT_NAME, METRICS_NAME
 from sidbench.trainer.budget import Budget, crossed_fractions, log_fractions
 from sidbench.trainer.checkpoint import load_checkpoint, save_atomic
 from sidbench.trainer.compute import ComputeCounter
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.ema import EMA
+from sidbench.trainer.interrupt import TrainingInterrupted, stop_requests
 from sidbench.trainer.progress import ProgressDisplay
 from sidbench.trainer.schedule import restart
 from sidbench.tracking import NullTracker
 
-CHECKPOINT_NAME = "checkpoint.pt"
-#: Every logged line, also kept beside the checkpoint: readable without MLflow (one JSON object a
-#: line, like EDM's stats.jsonl). A resumed run appends; readers keep the last line of a kimg.
-METRICS_NAME = "metrics.jsonl"
+# METRICS_NAME: every logged line, also kept beside the checkpoint: readable without MLflow (one
+# JSON object a line, like EDM's stats.jsonl). A resumed run appends; readers keep the last line of a kimg.
 CHECKPOINT_FORMAT = 2
 
 
@@ -280,7 +281,7 @@ class Trainer:
         count = 0
         max_seconds = cfg.get("max_seconds")
         done = self.budget.reached(p.counters())
-        with display:
+        with display, stop_requests() as stop:
             while not done:
                 stage_logs = self._enter_stages()
                 t0 = time.perf_counter()
@@ -301,7 +302,7 @@ class Trainer:
                 means, totals = reduce_values(
                     {**{f"loss/{k}": v for k, v in losses.items()}, **{f"train/{k}": v for k, v in logged.items()},
                      "_seconds": elapsed},
-                    {**asdict(self.counter.take()), "_over": float(over)}, self.device)
+                    {**asdict(self.counter.take()), "_over": float(over), "_stop": float(stop.signum or 0)}, self.device)
                 p.images_seen += cfg.batch
                 p.iteration += 1
                 p.passes += totals["passes"]
@@ -318,6 +319,8 @@ class Trainer:
                     nonfinite += 1
                     if nonfinite >= cfg.max_nonfinite:
                         self._stop_nonfinite(loss_values, nonfinite)
+                if totals["_stop"] > 0:  # asked to stop (any rank): checkpoint this iteration, together
+                    self._stop_requested(stop.signum or signal.SIGTERM, good=nonfinite == 0)
                 for k, v in means.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
@@ -345,11 +348,24 @@ class Trainer:
         barrier()  # no rank leaves before rank 0's last checkpoint is on disk
         return p
 
+    def _stop_requested(self, signum: int, good: bool) -> None:
+        """End the run at this iteration: a checkpoint (unless its losses were non-finite), every rank
+        waits for it, then `TrainingInterrupted` with what can be resumed."""
+        if good:
+            self.save_checkpoint()
+        barrier()
+        raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} at {self.progress.kimg:.1f} kimg; "
+                                  f"{self.resume_hint()}", signum)
+
+    def resume_hint(self) -> str:
+        """Where a run that stops now can be continued from, in words."""
+        if self.last_good_checkpoint is None:
+            return "no checkpoint was written yet, nothing to resume: run the same command again to start over"
+        return f"the last checkpoint is {self.last_good_checkpoint}: resume with resume={self.run_dir}"
+
     def _stop_nonfinite(self, losses: dict[str, float], streak: int) -> None:
         bad = ", ".join(k.removeprefix("loss/") for k, v in losses.items() if not math.isfinite(v))
-        where = (f"the last good checkpoint is {self.last_good_checkpoint} (resume=<run dir> continues from it)"
-                 if self.last_good_checkpoint else "no checkpoint was written yet")
         raise NonFiniteLossError(
             f"loss {bad} was non-finite for {streak} iterations in a row at kimg {self.progress.kimg:.1f}; "
-            f"{where}; lower the learning rate or switch trainer.precision to fp32"
+            f"lower the learning rate or switch trainer.precision to fp32; {self.resume_hint()}"
         )

@@ -100,7 +100,7 @@ def test_fp32_runs_compute_without_tf32_as_published(monkeypatch: pytest.MonkeyP
     import sidbench.run as run_module
 
     seen: list[tuple[bool, bool, bool]] = []
-    monkeypatch.setattr(run_module, "_run", lambda cfg, device, rank, world: seen.append(
+    monkeypatch.setattr(run_module, "_run", lambda cfg, device, rank, world, overrides: seen.append(
         (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)))
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark,
              torch.get_num_threads())
