@@ -121,19 +121,20 @@ def test_stages_halve_the_steps_promote_the_student_and_reset_its_optimiser(tiny
         return out
 
     pd.train_step = logging_step
-    # 3 stages (4, 2, 1 steps) of 2 iterations of batch 4: 6 iterations = 0.024 kimg
-    trainer_cfg = OmegaConf.merge(cfg.trainer, {"kimg": 0.024, "batch": 4, "checkpoint_every_kimg": 0,
+    # 3 stages of batch 4: 4 steps for K = 2 iterations, then 2 steps and 1 step for 2K = 4 each
+    # (the published lengths): 10 iterations = 0.04 kimg
+    trainer_cfg = OmegaConf.merge(cfg.trainer, {"kimg": 0.04, "batch": 4, "checkpoint_every_kimg": 0,
                                                 "eval_every_kimg": 0, "eval_at_kimg": [], "count_flops": False})
     trainer = Trainer(trainer_cfg, pd, tmp_path, torch.device("cpu"))
-    assert [s.start for s in trainer.stages] == [0.0, 2.0, 4.0] and {s.unit for s in trainer.stages} == {"iterations"}
+    assert [s.start for s in trainer.stages] == [0.0, 2.0, 6.0] and {s.unit for s in trainer.stages} == {"iterations"}
     progress = trainer.train()
-    assert progress.iteration == 6 and progress.stage == 2
-    assert steps_logged == [4, 4, 2, 2, 1, 1]
+    assert progress.iteration == 10 and progress.stage == 2
+    assert steps_logged == [4, 4, 2, 2, 2, 2, 1, 1, 1, 1]
     assert [s["steps"] for s in seen] == [2, 1] and [s["index"] for s in seen] == [1, 2]
     assert all(s["adam_state"] == 0 for s in seen)  # the trainer cleared Adam before enter_stage
     assert all(s["lr"] == pytest.approx(float(cfg.method.lr)) for s in seen)  # the schedule restarted (no warm-up)
     assert all(s["teacher_is_student"] and s["frozen"] for s in seen)
-    assert pd.sampling()["nfe"] == 1 and pd.sampling()["sigmas"] == [80.0, 0.0]
+    assert pd.sampling()["nfe"] == 1 and pd.sampling()["sigmas"] == pytest.approx([80.0, 0.002], rel=1e-12)  # the EDM-form grid's end
     # the teacher's own network is never changed
     original = load_teacher(cfg.dataset.teacher).net.state_dict()
     assert all(torch.equal(v, original[k]) for k, v in teacher.net.state_dict().items())
@@ -148,7 +149,8 @@ def test_stages_halve_the_steps_promote_the_student_and_reset_its_optimiser(tiny
 
 
 def test_learning_rate_anneals_within_each_stage(tiny_teacher: Path, tmp_path: Path) -> None:
-    pd, _, _, _, cfg = make_pd(tiny_teacher, stage_iterations=4, start_steps=2, lr_warmup=1)
+    # every stage K long here (few_step_stage_factor=1): the warm-up and the restart are the point
+    pd, _, _, _, cfg = make_pd(tiny_teacher, stage_iterations=4, start_steps=2, lr_warmup=1, few_step_stage_factor=1)
     lrs: list[float] = []
     step = pd.train_step
     pd.train_step = lambda ctx: (lrs.append(pd.opt.param_groups[0]["lr"]), step(ctx))[1]
@@ -161,11 +163,81 @@ def test_learning_rate_anneals_within_each_stage(tiny_teacher: Path, tmp_path: P
     assert lrs == pytest.approx(stage + stage)
 
 
+def test_two_and_one_step_stages_run_2k_with_their_lr_annealed_over_2k(tiny_teacher: Path, tmp_path: Path) -> None:
+    """The authors' EDM-form schedule (openai/consistency_models_cifar10, jcm/losses.py
+    get_ema_scales_fn and jcm/train.py): the 2- and 1-step stages last 2K, a fresh Adam each, its
+    LR decayed linearly to 0 over the stage's length (optax.linear_schedule: lr (1 - c / length) at
+    the stage's c-th update), then held at 0. By hand for K = 2, 4 -> 2 -> 1 steps."""
+    pd, _, _, _, cfg = make_pd(tiny_teacher)  # start_steps 4, stage_iterations 2, the default factor 2
+    lr = float(cfg.method.lr)
+    lrs: list[float] = []
+    step = pd.train_step
+    pd.train_step = lambda ctx: (lrs.append(pd.opt.param_groups[0]["lr"]), step(ctx))[1]
+    trainer_cfg = OmegaConf.merge(cfg.trainer, {"kimg": 0.032, "batch": 4, "checkpoint_every_kimg": 0,
+                                                "eval_every_kimg": 0, "eval_at_kimg": [], "count_flops": False})
+    Trainer(trainer_cfg, pd, tmp_path, torch.device("cpu")).train()  # 8 iterations: 2 into the 1-step stage
+    assert pd.stage_lengths == [2, 4, 4]
+    assert lrs == pytest.approx([lr, lr / 2, lr, lr * 3 / 4, lr / 2, lr / 4, lr, lr * 3 / 4])
+
+    # Resumed in the 1-step stage, the schedule is that stage's (4 long) and then stays at 0.
+    fresh, _, _, _, _ = make_pd(tiny_teacher)
+    lrs2: list[float] = []
+    step2 = fresh.train_step
+    fresh.train_step = lambda ctx: (lrs2.append(fresh.opt.param_groups[0]["lr"]), step2(ctx))[1]
+    again = Trainer(OmegaConf.merge(trainer_cfg, {"kimg": 0.048}), fresh, tmp_path, torch.device("cpu"))
+    assert again.resume() and fresh.stage == 2
+    again.train()
+    assert lrs2 == pytest.approx([lr / 2, lr / 4, 0.0, 0.0])
+
+
+def test_few_step_stage_factor_one_gives_every_stage_k(tiny_teacher: Path) -> None:
+    pd, _, _, _, _ = make_pd(tiny_teacher, few_step_stage_factor=1, stage_iterations=3)
+    assert pd.stage_lengths == [3, 3, 3] and [s.start for s in pd.stages()] == [0.0, 3.0, 6.0]
+    pd, _, _, _, _ = make_pd(tiny_teacher, few_step_stage_factor=3, stage_iterations=3, start_steps=8, final_steps=2)
+    assert pd.stage_lengths == [3, 3, 9]  # 8, 4 steps: K; 2 steps: 3K (final_steps=2: no 1-step stage)
+
+
+def test_loss_is_the_batch_mean_of_per_image_pixel_means(tiny_teacher: Path) -> None:
+    """The logged loss (and what the context divides by the batch) is max(1/t^2, 1) |D - x_tilde|^2
+    averaged over each image's pixels, then over the batch, as every reference reduces it; checked
+    against the same computation by hand from the draws the update made."""
+    from sidbench.methods.baselines.progressive.loss import stage_sigmas, teacher_target
+
+    pd, ctx, _, _, _ = make_pd(tiny_teacher, final_zero="false")
+    with ctx.precompute():
+        pd.prepare(ctx)
+    draws: dict[str, list[torch.Tensor]] = {"randint": [], "randn_like": []}
+    randint, randn_like = torch.randint, torch.randn_like
+
+    def keep(name, fn):
+        def inner(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            draws[name].append(out)
+            return out
+        return inner
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "randint", keep("randint", randint))
+        mp.setattr(torch, "randn_like", keep("randn_like", randn_like))
+        logs = pd.train_step(ctx)
+    (which, steps), (noise,) = draws["randint"], draws["randn_like"]
+    x = pd.images.samples.images[which]
+    t, t2, t3 = stage_sigmas(4, steps, final_zero=False)
+    x_t = x + t * noise
+    with torch.no_grad():
+        target = teacher_target(pd.teacher.net, x_t, t, t2, t3)
+        # the student before its update: the teacher's copy
+        diff = pd.teacher.net(x_t, t.flatten(), None) - target
+    by_hand = ((1 / t.flatten() ** 2).clamp(min=1) * diff.pow(2).mean(dim=(1, 2, 3))).mean()
+    assert float(logs["progressive"]) == pytest.approx(float(by_hand), rel=1e-5)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ({"start_steps": 12}, "start_steps=12 is not a power of two"),
     ({"start_steps": 4, "final_steps": 8}, "final_steps=8 is above method.start_steps=4"),
     ({"final_steps": 3}, "final_steps=3 is not a power of two"),
     ({"data": "pictures"}, "method.data='pictures'"),
+    ({"few_step_stage_factor": 0}, "few_step_stage_factor=0 must be >= 1"),
 ])
 def test_bad_settings_are_refused_in_one_line(tiny_teacher: Path, override: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
@@ -194,10 +266,13 @@ def test_real_data_needs_images_and_draws_them(tiny_teacher: Path) -> None:
     assert ctx.take_logs()["real_data"] == 1.0
 
 
-def test_saved_recipe_samples_with_euler_on_the_student_grid(tiny_teacher: Path) -> None:
-    pd, _, _, teacher, _ = make_pd(tiny_teacher, start_steps=2)
+@pytest.mark.parametrize("final_zero", [False, True])
+def test_saved_recipe_samples_with_euler_on_the_student_grid(tiny_teacher: Path, final_zero: bool) -> None:
+    pd, _, _, teacher, _ = make_pd(tiny_teacher, start_steps=2, final_zero=final_zero)
     recipe = pd.sampling()
     assert recipe["sampler"] == "euler" and recipe["nfe"] == 2 and len(recipe["sigmas"]) == 3
+    # the last point: 0 (the original form's x prediction), or sigma_min (the EDM-form code's)
+    assert recipe["sigmas"][2] == (0.0 if final_zero else pytest.approx(0.002, rel=1e-12))
     # sigma(i/N) on Karras' schedule, by hand: sigma(1/2) = ((80^(1/7) + 0.002^(1/7)) / 2)^7
     assert recipe["sigmas"][1] == pytest.approx(((80 ** (1 / 7) + 0.002 ** (1 / 7)) / 2) ** 7)
     calls: list[float] = []
@@ -205,12 +280,14 @@ def test_saved_recipe_samples_with_euler_on_the_student_grid(tiny_teacher: Path)
     z = torch.randn(3, 1, 8, 8)
     x = type(pd).sample_recipe(teacher.net, z, None, recipe)
     assert calls == pytest.approx(recipe["sigmas"][:2])
-    # by hand: x1 = 80 z + (s1 - 80)(80 z - D(80 z, 80))/80, then x = D(x1, s1)
+    # by hand: x1 = 80 z + (s1 - 80)(80 z - D(80 z, 80))/80, then x = D(x1, s1) with final_zero,
+    # else one more Euler step x = x1 + (0.002 - s1)(x1 - D(x1, s1))/s1
     with torch.no_grad():
         x0 = 80 * z.double()
         s1 = recipe["sigmas"][1]
         x1 = x0 + (s1 - 80) * (x0 - teacher.net(x0, torch.full((3,), 80.0), None).double()) / 80
-        want = teacher.net(x1, torch.full((3,), s1), None).double()
+        d1 = teacher.net(x1, torch.full((3,), s1), None).double()
+        want = d1 if final_zero else x1 + (0.002 - s1) * (x1 - d1) / s1
     torch.testing.assert_close(x.double(), want, rtol=1e-5, atol=1e-5)
     # the base class's samplers still work
     one = type(pd).sample_recipe(teacher.net, z, None, {"sampler": "one_step", "sigma": 2.5, "nfe": 1})
@@ -295,9 +372,11 @@ def test_gaussian_two_stages_reach_the_teachers_four_euler_steps(tmp_path: Path)
     teacher = Teacher(mu, cov)
     teacher.net = Float32Input(teacher.net).eval()
     torch.manual_seed(0)
+    # Two stages of 100 iterations each (few_step_stage_factor=1) on a grid that ends at 0
+    # (final_zero=true): the law below is that of Euler steps ending at 0.
     cfg = compose(["method=progressive", "method.start_steps=2", "method.final_steps=1", "method.lr=2e-2",
-                   "method.stage_iterations=100", "method.num_teacher_samples=1024", "method.clip_grad_norm=null",
-                   "method.lr_anneal=cosine"])
+                   "method.stage_iterations=100", "method.few_step_stage_factor=1", "method.final_zero=true",
+                   "method.num_teacher_samples=1024", "method.clip_grad_norm=null", "method.lr_anneal=cosine"])
     pd = METHODS.get("progressive")(teacher, cfg.method, torch.device("cpu"), cfg)
     target = (mu.double(), cov.double())
     start = frechet(*pd.student.one_step_law(), *target)
@@ -331,7 +410,7 @@ def test_run_saves_a_multistep_student_that_sidbench_fid_scores(tiny_teacher: Pa
     run_dir = run_env / result.run_dir
     gen = load_generator(run_dir)
     assert gen.method == "progressive" and gen.recipe["sampler"] == "euler" and gen.nfe == 2
-    assert len(gen.recipe["sigmas"]) == 3 and gen.recipe["sigmas"][-1] == 0.0
+    assert len(gen.recipe["sigmas"]) == 3 and gen.recipe["sigmas"][-1] == pytest.approx(0.002, rel=1e-12)  # the EDM-form grid's end
     calls: list[int] = []
     gen.net.register_forward_pre_hook(lambda m, a: calls.append(1))
     gen(torch.randn(2, 1, 8, 8), None)

@@ -11,16 +11,17 @@ dx/ds = (x - D(x, s)) / s:
 
 The grid. sigma(f) is Karras' schedule read as a continuous function of f in [0, 1]: f = 0 gives
 sigma_max, f = 1 gives sigma_min. An N-step student samples on sigma(i/N), i = 0..N-1, and then on a
-final point which by default is 0, not sigma_min (`final_zero=True`):
-  - as in EDM's sampler, whose grid ends with sigma_N = 0, and as in the paper, whose last step
-    reaches t = 0 (alpha = 1, sigma = 0: the clean image);
-  - an Euler step to 0 returns D(x, s) itself, so a 1-step student is x = D(sigma_max z, sigma_max),
-    the same one-step generator form as SiD's and DMD's (evaluated like them, sigma_init = 80);
-  - halving N keeps every other point, so the teacher's 2N-step grid contains the student's: the
-    student of one stage samples on exactly the points its loss trained it on, and becomes the
-    teacher of the next stage on the same points.
-`final_zero=False` keeps sigma_min as the last point (the sample then carries sigma_min = 0.002 of
-noise, a quarter of a uint8 level).
+final point, sigma_min or 0 (`final_zero`); the two references differ here:
+  - `final_zero=False`: the last point is sigma(1) = sigma_min, as in the authors' EDM-form code
+    (openai/consistency_models_cifar10, training and sampling); the sample then carries
+    sigma_min = 0.002 of noise, a quarter of a uint8 level. The method's config default.
+  - `final_zero=True` (these functions' default): the last step ends at 0, as in the paper's
+    original form, whose last step returns the x prediction at t = 0, and as EDM's sampler's grid
+    ends. An Euler step to 0 returns D(x, s) itself, so a 1-step student is
+    x = D(sigma_max z, sigma_max), the one-step generator form of SiD and DMD.
+Either way, halving N keeps every other point, so the teacher's 2N-step grid contains the
+student's: the student of one stage samples on exactly the points its loss trained it on, and
+becomes the teacher of the next stage on the same points.
 Note the mapping of N differs from EDM's Heun grid `karras_sigmas(N)`, whose N nonzero points are
 spaced i/(N-1) to reach sigma_min: that grid does not nest under halving. Here
 `student_sigmas(N)` is `karras_sigmas(N + 1)` with its sigma_min point dropped.

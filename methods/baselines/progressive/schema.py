@@ -22,6 +22,7 @@ class ProgressiveSchema(TrainingImagesSchema):
     start_steps: int = setting(ge=1)
     final_steps: int = setting(ge=1)
     stage_iterations: int = setting(ge=1)
+    few_step_stage_factor: int = setting(ge=1)
     lr: float = setting(gt=0)
     adam_betas: list[float] = setting(ge=0, lt=1)
     lr_warmup: int = setting(ge=0)
