@@ -28,28 +28,34 @@ def test_published_sid_settings(dataset: str) -> None:
     # the same in every published run
     assert (m.sigma_init, m.t_max, m.fake_beta1, m.loss_scale_generator, m.loss_scale_fake_score) == (2.5, 800, 0.0, 100, 1)
     assert (m.p_mean, m.p_std) == (-1.2, 1.2)
-    # FID dense early: 100, 200, ..., 1000 kimg, then every 500 kimg
-    assert list(t.eval_at_kimg) == list(range(100, 1001, 100)) and t.eval_every_kimg == 500
+    # FID dense early: at ticks 10, 20, ..., 100, then every 50 ticks; a tick is 10 kimg (20 on ImageNet, run_sid.sh)
+    tick = 20 if dataset == "imagenet64" else 10
+    assert t.tick_kimg == tick
+    assert list(t.eval_at_kimg) == list(range(10 * tick, 100 * tick + 1, 10 * tick)) and t.eval_every_kimg == 50 * tick
 
 
-# SiDA, docs/sid.md#sida-settings: dataset: (lr, batch, precision, dropout, augment_p, EMA half-life kimg)
+# SiDA, docs/sid.md#sida-settings: dataset: (lr, batch, micro-batch, precision, dropout, augment_p, EMA half-life kimg, tick kimg)
 PUBLISHED_SIDA = {
-    "cifar10": (1e-5, 256, "fp32", 0.13, 0.12, 500),
-    "cifar10-cond": (1e-5, 256, "fp32", 0.13, 0.12, 500),
-    "imagenet64": (4e-6, 8192, "fp16", 0.1, 0.0, 2000),
-    "ffhq64": (1e-5, 512, "fp16", 0.05, 0.15, 500),
-    "afhqv2-64": (5e-6, 512, "fp16", 0.05, 0.15, 500),
+    "cifar10": (1e-5, 256, 32, "fp32", 0.13, 0.12, 500, 10),
+    "cifar10-cond": (1e-5, 256, 32, "fp32", 0.13, 0.12, 500, 10),
+    "imagenet64": (4e-6, 8192, 32, "fp16", 0.1, 0.0, 2000, 20),
+    "ffhq64": (1e-5, 512, 64, "fp16", 0.05, 0.15, 500, 10),
+    "afhqv2-64": (5e-6, 512, 64, "fp16", 0.05, 0.15, 500, 10),
 }
 
 
 @pytest.mark.parametrize("dataset", sorted(PUBLISHED_SIDA))
 def test_published_sida_settings(dataset: str) -> None:
     cfg = compose(["method=sida", f"dataset={dataset}"])
-    lr, batch, precision, dropout, augment_p, ema = PUBLISHED_SIDA[dataset]
+    lr, batch, micro, precision, dropout, augment_p, ema, tick = PUBLISHED_SIDA[dataset]
     m, t = cfg.method, cfg.trainer
     assert (m.lr_generator, m.lr_fake_score, m.dropout, m.augment_p, t.batch, t.precision) == (
         lr, lr, dropout, augment_p, batch, precision)
+    # the micro-batch is part of SiDA's signal (its BCE means): the published one, and the method knows it
+    assert t.batch_gpu == micro and m.published_batch_gpu == micro
     assert (t.ema_halflife_kimg, t.ema_rampup) == (ema, 0.05)
+    assert t.tick_kimg == tick and list(t.eval_at_kimg) == list(range(10 * tick, 100 * tick + 1, 10 * tick))
+    assert t.eval_every_kimg == 50 * tick
     # the same in every published run: alpha 1, Adam betas (0, 0.999), the loss weights and the schedule
     assert (m.alpha, m.sigma_init, m.t_max, m.g_beta1, m.fake_beta1) == (1.0, 2.5, 800, 0.0, 0.0)
     assert (m.loss_scale_generator, m.loss_scale_fake_score, m.discriminator_weight, m.adversarial_scale,

@@ -107,7 +107,7 @@ class SiD(Method):
 def drop_nonfinite(loss: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of the per-element `loss` over the samples finite in all `tensors`, number dropped).
 
-    The trainer's context then scales the sum and divides by the whole micro-batch, dropped
+    The trainer's context then scales the sum and divides by the process's whole batch, dropped
     samples included, as the published code does. The count stays a tensor (no host sync)."""
     keep = finite_samples(*tensors)
     return sum_kept(loss, keep), (~keep).sum()

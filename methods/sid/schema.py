@@ -44,3 +44,4 @@ class SiDASchema(SiDSchema):
     adversarial_start_kimg: float = setting(ge=0)
     fake_score_clip_value: float | None = setting(gt=0)
     generator_init: str | None = setting(exists=True, allowed="an existing generator file (a sidbench .safetensors or an EDM .pkl)")
+    published_batch_gpu: int | None = setting(ge=1)   # the published runs' micro-batch (a run that differs is warned)

@@ -8,8 +8,8 @@ One iteration:
      in eval mode and no graph; x_g and x_r augmented independently; ONE call of the fake score
      (train mode) on [x_g + sigma n, x_r + sigma n] (the same sigma and noise for both; GroupNorm
      is per sample, so this is two calls' computation, and DDP sees one forward) gives the
-     denoised x_g and the logits of both; loss L_fs + discriminator_weight * L_D, gradients
-     clipped per value;
+     denoised x_g and the logits of both; loss loss_scale_fake_score * L_fs + discriminator_weight
+     * L_D (the published `ls` and `lsd`, each on its own term), gradients clipped per value;
   2. from `generator_start_kimg` on, the generator update on labels of a fresh real batch: SiD's
      loss, and from `adversarial_start_kimg` on, mixed with the adversarial term on the logits the
      same fake-score call (eval mode) returns.
@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from rich.console import Console
 
 from sidbench.config import ConfigError
 from sidbench.methods.base import Stage, register_method
@@ -40,6 +41,21 @@ from sidbench.trainer.context import StepContext
 
 #: The phases, in order: only the fake score trains; + SiD's generator loss; + the adversarial term.
 PHASES = ("fake-score warm-up", "sid", "sida")
+
+console = Console(stderr=True)
+
+
+def micro_batch_warning(micro_batches: list[int], published: int | None) -> str | None:
+    """One line if this process's micro-batches differ from the published runs' micro-batch.
+
+    The BCE of each adversarial term is one mean over a micro-batch's logits (then weighted per
+    sample), so the micro-batch is part of the training signal, not only of the memory."""
+    if published is None or all(m == published for m in micro_batches):
+        return None
+    sizes = "/".join(str(m) for m in sorted(set(micro_batches), reverse=True))
+    return (f"method=sida averages its adversarial BCE terms over each micro-batch; this run's micro-batches hold {sizes} "
+            f"images (trainer.batch_gpu), the published runs' {published} (method.published_batch_gpu), so its "
+            f"adversarial averaging differs from the published runs'")
 
 
 @register_method("sida")
@@ -57,6 +73,7 @@ class SiDA(SiD):
         if cfg.get("generator_init"):
             self._load_generator(Path(str(cfg.generator_init)))
         self.phase = 0
+        self._micro_batch_checked = False
 
     def _load_generator(self, path: Path) -> None:
         """SiD²A: G's weights from a trained SiD generator of this teacher's architecture."""
@@ -88,8 +105,14 @@ class SiDA(SiD):
 
     # -- one iteration -------------------------------------------------------------------------
     def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        if not self._micro_batch_checked:  # once, at the first iteration (of a fresh or resumed run)
+            self._micro_batch_checked = True
+            note = micro_batch_warning(ctx.micro_batches, self.cfg.get("published_batch_gpu"))
+            if note and ctx.rank == 0:
+                console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
         clip = self.cfg.get("fake_score_clip_value")
-        logs = ctx.update("fake_score", lambda n: self._fake_score_loss(ctx, n), loss_scale=self.cfg.loss_scale_fake_score,
+        # The loss scalings are inside the loss (L_fs's and L_D's apart, as published): loss_scale 1.
+        logs = ctx.update("fake_score", lambda n: self._fake_score_loss(ctx, n),
                           clip_grad_value=None if clip is None else float(clip))
         if self.phase >= 1:
             logs |= ctx.update("generator", lambda n: self._generator_loss(ctx, n))
@@ -120,7 +143,7 @@ class SiDA(SiD):
         fs = sum_kept(fake_score_loss(denoised, x_g, sigma), keep)
         d = discriminator_loss(l_real[keep], l_fake[keep], edm_weight(sigma)[keep]) if keep.any() else fs.new_zeros(())
         ctx.log("dropped_fake_score", (~keep).sum())
-        total = fs + float(self.cfg.discriminator_weight) * d
+        total = float(self.cfg.loss_scale_fake_score) * fs + float(self.cfg.discriminator_weight) * d
         return total, {"fake_score": fs.detach() / n, "discriminator": d.detach() / n}
 
     def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -12,6 +12,7 @@ from sidbench.cli import main
 from sidbench.config import ConfigError, compose
 from sidbench.data.real import open_real_images
 from sidbench.methods import METHODS
+from sidbench.methods.sid.sida import micro_batch_warning
 from sidbench.teachers.load import load_teacher
 from sidbench.testing.tiny import make_tiny_teacher, tiny_overrides
 from sidbench.trainer.context import StepContext
@@ -94,6 +95,19 @@ def test_generator_loss_mixes_sid_and_adversarial_terms_as_configured(tiny_teach
     torch.testing.assert_close(mixed, 0.75 * sid_only + 0.25 * 0.02 * logs2["adversarial"] * 4)
 
 
+def test_the_fake_score_loss_scaling_applies_to_its_own_term_only(tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As published (`--ls` and `--lsd`): ls * L_fs + lsd * L_D, not ls * (L_fs + lsd * L_D)."""
+    sida, ctx, _ = make_sida(tiny_teacher, loss_scale_fake_score=2.0, discriminator_weight=0.5)
+    torch.manual_seed(5)
+    total, logs = sida._fake_score_loss(ctx, 4)
+    torch.testing.assert_close(total, 4 * (2.0 * logs["fake_score"] + 0.5 * logs["discriminator"]))
+    seen: dict[str, object] = {}
+    update = ctx.update
+    monkeypatch.setattr(ctx, "update", lambda names, fn, **kw: seen.setdefault(names, kw) and update(names, fn, **kw))
+    sida.train_step(ctx)
+    assert seen["fake_score"].get("loss_scale", 1.0) == 1.0  # the scalings are inside the loss
+
+
 def test_the_fake_scores_gradients_are_clipped_per_value(tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sida, ctx, _ = make_sida(tiny_teacher, fake_score_clip_value=0.5)
     seen: dict[str, object] = {}
@@ -123,6 +137,30 @@ def test_sid2a_starts_the_generator_from_a_trained_one(tiny_teacher: Path, tmp_p
 def test_adversarial_before_generator_start_is_refused(tiny_teacher: Path) -> None:
     with pytest.raises(ConfigError, match="adversarial_start_kimg=1"):
         make_sida(tiny_teacher, generator_start_kimg=2, adversarial_start_kimg=1)
+
+
+def test_micro_batch_warning_names_both_sizes_only_when_they_differ() -> None:
+    assert micro_batch_warning([32, 32], 32) is None and micro_batch_warning([16], None) is None
+    note = micro_batch_warning([16, 16], 32)
+    assert note and "16 images" in note and "published runs' 32" in note and "\n" not in note
+    assert "32/8 images" in micro_batch_warning([32, 32, 8], 32)  # an uneven last micro-batch
+    assert micro_batch_warning([64], 32)  # a larger micro-batch averages over more samples: also another signal
+
+
+@pytest.mark.parametrize("batch_gpu,rank,warned", [(2, 0, True), (4, 0, False), (2, 1, False)])
+def test_a_run_whose_micro_batch_differs_from_the_published_one_warns_once(
+        tiny_teacher: Path, capsys: pytest.CaptureFixture[str], batch_gpu: int, rank: int, warned: bool) -> None:
+    sida, _, _ = make_sida(tiny_teacher, published_batch_gpu=4)
+    real = open_real_images(sida.full_cfg.dataset, sida.teacher.shape, sida.teacher.label_dim)
+    ctx = StepContext(sida.networks(), sida.optimizers(), CPU, batch=4, batch_gpu=batch_gpu, real_data=real, rank=rank)
+    capsys.readouterr()
+    sida.train_step(ctx)
+    sida.train_step(ctx)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    if warned:
+        assert len(lines) == 1 and lines[0].startswith("warning:") and "2 images" in lines[0] and "published runs' 4" in lines[0]
+    else:
+        assert lines == []
 
 
 @pytest.mark.slow
