@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from sidbench.methods.nonfinite import finite_samples  # noqa: F401 (SiDA and the tests import it from here)
+
 SIGMA_DATA = 0.5
 
 
@@ -65,11 +67,3 @@ def generator_sigma(
     """u ~ U(0, t_max/1000) mapped by `sigma_from_u`: sigma in [0.002, ~24.4] for t_max = 800."""
     u = torch.rand(n, 1, 1, 1, device=device) * (t_max / 1000)
     return sigma_from_u(u, sigma_min, sigma_max, rho)
-
-
-def finite_samples(*tensors: torch.Tensor) -> torch.Tensor:
-    """Boolean [B]: samples whose every element is finite in all the given tensors."""
-    ok = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
-    for t in tensors:
-        ok &= torch.isfinite(t).flatten(1).all(dim=1)
-    return ok

@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 from sidbench.augment import AugmentPipe
 from sidbench.methods.base import Method, Recipe, register_method
 from sidbench.methods.sid.schema import SiDSchema
-from sidbench.methods.sid.loss import edm_training_sigma, fake_score_loss, finite_samples, generator_loss, generator_sigma
+from sidbench.methods.nonfinite import drop_nonfinite, sum_kept  # noqa: F401 (sum_kept: SiDA imports it from here)
+from sidbench.methods.sid.loss import edm_training_sigma, fake_score_loss, generator_loss, generator_sigma
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
 
@@ -102,17 +103,3 @@ class SiD(Method):
         # All samples dropped is a failure the trainer must see, not a zero loss.
         value = torch.where(dropped < n, total.detach() / n, torch.full_like(total, float("nan")))
         return total, {"generator": value}
-
-
-def drop_nonfinite(loss: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of the per-element `loss` over the samples finite in all `tensors`, number dropped).
-
-    The trainer's context then scales the sum and divides by the process's whole batch, dropped
-    samples included, as the published code does. The count stays a tensor (no host sync)."""
-    keep = finite_samples(*tensors)
-    return sum_kept(loss, keep), (~keep).sum()
-
-
-def sum_kept(loss: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The sum of the per-element `loss` over the samples where `keep` [B] is true."""
-    return torch.where(keep.view(-1, *[1] * (loss.ndim - 1)), loss, 0).sum()

@@ -12,6 +12,7 @@ from sidbench.data.real import open_real_images
 from sidbench.methods import METHODS
 from sidbench.teachers.load import load_teacher
 from sidbench.testing.gaussian import GaussianTeacher, random_gaussian
+from sidbench.testing.tiny import make_tiny_teacher
 from sidbench.trainer.compute import ComputeCounter
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.loop import Trainer
@@ -88,11 +89,91 @@ def test_gan_head_trains_with_the_fake_score_on_real_and_generated_images(tiny_t
 def test_published_imagenet_settings() -> None:
     cfg = compose(["method=dmd2", "dataset=imagenet64"])
     m, t = cfg.method, cfg.trainer
+    # warm-up 500 / 7 iterations: diffusers' 500-step warm-up stepped 7 times an iteration by
+    # accelerate on the authors' 7 GPUs (method/dmd2.yaml)
     assert (m.lr_generator, m.lr_fake_score, list(m.betas), m.weight_decay, m.warmup_iterations, m.grad_clip, m.ttur) == (
-        2e-6, 2e-6, [0.9, 0.999], 0.01, 500, 10.0, 5)
-    assert (m.sigma_gen, m.grid_points, m.dm_index_min, m.dm_index_max) == (80.0, 1000, 20, 980)
+        2e-6, 2e-6, [0.9, 0.999], 0.01, 500 / 7, 10.0, 5)
+    assert (m.sigma_gen, m.dropout, m.grid_points, m.dm_index_min, m.dm_index_max) == (80.0, 0.0, 1000, 20, 980)
     assert (m.gan.enabled, m.gan.generator_weight, m.gan.discriminator_weight) == (False, 3e-3, 1e-2)
-    assert (t.batch, t.precision, t.ema_halflife_kimg) == (280, "bf16", 0)
+    assert (t.batch, t.batch_gpu, t.precision, t.ema_halflife_kimg) == (280, 40, "bf16", 0)
+
+
+@pytest.mark.parametrize("method", ["dmd2", "dmd"])
+def test_students_are_planned_and_saved_with_dropout_zero_whatever_the_teacher(method: str) -> None:
+    cfg = compose([f"method={method}", "dataset=imagenet64"])
+    teacher = dict(cfg.dataset.teacher.constructor)
+    assert teacher["dropout"] == 0.1  # EDM's ImageNet 64 teacher
+    plan = METHODS.get(method).plan_networks(cfg.method, teacher)
+    assert (plan["teacher"]["dropout"], plan["generator"]["dropout"], plan["fake_score"]["dropout"]) == (0.1, 0.0, 0.0)
+    assert {k: v for k, v in plan["generator"].items() if k != "dropout"} == {k: v for k, v in teacher.items() if k != "dropout"}
+    kept = compose([f"method={method}", "dataset=imagenet64", "method.dropout=null"])
+    assert METHODS.get(method).plan_networks(kept.method, teacher)["generator"]["dropout"] == 0.1
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # no optimiser steps here
+def test_warm_up_follows_the_authors_seven_gpu_schedule() -> None:
+    # the authors' LR at iteration t: lr * min(7 t / 500, 1), by hand
+    cfg = compose(["method=dmd2", "dataset=imagenet64"])
+    teacher = GaussianTeacher(*random_gaussian(4))
+    dmd2 = METHODS.get("dmd2")(teacher, cfg.method, CPU, cfg)
+    sched = dmd2.schedulers()["generator"]
+    lrs = []
+    for _ in range(80):
+        lrs.append(sched.optimizer.param_groups[0]["lr"])
+        sched.step()
+    for t in (0, 1, 35, 71, 72, 79):
+        assert lrs[t] == pytest.approx(2e-6 * min(7 * t / 500, 1.0), rel=1e-12, abs=0)
+    assert lrs[71] < 2e-6 and lrs[72] == 2e-6
+
+
+@pytest.mark.parametrize("dropout", [None, "null"])
+def test_dm_gradient_is_exactly_zero_at_initialisation_even_with_a_dropout_teacher(tmp_path: Path, dropout: str | None) -> None:
+    """The fake score starts as the teacher: with the published dropout 0 the two scores agree
+    bit for bit and the generator gets exactly no gradient; keeping the teacher's dropout 0.1
+    (method.dropout=null) runs the students' dropout in train mode and the gradient is not 0."""
+    teacher = make_tiny_teacher(tmp_path / "dropout.safetensors", dropout=0.1)
+    dmd2, ctx, _, _ = make(teacher, *([f"method.dropout={dropout}"] if dropout else []))
+    ctx.iteration = 0  # a generator iteration
+    logs = dmd2.train_step(ctx)
+    grads = [p.grad for p in dmd2.generator.parameters()]
+    assert all(g is not None for g in grads)
+    if dropout is None:
+        assert float(logs["dm"]) == 0.0
+        assert all(float(g.abs().max()) == 0.0 for g in grads)
+    else:
+        assert float(logs["dm"]) > 0.0
+        assert any(float(g.abs().max()) > 0.0 for g in grads)
+
+
+def test_a_sample_with_non_finite_scores_leaves_the_dm_loss_and_is_counted(tiny_teacher: Path) -> None:
+    """Sample 0's teacher output is NaN: it is dropped and counted, and G's gradient is, bit for bit,
+    the one it gets when sample 0 has no DM gradient at all (its teacher output set to the fake
+    score's); before, the NaN made the whole update's gradient zero."""
+
+    def run(sample0: str) -> tuple[list[torch.Tensor], dict]:
+        dmd2, ctx, _, _ = make(tiny_teacher)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # a fake score apart from the teacher, so that the DM gradient is not 0
+            for p in dmd2.fake_score.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        real_net = dmd2.teacher.net
+
+        def teacher(x, sigma, labels=None, **kw):  # noqa: ANN001, ANN003, ANN202
+            out = real_net(x, sigma, labels, **kw)
+            first = out[:1] * float("nan") if sample0 == "nan" else dmd2.fake_score(x, sigma, labels)[:1]
+            return torch.cat([first, out[1:]])
+
+        dmd2.teacher.net = teacher
+        ctx.iteration = 0
+        logs = dmd2.train_step(ctx)
+        return [p.grad.clone() for p in dmd2.generator.parameters()], {**logs, **ctx.take_logs()}
+
+    grads, logs = run("nan")
+    reference, ref_logs = run("agreeing")
+    assert float(logs["dropped_dm"]) == 1.0 and float(ref_logs["dropped_dm"]) == 0.0
+    assert float(logs["dm"]) == float(ref_logs["dm"]) > 0.0
+    assert any(float(g.abs().max()) > 0.0 for g in grads)
+    assert all(torch.equal(g, r) for g, r in zip(grads, reference))
 
 
 def test_bad_settings_are_refused_in_one_line(tiny_teacher: Path) -> None:

@@ -66,8 +66,8 @@ def test_dm_loss_gradient_is_normalised_score_difference_over_numel() -> None:
     torch.manual_seed(0)
     x = torch.randn(3, 2, 4, 4, requires_grad=True)
     mu_real, mu_fake = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
-    loss = distribution_matching_loss(x, mu_real, mu_fake)
-    assert loss.ndim == 0
+    loss, keep = distribution_matching_loss(x, mu_real, mu_fake)
+    assert loss.ndim == 0 and keep.tolist() == [True, True, True]
     loss.backward()
 
     xd = x.detach()
@@ -83,7 +83,7 @@ def test_dm_loss_is_zero_when_the_two_scores_agree() -> None:
     torch.manual_seed(1)
     x = torch.randn(2, 3, 4, 4, requires_grad=True)
     mu = torch.randn(2, 3, 4, 4)
-    loss = distribution_matching_loss(x, mu, mu.clone())
+    loss, _ = distribution_matching_loss(x, mu, mu.clone())
     assert float(loss.detach()) == 0.0
     loss.backward()
     assert float(x.grad.abs().max()) == 0.0
@@ -94,7 +94,7 @@ def test_dm_loss_sends_no_gradient_into_the_score_networks() -> None:
     x = torch.randn(2, 1, 4, 4, requires_grad=True)
     mu_real = torch.randn(2, 1, 4, 4, requires_grad=True)
     mu_fake = torch.randn(2, 1, 4, 4, requires_grad=True)
-    distribution_matching_loss(x, mu_real, mu_fake).backward()
+    distribution_matching_loss(x, mu_real, mu_fake)[0].backward()
     assert mu_real.grad is None and mu_fake.grad is None
 
 
@@ -102,7 +102,7 @@ def test_dm_descent_moves_x_toward_the_teacher() -> None:
     # mu_fake = x (the fake score sees x as typical): grad = (x - mu_real) / mean|x - mu_real|
     x = torch.tensor([[[[1.0, -1.0], [3.0, 0.0]]]], requires_grad=True)
     mu_real = torch.zeros(1, 1, 2, 2)
-    distribution_matching_loss(x, mu_real, x.detach().clone()).backward()
+    distribution_matching_loss(x, mu_real, x.detach().clone())[0].backward()
     mean_abs = (1 + 1 + 3 + 0) / 4
     torch.testing.assert_close(x.grad, x.detach() / mean_abs / 4)
     stepped = x.detach() - 0.1 * x.grad
@@ -117,13 +117,43 @@ def test_dm_normaliser_is_floored_when_the_teacher_reproduces_x() -> None:
     assert bool(torch.isfinite(grad).all())
 
 
-def test_dm_loss_keeps_nan_visible() -> None:
+def test_dm_gradient_keeps_nan_visible() -> None:
     x = torch.zeros(2, 1, 2, 2)
     mu_real = torch.ones(2, 1, 2, 2)
     mu_fake = torch.zeros(2, 1, 2, 2)
     mu_fake[1, 0, 0, 0] = float("nan")
     grad = dm_gradient(x, mu_real, mu_fake)
     assert bool(torch.isfinite(grad[0]).all()) and not bool(torch.isfinite(grad[1]).all())
+
+
+@pytest.mark.parametrize("where,bad", [("mu_real", float("nan")), ("mu_real", float("inf")),
+                                       ("mu_fake", float("nan")), ("mu_fake", -float("inf"))])
+def test_dm_loss_drops_a_sample_with_non_finite_scores_and_keeps_the_others_exactly(where: str, bad: float) -> None:
+    torch.manual_seed(3)
+    x = torch.randn(3, 2, 4, 4, requires_grad=True)
+    mu = {"mu_real": torch.randn(3, 2, 4, 4), "mu_fake": torch.randn(3, 2, 4, 4)}
+    clean, keep = distribution_matching_loss(x, mu["mu_real"], mu["mu_fake"])
+    (clean_grad,) = torch.autograd.grad(clean, x)
+    assert keep.all()
+    mu[where][1, 1, 2, 3] = bad  # one element of sample 1
+    loss, keep = distribution_matching_loss(x, mu["mu_real"], mu["mu_fake"])
+    assert keep.tolist() == [True, False, True]
+    (grad,) = torch.autograd.grad(loss, x)
+    assert bool(torch.isfinite(loss)) and bool(torch.isfinite(grad).all())
+    # the dropped sample passes nothing; the kept ones pass what they passed before, bit for bit
+    # (the mean still divides by all 3 samples' elements)
+    assert float(grad[1].abs().max()) == 0.0
+    assert torch.equal(grad[[0, 2]], clean_grad[[0, 2]])
+    by_hand = 0.5 * (dm_gradient(x.detach(), mu["mu_real"], mu["mu_fake"])[[0, 2]] ** 2).sum() / x.numel()
+    torch.testing.assert_close(loss, by_hand)
+
+
+def test_dm_loss_of_a_non_finite_x_is_dropped_from_the_value() -> None:
+    x = torch.zeros(2, 1, 2, 2)
+    x[0, 0, 1, 1] = float("nan")
+    loss, keep = distribution_matching_loss(x, torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))
+    assert keep.tolist() == [False, True]
+    torch.testing.assert_close(loss, torch.tensor(0.5 * 4 * 1.0 / 8))  # sample 1: grad = 1 everywhere
 
 
 # -- fake score -----------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ alpha_t = 1):
   p        x - mu, so p_real - p_fake = mu_fake - mu_real
   l_real, l_fake   GAN head logits on (noised) real and generated images, one per image
 Reduction: the distribution-matching loss comes back REDUCED (a scalar, mean over every element),
-because its published normalisation is "the gradient w.r.t. x is grad / numel"; the GAN losses are
-reduced means as published; the fake-score loss comes back unreduced (per element) for the method
-to reduce in one visible place, as SiD's losses do.
+because its published normalisation is "the gradient w.r.t. x is grad / numel"; it comes with the
+samples it kept (a sample whose gradient is not finite counts as 0 and passes no gradient); the GAN
+losses are reduced means as published; the fake-score loss comes back unreduced (per element) for
+the method to reduce in one visible place, as SiD's losses do.
 DMD's regression loss d(G(z_ref), y_ref), y_ref the teacher's ODE sample from z_ref, is
 `sidbench.methods.baselines.distance.image_distance` (per sample, "l2" or "lpips").
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sidbench.methods.nonfinite import finite_samples, zero_dropped
 from sidbench.teachers.sampling import karras_sigmas
 
 SIGMA_DATA = 0.5
@@ -68,8 +70,10 @@ def dm_gradient(x: torch.Tensor, mu_real: torch.Tensor, mu_fake: torch.Tensor) -
 
     The mean is over the pixels (C, H, W) of each sample: DMD's weight sigma^2 CS / ||mu_real - x||_1
     times the score difference (mu_fake - mu_real) / sigma^2. It is floored at NORMALISER_FLOOR so
-    a teacher that reproduces x exactly gives a large finite step, not inf/NaN; non-finite values
-    in mu_real or mu_fake are NOT zeroed here, so the method can see and drop such samples.
+    a teacher that reproduces x exactly gives a large finite step, not inf/NaN (the authors' code
+    has no floor; docs/baselines.md#non-finite-samples says why the two agree in practice);
+    non-finite values in mu_real or mu_fake are NOT zeroed here, so the caller can see and drop
+    such samples.
     """
     with torch.no_grad():
         p_real = x - mu_real
@@ -78,15 +82,24 @@ def dm_gradient(x: torch.Tensor, mu_real: torch.Tensor, mu_fake: torch.Tensor) -
         return (p_real - p_fake) / normaliser.clamp(min=NORMALISER_FLOOR)
 
 
-def distribution_matching_loss(x: torch.Tensor, mu_real: torch.Tensor, mu_fake: torch.Tensor) -> torch.Tensor:
-    """L_DM = 0.5 * mean((x - stopgrad(x - grad))^2), a scalar (mean over ALL elements).
+def distribution_matching_loss(
+    x: torch.Tensor, mu_real: torch.Tensor, mu_fake: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_DM, keep): L_DM = 0.5 * mean((x - stopgrad(x - grad))^2), a scalar (mean over ALL elements).
 
     Its value is 0.5 * mean(grad^2), and its gradient w.r.t. x is exactly grad / x.numel(): the
     surrogate that carries DMD's gradient through autograd into G_theta. Returned reduced because
     the published weights (3e-3 on DMD2's generator GAN loss) are relative to this mean.
+    `keep` [B] marks the samples whose x and grad are finite (grad is not finite wherever mu_real
+    or mu_fake is not); the others count as 0 in the mean, which still divides by every element,
+    and pass no gradient to x: their grad is set to 0 before the stop-gradient target is formed,
+    so a non-finite score output never reaches the backward pass (a non-finite x is in G's own
+    graph: see `sidbench.methods.nonfinite`).
     """
-    target = (x - dm_gradient(x, mu_real, mu_fake)).detach()
-    return 0.5 * ((x - target) ** 2).mean()
+    grad = dm_gradient(x, mu_real, mu_fake)
+    keep = finite_samples(x.detach(), grad)
+    target = (x - zero_dropped(grad, keep)).detach()
+    return 0.5 * zero_dropped((x - target) ** 2, keep).mean(), keep
 
 
 def dmd_fake_score_loss(

@@ -9,12 +9,19 @@ One DMD2 iteration (docs/baselines.md#dmd2):
   2. every iteration, on the same x detached and the same labels (made without a graph on the other
      iterations): L_fake = L_fs (+ gan.discriminator_weight * L_GAN_D), the fake score and its GAN
      head trained jointly.
-Every logits evaluation draws its own grid index on the whole grid and its own noise. Networks stay
-in the mode they are built in (the students train, the teacher is in eval mode), as in the
-authors' loop, which switches none. The fake
+Every logits evaluation draws its own grid index on the whole grid and its own noise. The fake
 score sees the real, the fake and its own denoising input in ONE call (concatenated): the network
 is per-sample (GroupNorm, no batch statistics), so this is the same computation as three calls,
-and DDP allows one forward per backward.
+and DDP allows one forward per backward. A sample whose scores are not finite leaves L_DM alone
+(counted in `train/dropped_dm`; docs/baselines.md#non-finite-samples).
+
+Dropout and modes. The authors build the generator and the fake score (and their teacher copy)
+with dropout 0 and label dropout 0, whatever the teacher was trained with, and call `train()` on
+all of them every step; train mode changes nothing at dropout 0. Here the students are built with
+`method.dropout` (default 0, as published; null keeps the teacher's) and stay in train mode, and
+the teacher stays in eval mode: the same computation. Copying a teacher trained with dropout (EDM's
+ImageNet 64: 0.10) unchanged would run both students with dropout active, and the DM gradient
+would not vanish even where the fake score equals the teacher.
 """
 from __future__ import annotations
 
@@ -42,6 +49,11 @@ from sidbench.trainer.context import StepContext
 from sidbench.trainer.schedule import lr_schedule
 
 
+def student_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """Constructor changes of the generator and fake score: `method.dropout` (null: the teacher's)."""
+    return {"dropout": float(cfg.dropout)} if cfg.get("dropout") is not None else {}
+
+
 class DistributionMatching(Method):
     """What DMD and DMD2 share: the generator at sigma_gen, the fake score, the DM loss, AdamW with
     a warm-up, and the fake-score update; subclasses add their own generator terms."""
@@ -53,8 +65,9 @@ class DistributionMatching(Method):
         if not 0 <= int(cfg.dm_index_min) <= int(cfg.dm_index_max) < int(cfg.grid_points):
             raise ConfigError(f"method.dm_index_min={cfg.dm_index_min}, dm_index_max={cfg.dm_index_max}: need "
                               f"0 <= min <= max < method.grid_points={cfg.grid_points}")
-        self.generator = teacher.init_generator()
-        self.fake_score = teacher.copy_network()
+        overrides = student_overrides(cfg)
+        self.generator = teacher.init_generator(**overrides)
+        self.fake_score = teacher.copy_network(**overrides)
         self._networks: dict[str, torch.nn.Module] = {"generator": self.generator, "fake_score": self.fake_score}
         self.grid = karras_grid(int(cfg.grid_points)).to(device)
         self._stash: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # x and labels of each micro-batch
@@ -67,7 +80,8 @@ class DistributionMatching(Method):
                                     weight_decay=cfg.weight_decay)
             for name, net in self._networks.items()
         }
-        self._schedulers = {k: lr_schedule(opt, warmup=int(cfg.warmup_iterations)) for k, opt in self._optimizers.items()}
+        # fractional on purpose: the published warm-up is 500 schedule steps at 7 per iteration (method/dmd2.yaml)
+        self._schedulers = {k: lr_schedule(opt, warmup=float(cfg.warmup_iterations)) for k, opt in self._optimizers.items()}
 
     # -- contract ------------------------------------------------------------------------------
     def networks(self) -> dict[str, torch.nn.Module]:
@@ -84,7 +98,8 @@ class DistributionMatching(Method):
 
     @classmethod
     def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        nets = {"teacher": dict(teacher_constructor), "generator": dict(teacher_constructor), "fake_score": dict(teacher_constructor)}
+        student = {**teacher_constructor, **student_overrides(cfg)}
+        nets = {"teacher": dict(teacher_constructor), "generator": student, "fake_score": dict(student)}
         if cfg.get("gan") and cfg.gan.enabled:
             nets["gan_head"] = {"GANHead": "on the fake score's bottleneck (methods/baselines/dmd/gan_head.py)"}
         return nets
@@ -97,15 +112,19 @@ class DistributionMatching(Method):
         z = torch.randn(n, *self.teacher.shape, device=self.device)
         return self.sample(net, z, labels).float()
 
-    def _dm_loss(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """L_DM on the micro-batch, as a mean over its elements; the scores run without a graph."""
+    def _dm_loss(self, ctx: StepContext, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_DM on the micro-batch as a mean over its elements, its value to log). The scores run
+        without a graph; samples whose scores are not finite leave L_DM (counted in `dropped_dm`),
+        and the logged value is NaN when all of them did (a failure to see, not a zero loss)."""
         n = x.shape[0]
         sigma = self._sigma(n, int(self.cfg.dm_index_min), int(self.cfg.dm_index_max))
         x_t = x.detach() + sigma * torch.randn_like(x)
         with torch.no_grad():
             mu_real = self.teacher.net(x_t, sigma.flatten(), labels).float()
             mu_fake = self.fake_score(x_t, sigma.flatten(), labels).float()
-        return distribution_matching_loss(x, mu_real, mu_fake)
+        dm, keep = distribution_matching_loss(x, mu_real, mu_fake)
+        ctx.log("dropped_dm", (~keep).sum())
+        return dm, torch.where(keep.any(), dm.detach(), torch.full_like(dm, float("nan")))
 
     def _fake_inputs(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This micro-batch's x and labels: the generator update's, detached, or new ones."""
@@ -158,8 +177,8 @@ class DMD2(DistributionMatching):
         labels = ctx.labels(n)
         x = self._generate(ctx.net("generator"), n, labels)
         self._stash.append((x.detach(), labels))
-        dm = self._dm_loss(x, labels)
-        total, logs = dm * n, {"dm": dm.detach()}
+        dm, dm_value = self._dm_loss(ctx, x, labels)
+        total, logs = dm * n, {"dm": dm_value}
         if self.gan:  # the frozen fake score and head pass the gradient to x only
             sigma = self._sigma(n, 0, len(self.grid) - 1)
             _, features = self.fake_score(x + sigma * torch.randn_like(x), sigma.flatten(), labels, return_bottleneck=True)
@@ -259,13 +278,13 @@ class DMD(DistributionMatching):
         generator = ctx.net("generator")
         x = self._generate(generator, n, labels)
         self._stash.append((x.detach(), labels))
-        dm = self._dm_loss(x, labels)
+        dm, dm_value = self._dm_loss(ctx, x, labels)
         reg_cfg = self.cfg.regression
         z_ref, y_ref, labels_ref = self.pairs.draw_pairs(n, self.device)
         x_ref = self.sample(generator, z_ref, labels_ref).float()
         reg = image_distance(x_ref, y_ref, str(reg_cfg.distance), adapt_gray=bool(reg_cfg.adapt_gray))
         total = dm * n + float(reg_cfg.weight) * reg.sum()
-        return total, {"dm": dm.detach(), "regression": reg.detach().mean()}
+        return total, {"dm": dm_value, "regression": reg.detach().mean()}
 
     def _fake_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, labels = self._fake_inputs(ctx, n)

@@ -18,12 +18,13 @@ class GANSchema:
 class DistributionMatchingSchema:
     name: str = setting()
     sigma_gen: float = setting(gt=0)
+    dropout: float | None = setting(ge=0, lt=1)   # of the generator and fake score; null keeps the teacher's
     lr: float = setting(gt=0)
     lr_generator: float = setting(gt=0)
     lr_fake_score: float = setting(gt=0)
     betas: list[float] = setting(ge=0, lt=1)
     weight_decay: float = setting(ge=0)
-    warmup_iterations: int = setting(ge=0)
+    warmup_iterations: float = setting(ge=0)    # may be fractional: the LR factor is min(t / warmup, 1)
     grad_clip: float | None = setting(gt=0)
     ttur: int = setting(ge=1)                 # the generator steps every ttur-th iteration
     grid_points: int = setting(ge=2)
