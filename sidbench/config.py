@@ -86,6 +86,12 @@ def _unknown_key_message(key: str, overrides: list[str]) -> str:
         known = list(flatten(OmegaConf.to_container(compose(rest))))  # dotted keys, as MLflow's params
     except ConfigError:  # another override is bad as well: name this one without a suggestion
         known = []
+    value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key), "")
+    if "." not in key:  # a misspelt group or top-level key ("methd=sid"): suggest among those, with the value
+        top = sorted({"method", "dataset", "trainer", "eval", *(k.split(".")[0] for k in known)})
+        close = difflib.get_close_matches(key, top, n=1)
+        if close:
+            return f"unknown setting {key!r}; did you mean {close[0]}={value}? (`sidbench run dry_run=true` prints every setting)"
     # a key given without its group ("teacher.path" for "dataset.teacher.path"), else a typo
     guess = [k for k in known if k.endswith("." + key)] or difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {guess[0]}? " if guess else ""

@@ -7,7 +7,7 @@ from sidbench.download import DownloadError
 from sidbench.methods.baselines.distance import LPIPSUnavailableError
 from sidbench.eval.reference import ReferenceStatsError
 from sidbench.input_errors import InputError
-from sidbench.registry import UnknownNameError
+from sidbench.registry import PluginNotFoundError, UnknownNameError
 from sidbench.teachers.edm_pickle import EDMCheckpointError
 from sidbench.teachers.load import TeacherLoadError
 from sidbench.trainer.checkpoint import CheckpointError
@@ -16,7 +16,7 @@ from sidbench.trainer.loop import NonFiniteLossError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, UnknownNameError, DataError, DownloadError, ReferenceStatsError, EDMCheckpointError, TeacherLoadError, CheckpointError, NonFiniteLossError,
-    InputError, LPIPSUnavailableError,
+    InputError, LPIPSUnavailableError, PluginNotFoundError,
 )
 
 
@@ -31,4 +31,4 @@ def follows_another_rank(e: BaseException) -> bool:
 
 def exit_code(e: BaseException) -> int:
     """2 for a bad command line (unknown names, bad values), 1 for a failure while running."""
-    return 2 if isinstance(e, (ConfigError, UnknownNameError)) else 1
+    return 2 if isinstance(e, (ConfigError, UnknownNameError, PluginNotFoundError)) else 1

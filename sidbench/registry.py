@@ -22,6 +22,29 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 
+def import_plugin(module: str) -> None:
+    """Import a `$SIDBENCH_PLUGINS` module, also from the current folder (as `python -m` would: the
+    README's `SIDBENCH_PLUGINS=my_method sidbench run ...` beside my_method.py). Appended, not put
+    first, so a file there cannot shadow an installed package. A module that is nowhere is one line;
+    an import error inside the plugin keeps its traceback (the plugin's own bug)."""
+    import sys
+
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.append(here)
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not module.startswith(e.name):  # something the plugin imports is missing
+            raise
+        raise PluginNotFoundError(f"SIDBENCH_PLUGINS names {module!r}, which is neither in the current folder ({here}) "
+                                  "nor on the Python path; run from the folder that holds it, or set PYTHONPATH") from None
+
+
+class PluginNotFoundError(ImportError):
+    """A module named in `$SIDBENCH_PLUGINS` cannot be found."""
+
+
 class UnknownNameError(KeyError):
     """A name that is not registered; the message lists the valid names."""
 
@@ -100,7 +123,7 @@ class Registry(Generic[T]):
             return
         self._discovered = True
         for module in filter(None, (m.strip() for m in os.environ.get("SIDBENCH_PLUGINS", "").split(","))):
-            importlib.import_module(module)
+            import_plugin(module)
         for ep in entry_points(group=self.entry_point_group):
             if ep.name in self._items or ep.name in self._lazy:
                 continue  # a built-in or an explicit registration wins

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from sidbench.methods import METHODS
 from sidbench.methods.base import Method
 from sidbench.teachers.load import load_teacher, save_native_teacher
 from sidbench.run_folder import (
-    CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, Start, claim, named_dir, new_folder, plan_start, record_mlflow_run, restart_records, resume_dir, write_records,
+    CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RECORD_NAME, Start, claim, named_dir, new_folder, plan_start, record_mlflow_run, restart_records, resume_dir, write_records,
 )
 from sidbench.tracking import NullTracker, TrackingStoreError, code_version, run_tags, start_tracker, tracking_uri
 from sidbench.trainer.context import configure_cuda_math
@@ -37,13 +38,45 @@ class RunResult:
     metrics: dict[str, float]
     mlflow_run_id: str | None
     rank: int = 0
+    #: the teacher's own value of the metric (`reference_metrics`: measured, or `<metric>_published`)
+    teacher: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """The final metric and how it compares with the teacher's: `eval/fd_pixel 0.191 = 1.31x the
+        teacher's 0.146`."""
+        parts = []
+        for key, value in self.metrics.items():
+            if key.endswith("seconds"):
+                continue
+            name = key.removeprefix("eval/").removesuffix("_final")
+            text = f"{key} {value:.4g}"
+            if self.teacher.get(name):
+                text += f" = {value / self.teacher[name]:.2f}x the teacher's {self.teacher[name]:.4g}"
+            elif self.teacher.get(f"{name}_published"):
+                ref = self.teacher[f"{name}_published"]
+                text += f" = {value / ref:.2f}x the teacher's published {ref:.4g}"
+            parts.append(text)
+        return ", ".join(parts)
+
+
+NETWORKS_HEADER = "# networks: the teacher's constructor (dataset.teacher.constructor above) with these changes"
 
 
 def dry_run(cfg: DictConfig) -> str:
-    """The resolved config and the networks the method would build (asked of the method); loads nothing."""
+    """The resolved config, the networks the method would build (asked of the method, each as its
+    changes to the teacher's constructor, which the config already shows) and the budget; loads nothing."""
+    from sidbench.trainer.loop import budget_of
+
     teacher = OmegaConf.to_container(cfg.dataset.teacher.constructor, resolve=True)
     nets = METHODS.get(str(cfg.method.name)).plan_networks(cfg.method, teacher)
-    return OmegaConf.to_yaml(cfg) + "\n# network constructors\n" + json.dumps(nets, indent=2)
+    changes = {name: {k: v for k, v in c.items() if teacher.get(k, object()) != v} for name, c in nets.items()}
+    budget = budget_of(cfg.trainer)
+    if budget.unit == "kimg":
+        length = f"{budget.value:g} kimg"
+    else:  # its kimg follow from the method's cost per image, which only running it measures
+        length = (f"{budget.value:.4g} {budget.unit}; the kimg follow from the cost per image measured in the first "
+                  "iterations (sidbench run prints them as it goes)")
+    return (OmegaConf.to_yaml(cfg) + f"\n{NETWORKS_HEADER}\n" + json.dumps(changes) + f"\n# budget: {length}\n")
 
 
 def claim_run_dir(cfg: DictConfig, overrides: list[str] | None) -> tuple[Start, Any]:
@@ -121,9 +154,20 @@ def _run(cfg: DictConfig, device: torch.device, rank: int, world: int, overrides
         hint = (f"resume with resume={start.run_dir}" if ckpt.is_file()
                 else "no checkpoint yet, nothing to resume: run the same command again to start over")
         raise TrainingInterrupted(f"interrupted; {hint}", signal.SIGINT) from None
+    except BaseException:
+        if claimed:
+            remove_if_never_started(start)
+        raise
     finally:
         if claimed:
             claimed[1].release()
+
+
+def remove_if_never_started(start: Start) -> None:
+    """A new run that failed before it had an MLflow run (its teacher could not be downloaded, its
+    method refused the teacher) leaves no folder behind: only its settings were written there."""
+    if start.kind == "new" and not (start.run_dir / RECORD_NAME).exists():
+        shutil.rmtree(start.run_dir, ignore_errors=True)
 
 
 def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: Start) -> RunResult:
@@ -162,7 +206,8 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
                 console.print(f"{run_dir} already reached its budget at {trainer.progress.kimg:.1f} kimg; nothing to "
                               "train (a larger trainer.kimg or trainer.budget with resume= trains on)")
             tracker.finish()
-            return RunResult(run_dir, trainer.progress, last_evaluation(run_dir), getattr(tracker, "run_id", None), rank)
+            return RunResult(run_dir, trainer.progress, last_evaluation(run_dir), getattr(tracker, "run_id", None), rank,
+                             trainer.reference_metrics)
         if rank == 0:
             console.print(f"resumed {run_dir} at {trainer.progress.kimg:.1f} kimg")
     try:
@@ -196,7 +241,7 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
     tracker.log_artifact(gen_path)
     tracker.set_tags(headline_tags(method, progress, metrics or trainer.last_metrics))
     tracker.finish()
-    return RunResult(run_dir, progress, metrics, getattr(tracker, "run_id", None))
+    return RunResult(run_dir, progress, metrics, getattr(tracker, "run_id", None), teacher=trainer.reference_metrics)
 
 
 def last_evaluation(run_dir: Path) -> dict[str, float]:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sidbench.testing.tiny import tiny_overrides
 from sidbench.cli import main
+from sidbench.run import NETWORKS_HEADER
+from sidbench.testing.tiny import tiny_overrides
 
 
 @pytest.mark.parametrize("args", [["run", "method=nope"], ["run", "dataset=nope"]])
@@ -22,26 +23,30 @@ def test_dry_run_prints_config_and_constructors_without_loading(dataset: str, ca
                                                                  run_env: Path) -> None:
     assert main(["run", f"dataset={dataset}", "dry_run=true"]) == 0
     out = capsys.readouterr().out
-    config_part, nets = out.split("# network constructors\n")
-    constructors = json.loads(nets)
-    assert set(constructors) == {"teacher", "generator", "fake_score"}
-    assert f"name: {dataset}" in config_part
+    config_part, rest = out.split(NETWORKS_HEADER + "\n")
+    nets, budget = rest.strip().split("\n")
+    changes = json.loads(nets)
+    assert set(changes) == {"teacher", "generator", "fake_score"} and changes["teacher"] == {}
+    assert config_part.count("model_type:") == 1  # the constructor is printed once
+    assert f"name: {dataset}" in config_part and budget.startswith("# budget: ")
     assert not (run_env / "runs").exists() and not (run_env / "cache").exists()
 
 
 def test_dry_run_asks_the_method_which_networks_it_builds(capsys: pytest.CaptureFixture[str], run_env: Path) -> None:
     import sidbench.testing.staged  # noqa: F401  (registers "staged-toy", whose plan has no fake score)
 
+    def changes() -> dict:
+        return json.loads(capsys.readouterr().out.split(NETWORKS_HEADER + "\n")[1].split("\n")[0])
+
+    # SiD's students take the preset's dropout (CIFAR-10: 0.13, the teacher's own: no change)
     assert main(["run", "dataset=cifar10", "dry_run=true"]) == 0
-    sid = json.loads(capsys.readouterr().out.split("# network constructors\n")[1])
-    # SiD's students take the preset's dropout; the teacher keeps its own
-    assert sid["generator"]["dropout"] == sid["fake_score"]["dropout"] == 0.13 and sid["teacher"]["dropout"] == 0.13
+    assert changes() == {"teacher": {}, "generator": {}, "fake_score": {}}
     assert main(["run", "dataset=ffhq64", "method.dropout=0.2", "dry_run=true"]) == 0
-    sid = json.loads(capsys.readouterr().out.split("# network constructors\n")[1])
-    assert sid["generator"]["dropout"] == sid["fake_score"]["dropout"] == 0.2 and sid["teacher"]["dropout"] == 0.05
+    assert changes() == {"teacher": {}, "generator": {"dropout": 0.2}, "fake_score": {"dropout": 0.2}}
     assert main(["run", "method=staged-toy", "dry_run=true"]) == 0
-    toy = json.loads(capsys.readouterr().out.split("# network constructors\n")[1])
-    assert set(toy) == {"teacher", "generator"}
+    assert set(changes()) == {"teacher", "generator"}
+    assert main(["run", "dataset=cifar10", "trainer.kimg=100", "dry_run=true"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("# budget: 100 kimg")
 
 
 def test_list_shows_methods_and_datasets(capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,6 +107,7 @@ def test_offline_teacher_download_fails_at_once_with_one_line(run_env: Path, cap
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert "edm-ffhq-64x64-uncond-vp.pkl" in err and url in err and str(run_env / "cache") in err
+    assert not list((run_env / "runs").glob("ffhq64/*"))  # no run folder left behind
 
 
 def test_conditional_digits_run_end_to_end(tiny_cond_teacher: Path, run_env: Path) -> None:
@@ -118,3 +124,14 @@ def test_processes_launch_only_outside_torchrun(monkeypatch: pytest.MonkeyPatch)
     assert launch_processes(compose(["device=cpu", "processes=1"])) == 1
     monkeypatch.setenv("WORLD_SIZE", "2")  # already inside torchrun: run, don't launch again
     assert launch_processes(compose(["device=cpu"])) == 1
+
+
+def test_the_last_line_compares_the_metric_with_the_teacher() -> None:
+    from sidbench.run import RunResult
+    from sidbench.trainer.loop import Progress
+
+    measured = RunResult(Path("r"), Progress(), {"eval/fd_pixel": 0.186, "eval/seconds": 3.0}, None, teacher={"fd_pixel": 0.146})
+    assert measured.summary() == "eval/fd_pixel 0.186 = 1.27x the teacher's 0.146"
+    published = RunResult(Path("r"), Progress(), {"eval/fid_final": 2.2}, None, teacher={"fid_published": 1.97})
+    assert published.summary() == "eval/fid_final 2.2 = 1.12x the teacher's published 1.97"
+    assert RunResult(Path("r"), Progress(), {"eval/fid": 3.0}, None).summary() == "eval/fid 3"

@@ -99,6 +99,8 @@ def test_bad_key_is_one_line() -> None:
 @pytest.mark.parametrize(("override", "suggestion"), [
     ("teacher.path=/data/x.pkl", "dataset.teacher.path"),  # the group left out
     ("trainer.kimgg=3", "trainer.kimg"),                    # a typo
+    ("methd=sid", "method=sid"),                            # a misspelt group: the group, with the value
+    ("run_nam=x", "run_name=x"),                            # a misspelt top-level key
 ])
 def test_unknown_setting_names_the_closest_one(override: str, suggestion: str) -> None:
     with pytest.raises(ConfigError) as e:

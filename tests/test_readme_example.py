@@ -25,7 +25,8 @@ def example_code() -> str:
 @pytest.mark.slow
 def test_readme_example_method_trains_and_is_scored(tiny_teacher: Path, run_env: Path) -> None:
     (run_env / "my_method.py").write_text(example_code())
-    env = {**os.environ, "SIDBENCH_PLUGINS": "my_method", "PYTHONPATH": str(run_env)}
+    # as the README says: run in the folder that holds my_method.py, nothing else on the path
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"SIDBENCH_PLUGINS": "my_method"}
     run = subprocess.run([sys.executable, "-m", "sidbench.cli", "run", "method=regress", "run_name=example",
                           *tiny_overrides(tiny_teacher)], cwd=run_env, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
@@ -39,3 +40,12 @@ def test_readme_example_method_trains_and_is_scored(tiny_teacher: Path, run_env:
                          cwd=run_env, env=env, capture_output=True, text=True, timeout=600)
     assert fid.returncode == 0, fid.stderr
     assert "regress" in fid.stderr and "one_step (sigma 80.0), 1 NFE" in fid.stderr
+
+
+def test_a_missing_plugin_module_is_one_line(run_env: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"SIDBENCH_PLUGINS": "no_such_plugin"}
+    proc = subprocess.run([sys.executable, "-m", "sidbench.cli", "run", "method=regress"], cwd=run_env, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "SIDBENCH_PLUGINS names 'no_such_plugin'" in lines[0] and "Traceback" not in proc.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from sidbench.methods.nonfinite import finite_samples  # noqa: F401 (SiDA and the tests import it from here)
 
 SIGMA_DATA = 0.5
 

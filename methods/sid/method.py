@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from sidbench.augment import AugmentPipe
 from sidbench.methods.base import Method, Recipe, register_method
 from sidbench.methods.sid.schema import SiDSchema
-from sidbench.methods.nonfinite import drop_nonfinite, sum_kept  # noqa: F401 (sum_kept: SiDA imports it from here)
+from sidbench.methods.nonfinite import drop_nonfinite
 from sidbench.methods.sid.loss import edm_training_sigma, fake_score_loss, generator_loss, generator_sigma
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext

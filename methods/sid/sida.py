@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from rich.console import Console
 
 from sidbench.config import ConfigError
 from sidbench.methods.base import Stage, register_method
-from sidbench.methods.sid.loss import edm_training_sigma, edm_weight, fake_score_loss, finite_samples, generator_loss, normaliser
-from sidbench.methods.sid.method import SiD, sum_kept
+from sidbench.methods.nonfinite import finite_samples, sum_kept
+from sidbench.methods.sid.loss import edm_training_sigma, edm_weight, fake_score_loss, generator_loss, normaliser
+from sidbench.methods.sid.method import SiD
 from sidbench.methods.sid.schema import SiDASchema
 from sidbench.methods.sid.sida_loss import adversarial_generator_loss, discriminator_logits, discriminator_loss
 from sidbench.teachers.teacher import Teacher
@@ -41,9 +41,6 @@ from sidbench.trainer.context import StepContext
 
 #: The phases, in order: only the fake score trains; + SiD's generator loss; + the adversarial term.
 PHASES = ("fake-score warm-up", "sid", "sida")
-
-console = Console(stderr=True)
-
 
 def micro_batch_warning(micro_batches: list[int], published: int | None) -> str | None:
     """One line if this process's micro-batches differ from the published runs' micro-batch.
@@ -79,7 +76,7 @@ class SiDA(SiD):
         """SiD²A: G's weights from a trained SiD generator of this teacher's architecture."""
         from sidbench.teachers.load import load_teacher_file
 
-        net, constructor, _ = load_teacher_file(str(path))
+        net, constructor, _ = load_teacher_file(str(path), kind="generator")
         ignore = ("dropout",)  # the run's dropout applies, whatever the file was trained with
         mine = {k: v for k, v in self.teacher.constructor.items() if k not in ignore}
         theirs = {k: v for k, v in constructor.items() if k not in ignore}
@@ -108,8 +105,8 @@ class SiDA(SiD):
         if not self._micro_batch_checked:  # once, at the first iteration (of a fresh or resumed run)
             self._micro_batch_checked = True
             note = micro_batch_warning(ctx.micro_batches, self.cfg.get("published_batch_gpu"))
-            if note and ctx.rank == 0:
-                console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+            if note:
+                ctx.warn(note)
         clip = self.cfg.get("fake_score_clip_value")
         # The loss scalings are inside the loss (L_fs's and L_D's apart, as published): loss_scale 1.
         logs = ctx.update("fake_score", lambda n: self._fake_score_loss(ctx, n),

@@ -149,7 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 LEADERBOARD_HELP = """Build the leaderboard from MLflow: leaderboard.csv, plots and a table.
 
-  sidbench leaderboard                                  # every experiment of the store -> results/
+  sidbench leaderboard                                  # every experiment of the store -> runs/leaderboard/
   sidbench leaderboard --bench digits-flops4e12 --out results/
   sidbench leaderboard --experiment digits tracking.uri=http://mlflow.example:5000
 
@@ -165,8 +165,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from sidbench.harness.leaderboard import build_leaderboard, print_leaderboard
     from sidbench.tracking import tracking_uri
 
-    uri = tracking_uri(compose(_overrides(args)))
-    board = build_leaderboard(uri, Path(args.out), experiments=args.experiment or None, bench=args.bench)
+    cfg = compose(_overrides(args))
+    out = Path(args.out) if args.out else Path(str(cfg.output_root)) / "leaderboard"
+    board = build_leaderboard(tracking_uri(cfg), out, experiments=args.experiment or None, bench=args.bench)
     # piped to a file or a CI log, rich would wrap the 15 columns into 80; keep one row a line
     print_leaderboard(board, RichConsole() if sys.stdout.isatty() else RichConsole(width=220))
     return 0
@@ -248,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. tracking.uri=... or output_root=...")
     p.add_argument("--experiment", action="append", default=[], metavar="NAME", help="an experiment (dataset) to include; repeatable")
     p.add_argument("--bench", default=None, metavar="ID", help="only the runs of this bench")
-    p.add_argument("--out", default="results", metavar="DIR", help="where leaderboard.csv and the plots go (default results/)")
+    p.add_argument("--out", default=None, metavar="DIR", help="where leaderboard.csv and the plots go (default <output_root>/leaderboard)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("ui", help="open the MLflow UI on the run store (Ctrl-C stops it)",

@@ -44,8 +44,7 @@ def run_command(overrides: list[str]) -> int:
     result = run(cfg, overrides)
     if result.rank != 0:
         return 0
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if not k.endswith("seconds"))
-    console.print(f"done: {result.run_dir} ({result.progress.kimg:.1f} kimg, {result.progress.seconds:.0f} s) {shown}")
+    console.print(f"done: {result.run_dir} ({result.progress.kimg:.1f} kimg, {result.progress.seconds:.0f} s) {result.summary()}")
     if result.mlflow_run_id:
         console.print(f"MLflow run {result.mlflow_run_id}; browse with `sidbench ui`")
     return 0

@@ -347,6 +347,13 @@ def read_runs(client: MlflowClient, experiments: Sequence[str] | None = None, be
         raise InputError(f"--bench {bench!r}: a bench id cannot contain a quote")
     filt = f"tags.`sidbench.bench` = '{bench}'" if bench is not None else ""
     runs = all_pages(client.search_runs, experiment_ids=list(names), filter_string=filt, max_results=1000) if names else []
+    if bench is not None and not runs:
+        from sidbench.errors import InputError
+
+        every = all_pages(client.search_runs, experiment_ids=list(names), max_results=1000) if names else []
+        known = sorted({r.data.tags["sidbench.bench"] for r in every if "sidbench.bench" in r.data.tags})
+        raise InputError(f"--bench {bench}: no runs of this bench in the store (benches there: {', '.join(known) or 'none'}); "
+                         "nothing written")
     infos, curves, skipped = [], [], []
     for run in runs:
         # A teacher's measurement (sidbench.eval.teacher_metrics) shares the experiment but is no
@@ -446,6 +453,11 @@ def build_leaderboard(uri: str, out: Path, experiments: list[str] | None = None,
     dataset and metric the curves and the final-samples mosaic as PNG."""
     client = open_store(uri)
     infos, curves, skipped, exp_names = read_runs(client, experiments, bench)
+    if not infos:  # nothing measured: leave whatever `out` holds (a committed leaderboard) as it is
+        from sidbench.errors import InputError
+
+        left = f" ({len(skipped)} not FINISHED)" if skipped else ""
+        raise InputError(f"no FINISHED runs{left} at {uri}{f' for --bench {bench}' if bench else ''}; nothing written to {out}")
     runs = pd.DataFrame([run_summary(i, curves[curves["run_id"] == i["run_id"]]) for i in infos])
     board = aggregate(runs)
     datasets = set(exp_names) | set(board["dataset"])
@@ -478,8 +490,6 @@ def print_leaderboard(board: Leaderboard, console: Console) -> None:
     from rich.table import Table
 
     m = board.measured
-    if m.empty:
-        console.print("[bold]No finished runs[/] (only runs with MLflow status FINISHED enter the leaderboard).")
     for (dataset, metric), rows in m.groupby(["dataset", "metric"], sort=False):
         teacher = ", ".join(f"{_fmt(r.teacher_metric)} ({r.teacher_metric_source})" for r in
                             rows.dropna(subset=["teacher_metric"]).drop_duplicates(["teacher_metric"]).itertuples()) or "unknown"

@@ -141,6 +141,14 @@ class StepContext:
         logging tick. A tensor stays on the device; the trainer reads all values once an iteration."""
         self._logged.setdefault(name, []).append(value.detach() if isinstance(value, torch.Tensor) else float(value))
 
+    def warn(self, message: str) -> None:
+        """One warning line on the console (rank 0 only): a setting the method finds questionable at
+        run time, e.g. a micro-batch that changes its training signal."""
+        if self.rank == 0:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
     def take_logs(self) -> dict[str, torch.Tensor | float]:
         """The values `log` gathered since the last call, each averaged over its calls."""
         out = {k: sum(v) / len(v) for k, v in self._logged.items()}

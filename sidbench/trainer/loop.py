@@ -341,8 +341,8 @@ class Trainer:
                 if metrics:
                     metrics["sec_per_kimg"] = p.seconds / max(p.kimg, 1e-9)
                     self.log(metrics)
-                display.update(p, {**{k.removeprefix("loss/"): v for k, v in loss_values.items()},
-                                   **{k: v for k, v in metrics.items() if k.startswith("eval/")}})
+                display.update(p, {k.removeprefix("loss/"): v for k, v in loss_values.items()},
+                               {k: v for k, v in metrics.items() if k.startswith("eval/")})
                 if nonfinite == 0 and (crossed(before, p.images_seen, cfg.checkpoint_every_kimg) or done):
                     self.save_checkpoint()
         barrier()  # no rank leaves before rank 0's last checkpoint is on disk

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 
 class ProgressDisplay:
+    """One line: budget used, the last evaluation's metric (what a researcher watches, so it comes
+    before the losses, which a narrow terminal cuts first), speed, losses and ETA."""
+
     def __init__(self, budget: Budget, enabled: bool = True, start: float = 0.0, line_every_s: float = 15.0) -> None:
         self.budget = budget
         self.enabled = enabled
@@ -20,12 +23,13 @@ class ProgressDisplay:
         self.live = enabled and self.console.is_terminal
         self.line_every_s = line_every_s
         self._last_line = 0.0
+        self._metric = ""
         self._bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[used]}"),
-            TextColumn("{task.fields[speed]}"), TextColumn("{task.fields[losses]}"), TimeRemainingColumn(),
+            TextColumn("{task.fields[used]}"), BarColumn(bar_width=12), TextColumn("[bold]{task.fields[metric]}"),
+            TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
             console=self.console, disable=not self.live,
         )
-        self._task = self._bar.add_task("train", total=budget.value, completed=start, used="", speed="", losses="")
+        self._task = self._bar.add_task("train", total=budget.value, completed=start, used="", speed="", losses="", metric="")
 
     def __enter__(self) -> ProgressDisplay:
         self._bar.__enter__()
@@ -34,18 +38,25 @@ class ProgressDisplay:
     def __exit__(self, *exc: object) -> None:
         self._bar.__exit__(*exc)
 
-    def update(self, progress: RunProgress, values: dict[str, float]) -> None:
+    def update(self, progress: RunProgress, losses: dict[str, float], evaluation: dict[str, float] | None = None) -> None:
+        """`losses` of this iteration; `evaluation` (the `eval/...` values) when one just ran."""
         if not self.enabled:
             return
+        if evaluation:
+            metrics = {k.removeprefix("eval/"): v for k, v in evaluation.items() if not k.endswith("seconds")}
+            took = evaluation.get("eval/seconds")
+            self._metric = " ".join(f"{k} {v:.4g}" for k, v in metrics.items()) + (f" (eval {took:.0f} s)" if took else "")
         used = self.budget.used(progress.counters())
         fraction = used / self.budget.value
-        text = f"{progress.kimg:.1f} kimg, {100 * fraction:.0f}% of {self.budget.value:.4g} {self.budget.unit}"
+        text = f"{progress.kimg:.1f} kimg {100 * fraction:.0f}%"
         speed = f"{progress.seconds / max(progress.kimg, 1e-9):.2f} s/kimg"
-        losses = " ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in values.items())
+        loss_text = " ".join(f"{k}={v:.4g}" for k, v in losses.items())
         if self.live:
-            self._bar.update(self._task, completed=used, used=text, speed=speed, losses=losses)
+            self._bar.update(self._task, completed=used, used=text, speed=speed, losses=loss_text, metric=self._metric)
         elif time.monotonic() - self._last_line > self.line_every_s or fraction >= 1:
             self._last_line = time.monotonic()
             rate = progress.seconds / max(fraction, 1e-12)  # seconds per whole budget so far
             eta = rate * max(1 - fraction, 0)
-            self.console.print(f"{text}  {speed}  ETA {eta / 60:.1f} min  {losses}", highlight=False, soft_wrap=True)
+            budget = f"of {self.budget.value:.4g} {self.budget.unit}"
+            self.console.print(f"{text} {budget}  {self._metric}  {speed}  ETA {eta / 60:.1f} min  {loss_text}",
+                               highlight=False, soft_wrap=True)

@@ -107,6 +107,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # unfinished: its curve (all 100) would change every mean if it were read
     ids["sid", 3] = _log_run(client, digits, tmp, method="sid", seed=3, settings="set-sid", fractions=SID[0][0], values=[100.0] * 5,
                              final=None, seconds=100.0, teacher={"fd_pixel": TEACHER}, bench="b1", status="RUNNING")
+    # a bench whose only run has not finished
+    ids["sid", 4] = _log_run(client, digits, tmp, method="sid", seed=4, settings="set-sid", fractions=SID[0][0], values=[100.0] * 5,
+                             final=None, seconds=100.0, teacher={"fd_pixel": TEACHER}, bench="only-running", status="RUNNING")
     for seed, (f, v, final, sec) in DMD.items():
         ids["dmd", seed] = _log_run(client, digits, tmp, method="dmd", seed=seed, settings="set-dmd", fractions=f, values=v, final=final,
                                     seconds=sec, teacher={"fd_pixel": TEACHER})
@@ -268,18 +271,35 @@ def test_bench_and_experiment_filters(store, tmp_path):
     assert board.skipped == [store["ids"]["sid", 3]]
     digits = lb.build_leaderboard(store["uri"], tmp_path / "digits", experiments=["digits"])
     assert set(digits.measured["dataset"]) == {"digits"} and digits.published.empty
-    none = lb.build_leaderboard(store["uri"], tmp_path / "none", bench="no-such-bench")
-    assert none.measured.empty and list(none.measured.columns) == COLUMNS
-    assert list(pd.read_csv(tmp_path / "none" / "leaderboard.csv").columns) == COLUMNS
-    from rich.console import Console
-
-    buf = io.StringIO()
-    lb.print_leaderboard(none, Console(file=buf, width=200, color_system=None))
-    assert "No finished runs" in buf.getvalue()
     from sidbench.errors import InputError
 
+    # an unknown bench or experiment is an error that writes nothing (a committed leaderboard stays)
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    (committed / "leaderboard.csv").write_text("kept\n")
+    with pytest.raises(InputError, match=r"--bench no-such-bench: no runs of this bench .*benches there: b1"):
+        lb.build_leaderboard(store["uri"], committed, bench="no-such-bench")
     with pytest.raises(InputError, match="no MLflow experiment 'nope'"):
-        lb.build_leaderboard(store["uri"], tmp_path / "x", experiments=["nope"])
+        lb.build_leaderboard(store["uri"], committed, experiments=["nope"])
+    assert [p.name for p in committed.iterdir()] == ["leaderboard.csv"] and (committed / "leaderboard.csv").read_text() == "kept\n"
+
+
+def test_a_bench_without_finished_runs_writes_nothing(store, tmp_path):
+    from sidbench.errors import InputError
+
+    with pytest.raises(InputError, match=r"no FINISHED runs \(1 not FINISHED\).*nothing written"):
+        lb.build_leaderboard(store["uri"], tmp_path / "out", bench="only-running")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_writes_under_output_root_by_default(store, tmp_path, monkeypatch, capsys):
+    from sidbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["leaderboard", "--bench", "b1", f"tracking.uri={store['uri']}", "output_root=elsewhere"]) == 0
+    assert (tmp_path / "elsewhere" / "leaderboard" / "leaderboard.csv").is_file()
+    assert main(["leaderboard", "--bench", "nope", f"tracking.uri={store['uri']}"]) == 1
+    assert "no runs of this bench" in capsys.readouterr().err
 
 
 # -- the pure functions, directly --------------------------------------------------------------------

@@ -5,9 +5,8 @@ import math
 
 import torch
 
-from sidbench.methods.sid.loss import (
-    fake_score_loss, finite_samples, generator_loss, generator_sigma, sigma_from_u,
-)
+from sidbench.methods.nonfinite import finite_samples
+from sidbench.methods.sid.loss import fake_score_loss, generator_loss, generator_sigma, sigma_from_u
 
 
 def test_generator_loss_matches_hand_computation() -> None:
@@ -56,7 +55,7 @@ def test_sigma_draw_covers_published_range() -> None:
 
 
 def test_nan_sample_is_dropped_and_others_unchanged() -> None:
-    from sidbench.methods.sid.method import drop_nonfinite
+    from sidbench.methods.nonfinite import drop_nonfinite
 
     torch.manual_seed(1)
     x_g, y_real, y_fake = torch.randn(4, 1, 2, 2), torch.randn(4, 1, 2, 2), torch.randn(4, 1, 2, 2)
