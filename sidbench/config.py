@@ -7,13 +7,16 @@ from importlib.resources import files
 
 from omegaconf import DictConfig, OmegaConf
 
+from sidbench.errors import UserError
 from sidbench.tracking import flatten
 
 CONFIG_MODULE = "sidbench.conf"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad name or value on the command line; the message is one line that says what to do."""
+
+    exit_code = 2
 
 
 def group_options(group: str) -> list[str]:

@@ -18,13 +18,14 @@ import urllib.parse
 from pathlib import Path
 
 from sidbench.atomic import write_text_atomic
+from sidbench.errors import UserError
 
 __all__ = ["DownloadError", "ChecksumError", "default_cache_dir", "cached_download", "sha256_file"]
 
 _RETRY_HTTP = frozenset({408, 425, 429})  # the 4xx answers worth asking again
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A file could not be obtained. The message is one line: file, address, where to put a copy."""
 
     def __init__(self, message: str, *, url: str | None = None, path: Path | None = None):

@@ -1,23 +1,26 @@
-"""The errors a user can cause or fix, shown as one line without a traceback."""
+"""The errors a user can cause or fix, shown by the command line as one line without a traceback.
+
+Every such error derives from `UserError` (with the built-in type it also is: a bad value is still a
+ValueError); the command line catches that base and nothing else, so a programming error keeps its
+traceback. A leaf module (it imports nothing of sidbench), so that every room can raise them.
+"""
 from __future__ import annotations
 
-from sidbench.config import ConfigError
-from sidbench.data.real import DataError
-from sidbench.download import DownloadError
-from sidbench.methods.baselines.distance import LPIPSUnavailableError
-from sidbench.eval.reference import ReferenceStatsError
-from sidbench.input_errors import InputError
-from sidbench.registry import PluginNotFoundError, UnknownNameError
-from sidbench.teachers.edm_pickle import EDMCheckpointError
-from sidbench.teachers.load import TeacherLoadError
-from sidbench.trainer.checkpoint import CheckpointError
-from sidbench.trainer.loop import NonFiniteLossError
+
+class UserError(Exception):
+    """Something the user named or set is unusable; the message (one line) says which, why and what
+    to do. `exit_code`: 2 for a bad command line (unknown names, bad values), 1 for a failure while
+    running."""
+
+    exit_code = 1
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, UnknownNameError, DataError, DownloadError, ReferenceStatsError, EDMCheckpointError, TeacherLoadError, CheckpointError, NonFiniteLossError,
-    InputError, LPIPSUnavailableError, PluginNotFoundError,
-)
+class InputError(UserError, ValueError):
+    """An input the user named (an image folder, a zip, an .npz, a statistics file, a key) is unusable."""
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """An input the user named does not exist."""
 
 
 def follows_another_rank(e: BaseException) -> bool:
@@ -27,8 +30,3 @@ def follows_another_rank(e: BaseException) -> bool:
 
     return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(
         s in str(e) for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")))
-
-
-def exit_code(e: BaseException) -> int:
-    """2 for a bad command line (unknown names, bad values), 1 for a failure while running."""
-    return 2 if isinstance(e, (ConfigError, UnknownNameError, PluginNotFoundError)) else 1

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
+from sidbench.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -41,12 +43,16 @@ def import_plugin(module: str) -> None:
                                   "nor on the Python path; run from the folder that holds it, or set PYTHONPATH") from None
 
 
-class PluginNotFoundError(ImportError):
+class PluginNotFoundError(UserError, ImportError):
     """A module named in `$SIDBENCH_PLUGINS` cannot be found."""
 
+    exit_code = 2
 
-class UnknownNameError(KeyError):
+
+class UnknownNameError(UserError, KeyError):
     """A name that is not registered; the message lists the valid names."""
+
+    exit_code = 2
 
     def __str__(self) -> str:  # KeyError quotes its message; we want one plain line
         return str(self.args[0])

@@ -26,7 +26,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from sidbench.config import ConfigError
-from sidbench.input_errors import InputError
+from sidbench.errors import InputError
 
 CONFIG_NAME = "config.yaml"
 OVERRIDES_NAME = "overrides.yaml"

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sidbench.input_errors import InputError
+from sidbench.errors import InputError
 
 
 # Experiment tags. `mlflow.experimentKind` = "custom_model_development" marks a model-training

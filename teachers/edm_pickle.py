@@ -49,6 +49,8 @@ from typing import Any
 
 import torch
 
+from sidbench.errors import UserError
+
 __all__ = [
     "EDMCheckpointError",
     "UnsafeCheckpointError",
@@ -96,7 +98,7 @@ def _one_line(text: object, limit: int = 300) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
-class EDMCheckpointError(RuntimeError):
+class EDMCheckpointError(UserError, RuntimeError):
     """A checkpoint could not be loaded. The message is one line naming the file and the reason."""
 
     def __init__(self, path: str | os.PathLike | None, reason: str):

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sidbench.errors import UserError
 from sidbench.teachers.teacher import Teacher
 
 
-class TeacherLoadError(RuntimeError):
+class TeacherLoadError(UserError, RuntimeError):
     """A teacher file that cannot be used; the message names the file and the reason."""
 
 

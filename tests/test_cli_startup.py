@@ -15,7 +15,7 @@ try:
     main(sys.argv[1:])
 except SystemExit:
     pass
-heavy = [m for m in ("torch", "mlflow", "sidbench.trainer", "sidbench.errors", "pandas") if m in sys.modules]
+heavy = [m for m in ("torch", "mlflow", "sidbench.trainer", "pandas") if m in sys.modules]
 print(json.dumps(heavy), file=sys.stderr)
 """
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sidbench.errors import UserError
+
 __all__ = ["DISTANCES", "LPIPS_BACKBONES", "LPIPSUnavailableError", "load_lpips", "image_distance"]
 
 #: the names `image_distance` knows
@@ -24,7 +26,7 @@ LPIPS_BACKBONES = {
 }
 
 
-class LPIPSUnavailableError(RuntimeError):
+class LPIPSUnavailableError(UserError, RuntimeError):
     """LPIPS was asked for but the `lpips` package or its weights cannot be loaded on this machine."""
 
 

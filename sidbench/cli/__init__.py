@@ -275,12 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as e:  # KeyboardInterrupt is no Exception: it is handled below
-        # imported here, not at the top: it names error types from every room (the trainer
-        # among them), and `sidbench --help` must answer without importing torch
-        from sidbench.errors import USER_ERRORS, exit_code, follows_another_rank
-        from sidbench.trainer.interrupt import TrainingInterrupted
-
+        # imported here, not at the top: `sidbench --help` must answer without importing torch
         import os
+
+        from sidbench.errors import UserError, follows_another_rank
+        from sidbench.trainer.interrupt import TrainingInterrupted
 
         rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun every rank fails alike: say it once
         if isinstance(e, TrainingInterrupted):
@@ -289,11 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return e.exit_code
         if not rank0 and follows_another_rank(e):
             return 1  # a peer died (its own error is printed) and took our collective with it
-        if not isinstance(e, USER_ERRORS):
+        if not isinstance(e, UserError):
             raise  # a programming error keeps its traceback
         if rank0:
             console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        return exit_code(e)
+        return e.exit_code
     except KeyboardInterrupt:
         if args.command == "run":
             console.print("interrupted")

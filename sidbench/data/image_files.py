@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sidbench.input_errors import InputError, MissingInputError
+from sidbench.errors import InputError, MissingInputError
 
 #: File name endings read as images in folders and zips.
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"})

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from sidbench.errors import UserError
 
-class DataError(RuntimeError):
+
+class DataError(UserError, RuntimeError):
     """The training images a method needs are missing or do not fit the teacher."""
 
 

@@ -30,7 +30,7 @@ from sidbench.eval.digits_classifier import (
 )
 from sidbench.eval.frechet import feature_statistics, frechet_distance
 from sidbench.eval.images import to_uint8
-from sidbench.input_errors import InputError
+from sidbench.errors import InputError
 
 
 def _one_channel(x: object) -> object:

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from sidbench.atomic import atomic_path
-from sidbench.input_errors import InputError, MissingInputError
+from sidbench.errors import InputError, MissingInputError, UserError
 
 #: Relative tolerance on |sigma - sigma^T|, against the largest entry of sigma. Covariances written
 #: by a float64 matrix product are symmetric to round-off only, never exactly.
 SYMMETRY_RTOL = 1e-6
 
 
-class ReferenceStatsError(ValueError):
+class ReferenceStatsError(UserError, ValueError):
     """A reference statistics file is unreadable or does not hold valid Gaussian statistics."""
 
 

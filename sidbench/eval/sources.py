@@ -28,7 +28,7 @@ import torch
 from sidbench.data.image_files import IMAGE_EXTENSIONS, folder_files, zip_members
 from sidbench.eval.images import SampleFn, generated_batches
 from sidbench.eval.protocol import DEFAULT_BATCH_SIZE
-from sidbench.input_errors import InputError, MissingInputError
+from sidbench.errors import InputError, MissingInputError
 
 #: Keys tried, in order, for the image array of an `.npz` (then: its only array).
 NPZ_IMAGE_KEYS = ("images", "arr_0", "samples", "x")

@@ -36,7 +36,7 @@ WORKFLOW_TYPE = "machine_learning"
 
 def check_port(port: int, host: str = HOST) -> None:
     """One line if `port` on `host` is taken (MLflow's server would only report that it exited)."""
-    from sidbench.input_errors import InputError
+    from sidbench.errors import InputError
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from sidbench.atomic import atomic_path
+from sidbench.errors import UserError
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
@@ -16,7 +17,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A training checkpoint that is missing or unreadable; the message names the file."""
 
 

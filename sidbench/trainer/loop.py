@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from sidbench.data.real import RealImages
 from sidbench.distributed import barrier, reduce_values
+from sidbench.errors import UserError
 from sidbench.eval.evaluator import Evaluator
 from sidbench.methods.base import Method, Stage
 from sidbench.run_folder import CHECKPOINT_NAME, METRICS_NAME
@@ -39,7 +40,7 @@ from sidbench.tracking import NullTracker
 CHECKPOINT_FORMAT = 2
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced non-finite losses for too many iterations in a row."""
 
 
