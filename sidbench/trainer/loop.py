@@ -267,6 +267,21 @@ class Trainer:
         return {"train/stage": float(p.stage)} if entered else {}
 
     # -- the loop ------------------------------------------------------------------------------
+    def step(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One iteration as training runs it: the method's updates under the compute counter, the LR
+        schedules' step and the generator's EMA step. Returns (losses, values the method logged
+        through the context). It advances no counter of `progress`: `train` does that around it
+        (and benchmarks/real_size.py, which times iterations at real size without a run)."""
+        self.ctx.iteration = self.progress.iteration
+        with self.counter.iteration():
+            losses = self.method.train_step(self.ctx)
+        for sched in self.method.schedulers().values():
+            sched.step()
+        logged = self.ctx.take_logs()
+        # the EMA's ramp-up reads the images seen before this batch, as EDM and SiD do
+        self.ema.update(self.method.networks()[self.method.generator_name], self.cfg.batch, self.progress.images_seen)
+        return losses, logged
+
     def train(self) -> Progress:
         cfg, p = self.cfg, self.progress
         display = ProgressDisplay(self.budget, enabled=self.rank == 0, start=self.budget.used(p.counters()))
@@ -285,16 +300,9 @@ class Trainer:
         with display, stop_requests() as stop:
             while not done:
                 stage_logs = self._enter_stages()
-                t0 = time.perf_counter()
-                self.ctx.iteration = p.iteration
-                with self.counter.iteration():
-                    losses = self.method.train_step(self.ctx)
-                for sched in self.method.schedulers().values():
-                    sched.step()
-                logged = self.ctx.take_logs()
                 before, fraction_before = p.images_seen, self.budget.fraction(p.counters())
-                # the EMA's ramp-up reads the images seen before this batch, as EDM and SiD do
-                self.ema.update(self.method.networks()[self.method.generator_name], cfg.batch, before)
+                t0 = time.perf_counter()
+                losses, logged = self.step()
                 elapsed = time.perf_counter() - t0
                 over = bool(max_seconds) and p.seconds + elapsed + p.eval_seconds >= max_seconds
                 # One collective per iteration: the mean over ranks of the logs (they describe the

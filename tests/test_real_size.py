@@ -1,0 +1,109 @@
+"""benchmarks/real_size.py on the CPU at micro-batch 1 on the cifar10 preset: the real DDPM++ network
+(56M parameters, random weights) through each method and the trainer's own iteration. Its images
+have the dataset's shape, and the compute counter's passes and FLOPs per iteration are those of the
+method's documented iteration (one forward of one image through the network, counted here on the
+meta device, times the passes). One iteration of SiD and progressive distillation takes about 20 s
+of one core; the other methods together about 40 s more (marked slow)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sidbench.config import compose
+from sidbench.teachers.networks import build_edm_network
+
+_spec = importlib.util.spec_from_file_location("real_size", Path(__file__).parents[1] / "benchmarks" / "real_size.py")
+real_size = importlib.util.module_from_spec(_spec)
+sys.modules["real_size"] = real_size  # its dataclass looks its module up there
+_spec.loader.exec_module(real_size)
+
+CPU = torch.device("cpu")
+#: (network passes, the teacher's) per generated image of one iteration, from each method's
+#: documented iteration (module docstrings; SiD's also in the README's "Equal compute")
+PASSES = {
+    # fake-score update: G forward 1, fake score forward and backward 3; generator update: G 3,
+    # teacher and fake score forward and backward to the input, 2 each
+    "sid": (11, 2),
+    # last stage: two teacher Euler steps 2; the student forward and backward 3
+    "progressive": (5, 2),
+    # SiD's, with the fake score's update on [x_g, x_r]: 2 images x 3
+    "sida": (14, 2),
+    # generator: G 3, teacher 1, fake score 1 (no graph), the regression's G(z_ref) 3; fake score 3
+    "dmd": (11, 1),
+    # iteration 0 steps the generator (TTUR): G 3, teacher 1, fake score 1 (no graph); fake score 3
+    "dmd2": (8, 1),
+    # one Heun step of the teacher 2; f forward and backward 3; the target network 1
+    "consistency": (6, 2),
+    # DMD2's, plus the GAN term: fake score forward 1 and backward to x 1, head 2; the fake score's
+    # update on [x_t, real, fake] 9 and the head's on 2 feature maps 6
+    "dmd2-gan": (24, 1),
+}
+
+
+@pytest.fixture(scope="module")
+def forward_flops() -> float:
+    """FLOPs of one image's forward through the cifar10 card's network (shapes only: meta device)."""
+    with torch.device("meta"):
+        net = build_edm_network(dict(compose(["dataset=cifar10"]).dataset.teacher.constructor)).eval()
+        with FlopCounterMode(display=False) as mode:
+            net(torch.randn(1, 3, 32, 32), torch.ones(1), None)
+    return float(mode.get_total_flops())
+
+
+def check_row(row: dict, forward_flops: float) -> None:
+    assert row["status"] == "measured", row["status"]
+    assert (row["micro_batch"], row["iterations"]) == (1, 1)
+    assert row["sample_shape"] == [1, 3, 32, 32]
+    assert (row["passes_per_iteration"], row["teacher_passes_per_iteration"]) == PASSES[row["method"]]
+    assert row["seconds_per_iteration"] > 0 and row["peak_memory_gib"] > 0.2
+    assert row["flops_per_second"] == pytest.approx(row["flops_per_iteration"] / row["seconds_per_iteration"])
+    if row["method"] == "dmd2-gan":
+        # the head is a few convolutions, and the GAN term's backward runs through the encoder only:
+        # 15 whole-network passes and part of one
+        assert 15 * forward_flops < row["flops_per_iteration"] < 16 * forward_flops
+    else:  # every pass is a whole network's: FLOPs = passes x one forward (+-1%: augmentation, first layers)
+        assert row["flops_per_iteration"] == pytest.approx(row["passes_per_iteration"] * forward_flops, rel=0.01)
+
+
+def test_sid_and_progressive_at_micro_batch_1(tmp_path: Path, forward_flops: float, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "real_size.md"
+    assert real_size.main(["--methods", "sid", "progressive", "--datasets", "cifar10", "--device", "cpu",
+                           "--batch-gpu", "1", "--warmup", "0", "--iterations", "1", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["sid", "progressive"]
+    for row in rows:
+        check_row(row, forward_flops)
+    sid, progressive = rows
+    assert sid["stage"] == "" and progressive["stage"] == "1-step (last of 13)"
+    assert "precomputation excluded" in progressive["notes"] and "precomputation" not in sid["notes"]
+    table = out.read_text()
+    assert table in capsys.readouterr().out and table.count("| cifar10 | fp32 | 1 | 1 |") == 2
+
+
+@pytest.mark.slow
+def test_the_other_methods_at_micro_batch_1(forward_flops: float) -> None:
+    methods = ["sida", "dmd", "dmd2", "consistency", "dmd2-gan"]
+    rows = real_size.measure_matrix(methods, ["cifar10"], CPU, batch_gpu=1, warmup=0, iterations=1)
+    for row in rows:
+        check_row(vars(row), forward_flops)
+    by_name = {r.method: r for r in rows}
+    assert by_name["sida"].stage == "sida (last of 3)"  # with the adversarial term
+    assert any(o.startswith("dataset.images.path=") for o in by_name["sida"].overrides)
+    assert not any(o.startswith("dataset.images.path=") for o in by_name["dmd2"].overrides)
+
+
+def test_rows_that_cannot_run_are_recorded_and_the_rest_go_on(tmp_path: Path) -> None:
+    out = tmp_path / "t.md"
+    rows = real_size.measure_matrix(["no-such-method"], ["cifar10"], CPU, out=out)
+    assert rows[0].status.startswith("skipped: unknown method 'no-such-method'")
+    rows = real_size.measure_matrix(["sid", "dmd"], ["cifar10", "ffhq64"], CPU, out=out, stop_after=0)
+    assert [(r.method, r.dataset) for r in rows] == [("sid", "cifar10"), ("dmd", "cifar10"), ("sid", "ffhq64"), ("dmd", "ffhq64")]
+    assert all(r.status == "not measured: --stop-after 0 s reached before this row" for r in rows)
+    assert out.read_text().count("not measured: --stop-after") == 4
+    assert len(out.with_suffix(".jsonl").read_text().splitlines()) == 4
