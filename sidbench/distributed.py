@@ -125,3 +125,13 @@ def wrap_ddp(networks: dict[str, torch.nn.Module], device: torch.device) -> dict
     ids = [device.index] if device.type == "cuda" else None
     return {k: torch.nn.parallel.DistributedDataParallel(v, device_ids=ids, forward_sync_buffers=False)
             for k, v in networks.items()}
+
+
+def launch_processes(cfg) -> int:  # noqa: ANN001 - a DictConfig
+    """How many processes `sidbench run` starts on this machine: `processes`, at most one per GPU
+    on CUDA machines; 1 inside a process that torchrun already started."""
+    if "WORLD_SIZE" in os.environ or int(cfg.get("processes") or 1) <= 1:
+        return 1
+    if pick_device(cfg.device).type == "cuda":
+        return max(1, min(int(cfg.processes), torch.cuda.device_count()))
+    return int(cfg.processes)

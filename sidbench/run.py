@@ -26,7 +26,8 @@ from sidbench.run_folder import (
 from sidbench.tracking import NullTracker, TrackingStoreError, code_version, run_tags, start_tracker, tracking_uri
 from sidbench.trainer.context import configure_cuda_math
 from sidbench.trainer.interrupt import TrainingInterrupted
-from sidbench.trainer.loop import Progress, Trainer
+from sidbench.trainer.loop import Trainer
+from sidbench.trainer.progress import Progress
 
 console = Console(stderr=True)
 

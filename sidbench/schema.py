@@ -330,7 +330,7 @@ def _check_batch_split(cfg: DictConfig) -> None:
     if "WORLD_SIZE" in os.environ:  # inside torchrun: the processes that exist
         world = int(os.environ["WORLD_SIZE"])
     else:
-        from sidbench.cli.run import launch_processes  # the processes `sidbench run` would start
+        from sidbench.distributed import launch_processes  # the processes `sidbench run` would start
 
         world = launch_processes(cfg)
     batch = int(cfg.trainer.batch)

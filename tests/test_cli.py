@@ -116,7 +116,7 @@ def test_conditional_digits_run_end_to_end(tiny_cond_teacher: Path, run_env: Pat
 
 
 def test_processes_launch_only_outside_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sidbench.cli.run import launch_processes
+    from sidbench.distributed import launch_processes
     from sidbench.config import compose
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -128,7 +128,7 @@ def test_processes_launch_only_outside_torchrun(monkeypatch: pytest.MonkeyPatch)
 
 def test_the_last_line_compares_the_metric_with_the_teacher() -> None:
     from sidbench.run import RunResult
-    from sidbench.trainer.loop import Progress
+    from sidbench.trainer.progress import Progress
 
     measured = RunResult(Path("r"), Progress(), {"eval/fd_pixel": 0.186, "eval/seconds": 3.0}, None, teacher={"fd_pixel": 0.146})
     assert measured.summary() == "eval/fd_pixel 0.186 = 1.27x the teacher's 0.146"

@@ -36,6 +36,8 @@ def run_command(overrides: list[str]) -> int:
 
         print(dry_run(cfg))
         return 0
+    from sidbench.distributed import launch_processes
+
     processes = launch_processes(cfg)
     if processes > 1:
         return relaunch_with_torchrun(processes, overrides)
@@ -48,20 +50,6 @@ def run_command(overrides: list[str]) -> int:
     if result.mlflow_run_id:
         console.print(f"MLflow run {result.mlflow_run_id}; browse with `sidbench ui`")
     return 0
-
-
-def launch_processes(cfg) -> int:  # noqa: ANN001 - a DictConfig
-    """How many processes `sidbench run` starts on this machine: `processes`, at most one per GPU
-    on CUDA machines; 1 inside a process that torchrun already started."""
-    if "WORLD_SIZE" in os.environ or int(cfg.get("processes") or 1) <= 1:
-        return 1
-    from sidbench.distributed import pick_device
-
-    if pick_device(cfg.device).type == "cuda":
-        import torch
-
-        return max(1, min(int(cfg.processes), torch.cuda.device_count()))
-    return int(cfg.processes)
 
 
 def relaunch_with_torchrun(processes: int, overrides: list[str]) -> int:

@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from sidbench.trainer.compute import ComputeCounter
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.ema import EMA
 from sidbench.trainer.interrupt import TrainingInterrupted, stop_requests
-from sidbench.trainer.progress import ProgressDisplay
+from sidbench.trainer.progress import Progress, ProgressDisplay
 from sidbench.trainer.schedule import restart
 from sidbench.tracking import NullTracker
 
@@ -42,28 +42,6 @@ CHECKPOINT_FORMAT = 2
 
 class NonFiniteLossError(UserError, RuntimeError):
     """Training produced non-finite losses for too many iterations in a row."""
-
-
-@dataclass
-class Progress:
-    """The run's counters, global over processes; checkpointed."""
-
-    images_seen: int = 0
-    iteration: int = 0
-    passes: float = 0.0
-    teacher_passes: float = 0.0
-    flops: float = 0.0
-    seconds: float = 0.0
-    eval_seconds: float = 0.0
-    stage: int = 0
-
-    @property
-    def kimg(self) -> float:
-        return self.images_seen / 1000
-
-    def counters(self) -> dict[str, float]:
-        """The budget units' values."""
-        return {"kimg": self.kimg, "passes": self.passes, "flops": self.flops, "seconds": self.seconds}
 
 
 def crossed(before: int, after: int, every_kimg: float | None) -> bool:

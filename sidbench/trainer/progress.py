@@ -1,15 +1,39 @@
-"""The live progress display: budget used, images seen, sec/kimg, losses, ETA (a line per tick off a TTY)."""
+"""A run's progress: its counters (global over processes, checkpointed), and their live display
+(budget used, the last evaluation, sec/kimg, losses, ETA; a line per tick off a TTY)."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as Bar
 
 if TYPE_CHECKING:
     from sidbench.trainer.budget import Budget
-    from sidbench.trainer.loop import Progress as RunProgress
+
+
+@dataclass
+class Progress:
+    """The run's counters, global over processes; checkpointed."""
+
+    images_seen: int = 0
+    iteration: int = 0
+    passes: float = 0.0
+    teacher_passes: float = 0.0
+    flops: float = 0.0
+    seconds: float = 0.0
+    eval_seconds: float = 0.0
+    stage: int = 0
+
+    @property
+    def kimg(self) -> float:
+        return self.images_seen / 1000
+
+    def counters(self) -> dict[str, float]:
+        """The budget units' values."""
+        return {"kimg": self.kimg, "passes": self.passes, "flops": self.flops, "seconds": self.seconds}
 
 
 class ProgressDisplay:
@@ -24,7 +48,7 @@ class ProgressDisplay:
         self.line_every_s = line_every_s
         self._last_line = 0.0
         self._metric = ""
-        self._bar = Progress(
+        self._bar = Bar(
             TextColumn("{task.fields[used]}"), BarColumn(bar_width=12), TextColumn("[bold]{task.fields[metric]}"),
             TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
             console=self.console, disable=not self.live,
@@ -38,7 +62,7 @@ class ProgressDisplay:
     def __exit__(self, *exc: object) -> None:
         self._bar.__exit__(*exc)
 
-    def update(self, progress: RunProgress, losses: dict[str, float], evaluation: dict[str, float] | None = None) -> None:
+    def update(self, progress: Progress, losses: dict[str, float], evaluation: dict[str, float] | None = None) -> None:
         """`losses` of this iteration; `evaluation` (the `eval/...` values) when one just ran."""
         if not self.enabled:
             return

@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 
 from sidbench.trainer.budget import Budget
-from sidbench.trainer.loop import Progress
+from sidbench.trainer.progress import Progress
 from sidbench.trainer.progress import ProgressDisplay
 
 
