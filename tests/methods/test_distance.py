@@ -163,3 +163,61 @@ def test_lpips_gets_rgb_images_at_the_resize_resolution(
     assert _RecordingLPIPS.built == ["vgg"]
     model = load_lpips("vgg", torch.device("cpu"))
     assert _RecordingLPIPS.built == ["vgg"] and not model.training
+
+
+# -- LPIPS pooling ----------------------------------------------------------------------------------
+
+
+def test_average_pooling_replaces_every_vgg_max_pooling() -> None:
+    """piq's replace_pooling on the VGG16 backbone: each 2x2 stride-2 max pooling becomes a 2x2
+    stride-2 average pooling, nothing else changes (the weights stay where they were)."""
+    from torchvision.models import vgg16
+
+    model = torch.nn.Module()
+    model.net = vgg16(weights=None).features
+    convs = [m.weight for m in model.net if isinstance(m, torch.nn.Conv2d)]
+    assert dist.with_pooling(model, "max") is model and sum(isinstance(m, torch.nn.MaxPool2d) for m in model.net) == 5
+    dist.with_pooling(model, "avg")
+    pools = [m for m in model.net if isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d))]
+    assert len(pools) == 5 and all(type(m) is torch.nn.AvgPool2d for m in pools)
+    assert all((m.kernel_size, m.stride, m.padding) == (2, 2, 0) for m in pools)
+    assert [m.weight for m in model.net if isinstance(m, torch.nn.Conv2d)] == convs
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    torch.testing.assert_close(pools[0](x), torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))
+
+    other = torch.nn.Module()
+    other.net = torch.nn.Sequential(torch.nn.MaxPool2d(3, 2))  # AlexNet's: no average-pooling variant
+    with pytest.raises(ValueError, match="2x2 stride-2 max pooling only"):
+        dist.with_pooling(other, "avg")
+
+
+def test_pooling_names_are_checked_before_the_package(monkeypatch: pytest.MonkeyPatch, no_lpips_cache: None) -> None:
+    monkeypatch.setitem(sys.modules, "lpips", None)
+    with pytest.raises(ValueError, match="unknown LPIPS pooling 'min'"):
+        load_lpips("vgg", pooling="min")
+    with pytest.raises(ValueError, match="vgg backbone only") as info:
+        load_lpips("alex", pooling="avg")
+    assert "\n" not in str(info.value)
+
+
+class _PoolingLPIPS(_RecordingLPIPS):
+    """A stand-in with a backbone `net` holding one VGG-style max pooling."""
+
+    def __init__(self, net: str = "alex", verbose: bool = True):
+        super().__init__(net, verbose)
+        self.net = torch.nn.Sequential(torch.nn.MaxPool2d(kernel_size=2, stride=2))
+
+
+def test_load_lpips_builds_each_pooling_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_lpips_cache: None) -> None:
+    fake = _fake_lpips_package(tmp_path)
+    fake.LPIPS = _PoolingLPIPS
+    monkeypatch.setitem(sys.modules, "lpips", fake)
+    _hub_with_vgg(tmp_path, monkeypatch)
+    _RecordingLPIPS.built.clear()
+    assert type(load_lpips("vgg").net[0]) is torch.nn.MaxPool2d  # the default: LPIPS as published
+    avg = load_lpips("vgg", "cpu", "avg")
+    assert type(avg.net[0]) is torch.nn.AvgPool2d and not avg.training
+    x = torch.zeros(1, 3, 8, 8)
+    image_distance(x, x, distance="lpips", lpips_pooling="avg")
+    image_distance(x, x, distance="lpips")
+    assert _RecordingLPIPS.built == ["vgg", "vgg"]  # one model per pooling, each loaded once

@@ -4,14 +4,18 @@
 One iteration: x (a teacher sample or a real image), adjacent points t > t2 of the N-point Karras
 grid, x_t = x + t n, one Heun step of the teacher x_t -> x_t2, and the loss
 d(f(x_t, t), stopgrad f_target(x_t2, t2)) summed over the micro-batch's samples (the step context
-divides by the batch), then the target network's EMA step theta- <- mu theta- + (1 - mu) theta.
+divides by the batch: the authors' mean), one RAdam step (both published configurations; no warm-up,
+no clipping), then the target network's EMA step theta- <- mu theta- + (1 - mu) theta. The distance
+is computed in float32 outside autocast, as the authors' LPIPS runs.
 
 The networks. The generator f is `ConsistencyParam` around a copy of the teacher: the teacher's
 raw UNet with the consistency c_skip and c_out, so that f(x, sigma_min) = x. The target network is
 an `EMA` of f with the constant rate mu (0 on CIFAR-10: the target is f itself, copied after each
 update), returned by `averages()`; the trainer counts its calls through `.module`. With dropout,
 the target runs in train mode with the random state the online call started from, so both see the
-same dropout mask (as the authors' code does).
+same dropout mask (as the authors' code does; their PyTorch code restores only the CPU generator's
+state, this restores the CUDA one too, as their JAX code shares one dropout key). The published
+runs use dropout 0, the default here (`method.dropout: null` keeps the teacher's).
 
 How the generator is saved and rebuilt. `sidbench run` saves the trainer's EMA of f with
 `generator_constructor()` through `save_native_teacher`. `ConsistencyParam` holds no weights of
@@ -42,7 +46,7 @@ from torch import Tensor
 from sidbench.config import ConfigError
 from sidbench.methods.base import Recipe, register_method
 from sidbench.methods.baselines.consistency.loss import ConsistencyParam, adjacent_grid_points, heun_teacher_step
-from sidbench.methods.baselines.distance import DISTANCES, LPIPSUnavailableError, image_distance, load_lpips
+from sidbench.methods.baselines.distance import DISTANCES, LPIPSUnavailableError, check_pooling, image_distance, load_lpips
 from sidbench.methods.baselines.consistency.schema import ConsistencySchema
 from sidbench.methods.baselines.student import DenoiserStudent
 from sidbench.seeding import mix
@@ -64,6 +68,11 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"method.num_points={cfg.num_points} must be >= 2: adjacent points of the Karras grid")
     if str(cfg.distance) not in DISTANCES:
         raise ConfigError(f"unknown method.distance={cfg.distance!r}; choose one of {', '.join(DISTANCES)}")
+    try:
+        check_pooling(str(cfg.lpips_net), str(cfg.lpips_pooling))
+    except ValueError as e:
+        raise ConfigError(f"method.lpips_pooling={cfg.lpips_pooling!r} with method.lpips_net={cfg.lpips_net!r}: {e}; "
+                          "use method.lpips_pooling=max with that backbone") from e
     check_sigmas(list(cfg.sampling_sigmas), float(cfg.sigma_min), float(cfg.sigma_max))
 
 
@@ -127,15 +136,17 @@ class ConsistencyDistillation(DenoiserStudent):
         overrides = self.student_overrides(cfg)
         self.dropout = float(overrides.get("dropout", teacher.constructor.get("dropout", 0.0)) or 0.0)
         self.generator = self.consistency_function(teacher.copy_network(**overrides), self.sigma_min)
-        self.target = EMA(self.generator)  # constant-rate average: blend(net, mu) after each update
-        self.opt = torch.optim.Adam(self.generator.parameters(), lr=float(cfg.lr), betas=tuple(cfg.adam_betas))
+        self.target = EMA(self.generator)  # constant-rate average: blend(net, mu) after each update, from the first
+        # RAdam, as both published configurations (no warm-up, no clipping, no weight decay)
+        self.opt = torch.optim.RAdam(self.generator.parameters(), lr=float(cfg.lr), betas=tuple(cfg.betas),
+                                     eps=float(cfg.eps))
 
     def _check_lpips(self, teacher: Teacher) -> None:
         if teacher.channels == 1 and not bool(self.cfg.lpips_adapt_gray):
             raise ConfigError("method.distance=lpips needs RGB images; set method.lpips_adapt_gray=true to repeat a gray "
                               "image to 3 channels, or use method.distance=l2")
         try:
-            load_lpips(str(self.cfg.lpips_net), self.device)
+            load_lpips(str(self.cfg.lpips_net), self.device, str(self.cfg.lpips_pooling))
         except (LPIPSUnavailableError, ValueError) as e:
             raise ConfigError(f"{e}") from e
 
@@ -194,7 +205,11 @@ class ConsistencyDistillation(DenoiserStudent):
             if state is not None:
                 set_rng_state(state, self.device)  # the online call's dropout mask
             target = target_net(x_t2, t2.flatten(), labels).float()
-        d = image_distance(online, target, self.distance, adapt_gray=bool(cfg.lpips_adapt_gray),
-                           lpips_net=str(cfg.lpips_net), lpips_resize=self._lpips_resize())
+        # The distance in float32 outside autocast: the authors' LPIPS network runs in float32 on
+        # the float32 outputs (only the UNet is half precision); l2 is float32 either way.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            d = image_distance(online, target, self.distance, adapt_gray=bool(cfg.lpips_adapt_gray),
+                               lpips_net=str(cfg.lpips_net), lpips_resize=self._lpips_resize(),
+                               lpips_pooling=str(cfg.lpips_pooling))
         loss = d.sum()
         return loss, {"consistency": loss.detach() / n}
