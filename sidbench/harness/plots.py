@@ -42,13 +42,12 @@ def mean_curve(points: Sequence[pd.DataFrame], x: str) -> pd.DataFrame:
     return pd.DataFrame({"x": xs.mean(axis=0), "mean": ys.mean(axis=0), "min": ys.min(axis=0), "max": ys.max(axis=0)})
 
 
-def _set_xscale(ax: Any, xs: Sequence[float]) -> None:
-    """Log x when the points span more than ~2 decades (log-spaced evaluations, a metric that falls
-    fast early), as symlog so the start at 0 stays on the axis; linear otherwise."""
+def log_x(xs: Sequence[float]) -> bool:
+    """Whether a panel's x axis is logarithmic: when its positive points span more than ~2 decades
+    (log-spaced evaluations; a method whose precomputation is charged starts far from 0 and would be
+    a sliver at the right of a linear axis)."""
     pos = [v for v in xs if v > 0 and math.isfinite(v)]
-    if len(pos) >= 2 and max(pos) / min(pos) >= 50:
-        ax.set_xscale("symlog", linthresh=min(pos))
-        ax.set_xlim(left=0)  # no negative side: every x here is a count from the start
+    return len(pos) >= 2 and max(pos) / min(pos) >= 50
 
 
 def curves_figure(title: str, metric: str, series: Sequence[Series], teachers: Sequence[tuple[float, str]], path: Path) -> Path:
@@ -62,18 +61,23 @@ def curves_figure(title: str, metric: str, series: Sequence[Series], teachers: S
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(AXES), sharey=True)
     for ax, (x, xlabel) in zip(axes, AXES):
-        xs: list[float] = []
-        for i, s in enumerate(series):
-            c = mean_curve(s.points, x).dropna(subset=["x", "mean"])
-            c = c[c["mean"] > 0]  # a log axis cannot show 0
+        curves = [mean_curve(s.points, x).dropna(subset=["x", "mean"]) for s in series]
+        curves = [c[c["mean"] > 0] for c in curves]  # a log y axis cannot show 0
+        log = log_x([v for c in curves for v in c["x"]])
+        if log:  # the start (x = 0) has no place on a log axis: it is drawn at the left edge, hollow
+            left = min(v for c in curves for v in c["x"] if v > 0) / 3
+        for i, (s, c) in enumerate(zip(series, curves)):
             if c.empty:
                 continue
             color = f"C{i % 10}"
             seeds = len(s.points)
+            if log:
+                start = c["x"] <= 0
+                c = c.assign(x=c["x"].where(~start, left))
+                ax.plot(c["x"][start], c["mean"][start], marker="o", ms=5, mfc="none", ls="none", color=color)
             ax.plot(c["x"], c["mean"], marker="o", ms=3, lw=1.5, color=color, label=f"{s.label} ({seeds} seed{'s' if seeds != 1 else ''})")
             if seeds > 1:
                 ax.fill_between(c["x"], c["min"], c["max"], color=color, alpha=0.2, lw=0)
-            xs.extend(c["x"])
         for value, source in teachers:
             if value > 0:
                 ax.axhline(value, color="k", ls="--", lw=1, label=f"teacher {value:.4g} ({source})")
@@ -82,7 +86,9 @@ def curves_figure(title: str, metric: str, series: Sequence[Series], teachers: S
         # plain numbers (0.2, 0.5, 1, 2): a metric within a decade or two reads badly as 2x10^-1
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
-        _set_xscale(ax, xs)
+        if log:
+            ax.set_xscale("log")
+            xlabel += " (log; hollow: the start, at 0)"
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel(f"{metric} (mean over seeds; band: min-max)")

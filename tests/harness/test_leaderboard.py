@@ -342,3 +342,11 @@ def test_mean_curve_lines_up_seeds_by_index():
     assert list(c["x"]) == [0.0, 5.0, 10.0]
     assert list(c["mean"]) == [5.0, 1.5, 0.75] and list(c["min"]) == [4.0, 1.0, 0.5] and list(c["max"]) == [6.0, 2.0, 1.0]
     assert len(mean_curve([a, b.iloc[:2]], "kimg")) == 2  # the points every seed has
+
+
+def test_panels_use_a_log_x_axis_when_points_span_decades():
+    from sidbench.harness.plots import log_x
+
+    # log-spaced evaluations (2% of the budget first), and a method that starts at its charged precomputation
+    assert log_x([0.0, 8e10, 5.6e11, 1e12, 4e12, 6.8e11, 4e12])
+    assert not log_x([0.0, 10.0, 20.0, 40.0])  # evenly spaced points read best on a linear axis
