@@ -208,7 +208,7 @@ def measure(row: Row, cfg: DictConfig, teacher: Any, device: torch.device, warmu
     method = REGISTRY.get(str(cfg.method.name))(teacher, cfg.method, device, cfg)
     sampler = None
     if teacher.label_dim:
-        freq = label_frequencies(teacher.label_dim, cfg.dataset.get("label_freq"), str(cfg.dataset.name))
+        freq = label_frequencies(teacher.label_dim, cfg.dataset.get("label_freq"), cfg.dataset)
         sampler = label_sampler(teacher.label_dim, freq, device)
     real = random_images(teacher.shape, teacher.label_dim) if method.uses_real_data else None
     # The trainer writes into its run folder only when it checkpoints or logs, which nothing here does.

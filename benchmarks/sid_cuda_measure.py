@@ -70,7 +70,7 @@ def build(dataset: str, precision: str, device: torch.device) -> tuple[Any, Any,
     sid = METHODS.get("sid")(teacher, cfg.method, device, cfg)
     labels = None
     if teacher.label_dim:
-        freq = label_frequencies(teacher.label_dim, "uniform", dataset)
+        freq = label_frequencies(teacher.label_dim, "uniform", cfg.dataset)
         labels = label_sampler(teacher.label_dim, freq, device)
     batch_gpu = int(cfg.trainer.batch_gpu or cfg.trainer.batch)
     ctx = StepContext(sid.networks(), sid.optimizers(), device, batch=batch_gpu, batch_gpu=batch_gpu,

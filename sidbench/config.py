@@ -1,9 +1,19 @@
-"""Composing the run configuration with Hydra's compose API, and checking names first."""
+"""Composing the run configuration with Hydra's compose API, and checking names first.
+
+The configs are the package's (`sidbench/conf`) and, after them, those in the folders named by
+`$SIDBENCH_CONFIG_PATH` (separated by the OS path separator, `:` on Linux), laid out the same way:
+`<folder>/dataset/<name>.yaml` is a dataset card, `<folder>/preset/<method>_<name>.yaml` a preset.
+They reach Hydra as its search path (`hydra.searchpath`), so a card may extend a shipped one through
+its defaults list, and the variable reaches every process a run starts (torchrun's workers, a
+bench's cells). A package's own config wins over a file of the same name in such a folder.
+"""
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from importlib.resources import files
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,14 +29,72 @@ class ConfigError(UserError, ValueError):
     exit_code = 2
 
 
+#: Folders of the user's own configs, searched after the package's (see the module's docstring).
+CONFIG_PATH_ENV = "SIDBENCH_CONFIG_PATH"
+
+
+def config_dirs() -> list[Path]:
+    """The folders named by `$SIDBENCH_CONFIG_PATH`, absolute, in order."""
+    dirs = []
+    for part in filter(None, os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep)):
+        path = Path(part).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"{CONFIG_PATH_ENV} names {part!r}, which is not a folder; point it at the folder that "
+                              "holds your dataset/ (and preset/) folders")
+        dirs.append(path)
+    return dirs
+
+
+def group_files(group: str) -> dict[str, Path]:
+    """{name: YAML file} of a config group: the package's, then the `$SIDBENCH_CONFIG_PATH` folders'
+    (a name already found is not replaced, as in Hydra's search path)."""
+    found: dict[str, Path] = {}
+    for root in (Path(str(files(CONFIG_MODULE))), *config_dirs()):
+        folder = root / group
+        if folder.is_dir():
+            for p in sorted(folder.iterdir()):
+                if p.name.endswith(".yaml"):
+                    found.setdefault(p.name.removesuffix(".yaml"), p)
+    return found
+
+
 def group_options(group: str) -> list[str]:
     """YAML files of a config group plus configs that plugins stored in Hydra's ConfigStore."""
-    names = {p.name.removesuffix(".yaml") for p in (files(CONFIG_MODULE) / group).iterdir() if p.name.endswith(".yaml")}
+    names = set(group_files(group))
     from hydra.core.config_store import ConfigStore
 
     repo = ConfigStore.instance().repo.get(group, {})
     names |= {k.removesuffix(".yaml") for k in repo}
     return sorted(names)
+
+
+def _searchpath() -> list[str]:
+    """The Hydra override that adds the `$SIDBENCH_CONFIG_PATH` folders to the search path."""
+    dirs = config_dirs()
+    if not dirs:
+        return []
+    quoted = ",".join("'file://" + d.as_posix().replace("\\", "\\\\").replace("'", "\\'") + "'" for d in dirs)
+    return [f"hydra.searchpath=[{quoted}]"]
+
+
+def group_config(group: str, name: str) -> DictConfig:
+    """One config of a group as Hydra composes it (a card that extends another through its defaults
+    list holds the other's keys too), e.g. a dataset card for `sidbench list`."""
+    path = group_files(group).get(name)
+    if path is not None:
+        node = OmegaConf.load(path)
+        if "defaults" not in node:  # the shipped cards: read as written, no Hydra needed
+            return node
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+
+    primary = f"sidbench_{group}_only"
+    ConfigStore.instance().store(name=primary, node={"defaults": [{group: "???"}, "_self_"]})
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+        return hydra_compose(config_name=primary, overrides=[f"{group}={name}", *_searchpath()])[group]
 
 
 def register_plugin_configs() -> None:
@@ -71,7 +139,7 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=overrides)
+            cfg = hydra_compose(config_name="config", overrides=[*overrides, *_searchpath()])
     except HydraException as e:
         lines = str(e).strip().splitlines()
         unknown = re.match(r"Could not override '([^']+)'", lines[0])

@@ -1,18 +1,23 @@
 """Class labels for conditional generation, drawn from the dataset's label frequencies."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 
-def label_frequencies(label_dim: int, spec: str | Sequence[float] | None, dataset: str) -> torch.Tensor:
-    """`uniform`, `data` (the real dataset's frequencies; digits ship with scikit-learn) or a list."""
+def label_frequencies(label_dim: int, spec: str | Sequence[float] | None, dataset: Mapping) -> torch.Tensor:
+    """`uniform`, `data` or a list of `label_dim` non-negative weights; `dataset` is the dataset card.
+
+    `data` counts the classes of the card's own images: those it ships (`images.builtin`; the
+    scikit-learn digits are the bundled ones) rather than a name, so a new card says it in its fields."""
     if spec is None or spec == "uniform":
         return torch.full((label_dim,), 1.0 / label_dim)
     if spec == "data":
-        if not dataset.startswith("digits"):
-            raise ValueError(f"label_freq=data needs the dataset's labels, which only the digits datasets ship; give a list for {dataset}")
+        images = dataset.get("images") or {}
+        if images.get("builtin") != "digits":
+            raise ValueError(f"label_freq=data counts the labels of the card's bundled images (images.builtin), which "
+                             f"dataset {dataset.get('name')} has not; give its label frequencies as a list of {label_dim} numbers")
         from sidbench.data.digits import load_digits_tensors
 
         counts = torch.bincount(load_digits_tensors()[1], minlength=label_dim).double()

@@ -111,15 +111,14 @@ def reference_metrics(cfg: DictConfig, info: dict[str, Any], teacher_file: str |
     """
     metric = str(cfg.eval.metric)
     if teacher_file is not None:
+        from sidbench.eval import METRICS
         from sidbench.eval.teacher_metrics import lookup_teacher_metric
 
-        is_fid = metric == "fid"
         # Rank 0 asks the store and tells the others (a collective: `_run` calls this on every
         # rank at the same point); parallel readers of a SQLite store would race its writer.
         cached = broadcast_object(lookup_teacher_metric(
             cfg, teacher_file, metric=metric, num_samples=[int(cfg.eval.num_samples), int(cfg.eval.final_samples)],
-            steps=int(cfg.dataset.teacher.sampler_steps), mode=str(cfg.eval.fid_mode) if is_fid else None,
-            ref=str(cfg.dataset.ref_stats) if is_fid and cfg.dataset.get("ref_stats") else None,
+            steps=int(cfg.dataset.teacher.sampler_steps), settings=METRICS.get(metric).measurement_settings(cfg),
         ) if rank == 0 else None)
         if cached is not None:
             return {metric: float(cached["value"])}
@@ -177,7 +176,7 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
 
     teacher = load_teacher(cfg.dataset.teacher, device)
     method = METHODS.get(cfg.method.name)(teacher, cfg.method, device, cfg)
-    freq = label_frequencies(teacher.label_dim, cfg.dataset.get("label_freq"), str(cfg.dataset.name)) if teacher.label_dim else None
+    freq = label_frequencies(teacher.label_dim, cfg.dataset.get("label_freq"), cfg.dataset) if teacher.label_dim else None
     sampler = label_sampler(teacher.label_dim, freq, device) if freq is not None else None
 
     evaluator = None

@@ -54,9 +54,10 @@ def _precisions() -> Sequence[str]:
 
 
 def _metric_names() -> Sequence[str]:
-    from sidbench.eval.protocol import METRIC_NAMES
+    """The registered metrics, plugins included (`sidbench.eval.METRICS`; naming them imports none)."""
+    from sidbench.eval import METRICS
 
-    return METRIC_NAMES
+    return METRICS.names()
 
 
 def _fid_modes() -> Sequence[str]:

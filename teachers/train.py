@@ -28,7 +28,7 @@ console = Console(stderr=True)
 
 def measure_teacher(net: torch.nn.Module, cfg: DictConfig, device: torch.device, num_samples: int, steps: int) -> dict[str, float]:
     """The teacher's own distances (Heun, 2N-1 NFE) in every offline digits metric."""
-    from sidbench.eval.digits import digits_metric
+    from sidbench.eval import METRICS
     from sidbench.eval.images import generated_batches
 
     shape = (int(cfg.dataset.channels), int(cfg.dataset.resolution), int(cfg.dataset.resolution))
@@ -37,7 +37,7 @@ def measure_teacher(net: torch.nn.Module, cfg: DictConfig, device: torch.device,
         return heun_sample(net, z, labels, num_steps=steps)
 
     images = torch.cat(list(generated_batches(sample, num_samples, 500, shape, int(cfg.dataset.label_dim), device, seed=int(cfg.eval.seed))))
-    return {name: digits_metric(name).compute([images]) for name in ("fd_pixel", "fd_digits")}
+    return {name: METRICS.get(name)().compute([images]) for name in ("fd_pixel", "fd_digits")}
 
 
 def train_teacher(cfg: DictConfig, out: str | Path | None = None, command: str = "") -> Path:

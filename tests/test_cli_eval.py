@@ -1,7 +1,7 @@
 """`sidbench fid` and `sidbench stats` from the command line, offline.
 
-The Inception detector is replaced by a small feature function through the factory the commands
-use (`sidbench.cli.score.inception_extractor`), so no weights file is needed; the digits
+The Inception detector is replaced by a small feature function through the factory every FID and
+`sidbench stats` use (`sidbench.eval.fid.inception_extractor`), so no weights file is needed; the digits
 sources use their own offline metric (`fd_pixel`) and need no detector at all.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _features(x: torch.Tensor) -> torch.Tensor:
 @pytest.fixture
 def fake_inception(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Replace the detector factory; returns the list of the calls it received."""
-    import sidbench.cli.score as commands
+    import sidbench.eval.fid as fid
 
     calls: list[dict] = []
 
@@ -53,7 +53,7 @@ def fake_inception(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
         calls.append({"mode": mode, **kwargs})
         return _features
 
-    monkeypatch.setattr(commands, "inception_extractor", factory)
+    monkeypatch.setattr(fid, "inception_extractor", factory)
     monkeypatch.delenv("SIDBENCH_INCEPTION", raising=False)
     return calls
 
@@ -278,8 +278,8 @@ def test_teacher_reference_on_a_real_dataset_cached_else_published(tiny_teacher:
     info = {"published": {"fid": 1.97, "nfe": 35}}
     assert reference_metrics(cfg, info, tiny_teacher) == {"fid_published": 1.97}
 
-    def record(value: float, **kw) -> None:
-        setting = dict(metric="fid", num_samples=50_000, steps=18, mode="legacy_tensorflow", ref=str(cfg.dataset.ref_stats))
+    def record(value: float, mode: str = "legacy_tensorflow", ref: str = str(cfg.dataset.ref_stats), **kw) -> None:
+        setting = dict(metric="fid", num_samples=50_000, steps=18, settings={"fid_mode": mode, "ref": ref})
         record_teacher_metric(cfg, tiny_teacher, value=value, **{**setting, **kw})
 
     record(9.0, mode="clean")                  # another FID mode

@@ -69,7 +69,7 @@ BAD: list[tuple[list[str], str, str, Callable[[Path], None] | None]] = [
     (["trainer.eval_at_fraction=[0.5,2]"], "trainer.eval_at_fraction=[0.5, 2]:", "a list of numbers in (0, 1]", None),
     (["trainer.eval_at_kimg=[abc]"], "trainer.eval_at_kimg=['abc']:", "a list of numbers >= 0", None),
     (["trainer.max_nonfinite=0"], "trainer.max_nonfinite=0:", "an integer >= 1", None),
-    (["eval.metric=inception_score"], "eval.metric=inception_score:", "one of fd_pixel, fd_digits, fid", None),
+    (["eval.metric=inception_score"], "eval.metric=inception_score:", "one of fd_digits, fd_pixel, fid", None),
     (["eval.num_samples=0"], "eval.num_samples=0:", "an integer >= 1", None),
     (["eval.fid_mode=fast"], "eval.fid_mode=fast:", "one of legacy_tensorflow, clean", None),
     (["device=cuda"], "device=cuda:", "no CUDA device", None),

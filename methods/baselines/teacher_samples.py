@@ -285,8 +285,8 @@ def label_freq(teacher: Teacher, full_cfg: DictConfig | None) -> tuple[float, ..
     from sidbench.labels import label_frequencies
 
     spec = full_cfg.dataset.get("label_freq") if full_cfg is not None else None
-    name = str(full_cfg.dataset.name) if full_cfg is not None else ""
-    return tuple(float(v) for v in label_frequencies(teacher.label_dim, spec, name).tolist())
+    card = full_cfg.dataset if full_cfg is not None else {}
+    return tuple(float(v) for v in label_frequencies(teacher.label_dim, spec, card).tolist())
 
 
 def charge_recorded(ctx: StepContext, samples: TeacherSamples) -> None:

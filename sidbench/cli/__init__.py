@@ -34,29 +34,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
     from rich.table import Table
 
-    from sidbench.config import group_options, register_plugin_configs
-    from sidbench.eval.protocol import METRIC_NAMES
-    from sidbench.methods import METHODS  # declares the built-ins without importing them (nor torch)
+    from sidbench.config import group_config, group_options, register_plugin_configs
+    from sidbench.eval import METRICS  # declares the built-ins without importing them (nor torch)
+    from sidbench.methods import METHODS
 
     register_plugin_configs()
     methods = Table("method", "description", title="methods (method=...)")
     for name, desc in METHODS.describe().items():
         methods.add_row(name, desc)
     datasets = Table("dataset", "description", "teacher", "metric", title="datasets and their teachers (dataset=...)")
-    from importlib.resources import files
-
     for name in group_options("dataset"):
-        card = OmegaConf.load(str(files("sidbench.conf") / "dataset" / f"{name}.yaml"))
+        card = group_config("dataset", name)
         t = card.teacher
-        where = f"{t.name} (shipped)" if t.get("builtin") else f"{t.name} (downloaded once)"
-        datasets.add_row(name, str(card.description), where, str(card.metric))
+        where = f"{t.name} ({'local file' if t.get('path') else 'shipped' if t.get('builtin') else 'downloaded once'})"
+        datasets.add_row(name, str(card.get("description", "")), where, str(card.get("metric", "")))
+    metrics = Table("metric", "description", title="metrics (eval.metric=..., a dataset card's metric)")
+    for name, desc in METRICS.describe().items():
+        metrics.add_row(name, desc)
     out = Console()
     out.print(methods)
     out.print(datasets)
-    out.print(f"metrics: {', '.join(METRIC_NAMES)}")
+    out.print(metrics)
     return 0
 
 

@@ -11,10 +11,13 @@ SOURCE is one of
 
 Generated images come from `generated_batches` (the eval group's seed and label mode; labels
 cyclic by default, docs/fid.md) on the configured device. The metric is the dataset's
-(`eval.metric`: `fid` on the real datasets, the offline `fd_pixel`/`fd_digits` on digits); an
-explicit `--ref` always means FID against that reference. `stats` writes reference statistics of
-real images in EDM's `.npz` format. The Inception detector is built by this module's
-`inception_extractor` (looked up at call time, so tests can replace it).
+(`eval.metric`: `fid` on the real datasets, the offline `fd_pixel`/`fd_digits` on digits, or any
+registered metric), built from the config as a run builds it (`sidbench.eval.factory.build_metric`);
+the options `--ref`, `--mode` and `--inception` are settings of that config (`dataset.ref_stats`,
+`eval.fid_mode`, `eval.inception_path`), and an explicit `--ref` always means FID against that
+reference. `stats` writes reference statistics of real images in EDM's `.npz` format. The
+Inception detector is built by `sidbench.eval.fid.inception_extractor` (looked up at call time, so
+tests can replace it).
 """
 from __future__ import annotations
 
@@ -31,22 +34,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sidbench.config import ConfigError, compose
+from sidbench.eval import fid as fid_module
 from sidbench.eval.base import Metric
-from sidbench.eval.fid import FID, FeatureExtractor, check_mode, inception_extractor
+from sidbench.eval.factory import build_metric
+from sidbench.eval.fid import FID, FeatureExtractor, check_mode
 from sidbench.eval.generators import generator_file, is_run_folder
 from sidbench.eval.images import SampleFn
 from sidbench.eval.protocol import DEFAULT_BATCH_SIZE
-from sidbench.eval.reference import card_references, reference_stats_for, save_reference_stats
+from sidbench.eval.reference import save_reference_stats
 from sidbench.eval.sources import accumulate_features, image_batches, image_files
-
-#: The number of generated images of the FID protocol (docs/fid.md).
-PROTOCOL_NUM_IMAGES = 50_000
-
-#: Metrics that are not FID, with the reference they carry themselves (for the printout).
-OFFLINE_REFERENCES = {
-    "fd_pixel": "the 1797 scikit-learn digits (pixel space; not FID)",
-    "fd_digits": "the 1797 scikit-learn digits (digits-classifier features; not FID)",
-}
 
 
 @dataclass
@@ -132,12 +128,11 @@ def run_fid(
                           "or dataset=<name> (its own metric and reference)")
     cfg = compose(overrides)
     dev = pick_device(device or str(cfg.device))
-    mode = mode or str(cfg.eval.fid_mode)
-    inception = inception or cfg.eval.get("inception_path")
-    metric = "fid" if ref is not None else str(cfg.eval.metric)
-    ref_text = ref if ref is not None else (cfg.dataset.get("ref_stats") if metric == "fid" else None)
-    if metric == "fid" and not ref_text:
-        raise ConfigError(f"dataset {cfg.dataset.name} has no FID reference statistics (dataset.ref_stats); pass --ref")
+    # The options are settings of the config, so that the metric is built as a run builds it.
+    for key, value in (("dataset.ref_stats", ref), ("eval.fid_mode", mode), ("eval.inception_path", inception)):
+        if value is not None:
+            OmegaConf.update(cfg, key, value, force_add=True)
+    metric_name = "fid" if ref is not None else str(cfg.eval.metric)
 
     gen_kwargs: dict = {}
     teacher = steps = None
@@ -173,30 +168,20 @@ def run_fid(
             notes.append(("dataset", str(cfg.dataset.name)))
         notes.append(("labels", f"{cfg.eval.label_mode}, seed {cfg.eval.seed}" if label_dim else f"none, seed {cfg.eval.seed}"))
 
-    if metric == "fid":
-        gen_kwargs.pop("device", None)  # fid_command puts the noise on its own `device`, the same
-        value = fid_command(sample_source, ref_text, mode=mode, num_samples=num, batch_size=batch, device=dev,
-                            inception_path=inception, console=console, progress=progress, source_name=source_name,
-                            extra_rows=notes, **gen_kwargs)
-    else:
-        from sidbench.eval.factory import build_metric
-
-        value = metric_command(sample_source, build_metric(metric, cfg), num_samples=num, batch_size=batch,
-                               console=console, progress=progress, source_name=source_name,
-                               reference=OFFLINE_REFERENCES.get(metric), extra_rows=notes, **gen_kwargs)
+    metric = build_metric(metric_name, cfg, device=dev, progress=progress)
+    value = metric_command(sample_source, metric, num_samples=num, batch_size=batch, console=console, progress=progress,
+                           source_name=source_name, extra_rows=notes, **gen_kwargs)
 
     run_id = None
     if teacher is not None and ref is None:
         from sidbench.eval.teacher_metrics import record_teacher_metric
 
-        run_id = record_teacher_metric(
-            cfg, teacher.source, metric=metric, value=value, num_samples=int(num), steps=int(steps),
-            mode=mode if metric == "fid" else None, ref=str(ref_text) if metric == "fid" else None,
-        )
+        run_id = record_teacher_metric(cfg, teacher.source, metric=metric.name, value=value, num_samples=int(num),
+                                       steps=int(steps), settings=type(metric).measurement_settings(cfg))
         if run_id is not None:
-            console.print(f"recorded as the teacher's {metric} ({int(num):,} images) for runs on {cfg.dataset.name}: "
+            console.print(f"recorded as the teacher's {metric.name} ({int(num):,} images) for runs on {cfg.dataset.name}: "
                           f"MLflow run {run_id}")
-    return FidResult(metric, float(value), run_id)
+    return FidResult(metric.name, float(value), run_id)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,31 +230,26 @@ def metric_command(
     console: Console | None = None,
     progress: bool = True,
     source_name: str | None = None,
-    reference: str | None = None,
     extra_rows: Sequence[tuple[str, str]] = (),
     **generator_kwargs,
 ) -> float:
     """`metric` (FID, `fd_pixel`, ...) of a file or generator source (`sources.image_batches`);
-    printed under the metric's own name, so a distance that is not FID is never shown as one."""
+    printed under the metric's own title, so a distance that is not FID is never shown as one,
+    with its reference, its details and its caveats."""
     console = console or Console()
     batches = image_batches(source, batch_size=batch_size, num_samples=num_samples, **generator_kwargs)
     seen = [0]
     value = float(metric.compute(_counted(batches, console, progress, metric.name,
                                           _count_images(source, num_samples), seen)))
-    table = Table(title=metric.name.upper() if metric.name == "fid" else metric.name, show_header=False)
+    table = Table(title=metric.title or metric.name, show_header=False)
     table.add_row("source", _source_name(source, source_name))
-    for key, text in extra_rows:
+    for key, text in [*extra_rows, *metric.details()]:
         table.add_row(key, text)
-    if reference is not None:
-        table.add_row("reference", reference)
-    if isinstance(metric, FID):
-        table.add_row("mode", metric.mode)
     table.add_row("images", f"{seen[0]:,}")
     table.add_row(table.title, f"[bold]{value:.4f}[/]")
     console.print(table)
-    if isinstance(metric, FID) and seen[0] < PROTOCOL_NUM_IMAGES:
-        console.print(f"[yellow]note:[/] {seen[0]:,} images; the protocol uses {PROTOCOL_NUM_IMAGES:,} "
-                      "(FID is biased upwards on smaller sets)")
+    for note in metric.caveats(seen[0]):
+        console.print(f"[yellow]note:[/] {note}")
     return value
 
 
@@ -290,22 +270,13 @@ def fid_command(
     statistics, downloaded once; an address; or an `.npz` with `mu` and `sigma`); prints and
     returns it. The reference is resolved before the detector is loaded, and both before any
     image is made. Other arguments as in `metric_command`; a generator's noise goes to `device`,
-    where the detector runs too."""
-    console = console or Console()
-    ref_text = os.fspath(ref)
-    check_mode(mode)
-    refs = card_references()
-    if mode != "legacy_tensorflow" and (ref_text in refs or ref_text in refs.values()):
-        console.print(f"[yellow]warning:[/] EDM's reference statistics were made in legacy_tensorflow mode; "
-                      f"a {mode} FID against them is not comparable with published numbers")
-    ref_mu, ref_sigma = reference_stats_for(ref_text, cache_dir=cache_dir, progress=progress)
-    if feature_extractor is None:
-        feature_extractor = inception_extractor(mode, inception_path=inception_path, device=device,
-                                                cache_dir=cache_dir, progress=progress)
+    where the detector runs too. (`sidbench fid` builds the same `FID` from its config.)"""
+    metric = FID(os.fspath(ref), mode=mode, inception_path=inception_path, feature_extractor=feature_extractor,
+                 device=device, cache_dir=cache_dir, progress=progress)
+    metric.reference_stats  # noqa: B018 - a bad reference fails before the detector is loaded
     if callable(source) and device is not None:
         score_kwargs["device"] = device
-    return metric_command(source, FID(ref_mu, ref_sigma, mode=mode, feature_extractor=feature_extractor),
-                          console=console, progress=progress, reference=ref_text, **score_kwargs)
+    return metric_command(source, metric, console=console, progress=progress, **score_kwargs)
 
 
 def stats_command(
@@ -329,8 +300,8 @@ def stats_command(
     check_mode(mode)
     batches = image_batches(source, batch_size=batch_size, num_samples=num_samples)
     if feature_extractor is None:
-        feature_extractor = inception_extractor(mode, inception_path=inception_path, device=device,
-                                                cache_dir=cache_dir, progress=progress)
+        feature_extractor = fid_module.inception_extractor(mode, inception_path=inception_path, device=device,
+                                                           cache_dir=cache_dir, progress=progress)
     seen = [0]
     stats = accumulate_features(_counted(batches, console, progress, "reference features",
                                          _count_images(source, num_samples), seen), feature_extractor)

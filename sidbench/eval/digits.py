@@ -14,12 +14,13 @@ real data scores exactly 0 against itself, and a perfect generator scores the sa
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sidbench.eval import register_metric
 from sidbench.eval.base import Metric
 from sidbench.eval.digits_classifier import (
     DIGITS_SHAPE,
@@ -103,6 +104,7 @@ class DigitsFrechet(Metric):
         return self.distance(self.features(batches))
 
 
+@register_metric("fd_pixel")
 class FDPixel(DigitsFrechet):
     """Frechet distance in pixel space: 64-dim vectors of `x / 127.5 - 1`.
 
@@ -110,19 +112,22 @@ class FDPixel(DigitsFrechet):
     eigenvalue-based and handles it.
     """
 
-    name = "fd_pixel"
+    description = "Frechet distance of pixel vectors to the 1797 scikit-learn digits (offline; not FID)"
+    reference = "the 1797 scikit-learn digits (pixel space; not FID)"
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         return uint8_to_float(images).flatten(1)
 
 
+@register_metric("fd_digits")
 class FDDigits(DigitsFrechet):
     """Frechet distance in the penultimate features of the shipped digits classifier.
 
     `weights`: a classifier file (default: `assets/digits_classifier.safetensors`).
     """
 
-    name = "fd_digits"
+    description = "Frechet distance of the shipped digits classifier's features to the 1797 digits (offline; not FID)"
+    reference = "the 1797 scikit-learn digits (digits-classifier features; not FID)"
 
     def __init__(self, real: torch.Tensor | None = None, weights: str | Path | None = None):
         self.classifier = load_digits_classifier(weights)
@@ -131,13 +136,3 @@ class FDDigits(DigitsFrechet):
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         return classifier_features(self.classifier, images)
 
-
-#: The digits metrics by name.
-DIGITS_METRICS: dict[str, Callable[[], DigitsFrechet]] = {"fd_pixel": FDPixel, "fd_digits": FDDigits}
-
-
-def digits_metric(name: str) -> DigitsFrechet:
-    """The digits metric called `name` ("fd_pixel" or "fd_digits"), against all 1797 real digits."""
-    if name not in DIGITS_METRICS:
-        raise ValueError(f"unknown digits metric {name!r}; valid names: {', '.join(DIGITS_METRICS)}")
-    return DIGITS_METRICS[name]()

@@ -39,11 +39,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
+from sidbench.eval import register_metric
 from sidbench.eval.base import Metric
 from sidbench.eval.frechet import frechet_distance
-from sidbench.eval.reference import reference_stats_for, validate_stats
-from sidbench.eval.protocol import FID_MODES  # noqa: F401 - part of this module's interface
+from sidbench.eval.reference import card_references, reference_stats_for, validate_stats
+from sidbench.eval.protocol import FID_MODES, PROTOCOL_NUM_IMAGES
 from sidbench.eval.sources import FeatureExtractor, RunningStats, accumulate_features
 
 #: The TorchScript Inception-v3 "2015-12-05" detector (docs/fid.md#detector; the file clean-fid uses).
@@ -218,13 +220,15 @@ def inception_extractor(
     return CleanFIDExtractor.from_file(path, mode, device if device is not None else default_device())
 
 
+@register_metric("fid")
 class FID(Metric):
     """FID of a uint8 image stream against fixed reference statistics (docs/fid.md#statistics).
 
     The reference is either given as `FID(mu, sigma)`, or as one argument: a dataset key
     (`ffhq64`), the address or `.npz` path of EDM-format statistics, or a `(mu, sigma)` pair. A
     named reference is resolved, and the detector loaded, on first use, so building the metric
-    (e.g. from a config) touches neither the disk nor the network.
+    touches neither the disk nor the network; `from_config` (a run's and `sidbench fid`'s FID)
+    resolves the reference at once, so a bad one fails before any image is made.
 
     `feature_extractor` replaces the detector (any callable uint8 [B, 3, H, W] -> [B, D]);
     otherwise the Inception file (`inception_path`, else `$SIDBENCH_INCEPTION`, else the download
@@ -233,7 +237,8 @@ class FID(Metric):
     `frechet_distance`. `num_images` holds the size of the last scored set.
     """
 
-    name = "fid"
+    description = "FID: Inception-v3 features against the dataset's reference statistics (dataset.ref_stats)"
+    title = "FID"
 
     def __init__(
         self,
@@ -261,9 +266,48 @@ class FID(Metric):
             mu, cov = (np.asarray(a, np.float64) for a in reference)
             validate_stats(mu, cov, "<reference given in memory>")
             self._ref_stats = (mu, cov)
+            self.reference = "statistics given in memory"
+        else:
+            self.reference = os.fspath(reference)
         self._reference = reference
         self._extractor = feature_extractor
         self.num_images = 0
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, *, device: torch.device | str | None = None, progress: bool = True) -> FID:
+        """FID against the dataset card's `ref_stats` in `eval.fid_mode`, with the detector of
+        `eval.inception_path` (else `$SIDBENCH_INCEPTION`, else the download cache); the
+        reference is fetched and checked here."""
+        from sidbench.config import ConfigError
+
+        ref = cfg.dataset.get("ref_stats")
+        if not ref:
+            raise ConfigError(f"dataset {cfg.dataset.name} has no FID reference statistics: set dataset.ref_stats=<dataset "
+                              "key, address or .npz of statistics> (`sidbench fid`: --ref)")
+        metric = cls(str(ref), mode=str(cfg.eval.fid_mode), inception_path=cfg.eval.get("inception_path"), device=device,
+                     progress=progress)
+        metric.reference_stats  # noqa: B018 - fetched and validated now, not after the first images
+        return metric
+
+    @classmethod
+    def measurement_settings(cls, cfg: DictConfig) -> dict[str, str]:
+        """The mode and the reference: an FID means something only against both."""
+        ref = cfg.dataset.get("ref_stats")
+        return {"fid_mode": str(cfg.eval.fid_mode), **({"ref": str(ref)} if ref else {})}
+
+    def details(self) -> list[tuple[str, str]]:
+        return [("reference", self.reference), ("mode", self.mode)]
+
+    def caveats(self, num_images: int) -> list[str]:
+        notes = []
+        refs = card_references(shipped_only=True)
+        if self.mode != "legacy_tensorflow" and (self.reference in refs or self.reference in refs.values()):
+            notes.append(f"EDM's reference statistics were made in legacy_tensorflow mode; a {self.mode} FID against "
+                         "them is not comparable with published numbers")
+        if num_images < PROTOCOL_NUM_IMAGES:
+            notes.append(f"{num_images:,} images; the protocol uses {PROTOCOL_NUM_IMAGES:,} "
+                         "(FID is biased upwards on smaller sets)")
+        return notes
 
     @property
     def feature_extractor(self) -> FeatureExtractor:

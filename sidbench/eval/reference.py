@@ -90,18 +90,19 @@ def save_reference_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndar
     return path
 
 
-def card_references() -> dict[str, str]:
+def card_references(shipped_only: bool = False) -> dict[str, str]:
     """{dataset key: the address of its reference statistics}, read from the dataset cards
-    (`dataset.ref_stats`), the one place these addresses are written."""
-    from importlib.resources import files
+    (`dataset.ref_stats`), the one place these addresses are written: the shipped cards (EDM's
+    statistics), then the user's own (`$SIDBENCH_CONFIG_PATH`) unless `shipped_only`."""
+    from sidbench.config import group_config, group_files
 
-    from omegaconf import OmegaConf
+    cards = group_files("dataset")
+    if shipped_only:
+        from importlib.resources import files
 
-    refs = {}
-    for card in sorted((files("sidbench.conf") / "dataset").iterdir(), key=lambda p: p.name):
-        if card.name.endswith(".yaml") and (ref := OmegaConf.load(str(card)).get("ref_stats")):
-            refs[card.name.removesuffix(".yaml")] = str(ref)
-    return refs
+        shipped = Path(str(files("sidbench.conf"))) / "dataset"
+        cards = {name: path for name, path in cards.items() if path.parent == shipped}
+    return {name: str(ref) for name in cards if (ref := group_config("dataset", name).get("ref_stats"))}
 
 
 def reference_stats_url(key: str) -> str:

@@ -9,8 +9,9 @@ A run looks its teacher up there (`sidbench.run.reference_metrics`) and logs the
 
 A measurement run is tagged `sidbench.kind=teacher_measurement` (the leaderboard skips such runs)
 and with what changes the number: the teacher file (`teacher_sha256`, so a renamed or moved copy
-still matches and a different file never does), `metric`, `fid_mode` and `ref` (FID only),
-`num_samples` and the Heun `steps`. Its value is the metric `teacher/<metric>`, the key training
+still matches and a different file never does), `metric`, `num_samples`, the Heun `steps`, and the
+metric's own settings (`Metric.measurement_settings`: FID's `fid_mode` and `ref`; none for the
+digits metrics). Its value is the metric `teacher/<metric>`, the key training
 runs log the reference line under, so MLflow's charts put the two side by side; not
 `eval/<metric>`, which means a generator's evaluation point to the leaderboard and the charts.
 Measurements are never overwritten: the newest matching run wins, and deleting it in MLflow
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +54,14 @@ def record_teacher_metric(
     value: float,
     num_samples: int,
     steps: int,
-    mode: str | None = None,
-    ref: str | None = None,
+    settings: Mapping[str, str] | None = None,
 ) -> str | None:
     """Record one measurement of a teacher as a FINISHED MLflow run in experiment `cfg.dataset.name`.
 
-    `mode` is the FID mode (None for metrics without modes); `ref` the reference statistics the
-    value was measured against (None when the metric carries its own, as the digits ones do).
-    Returns the run id, or None when `cfg.tracking.enabled` is false.
+    `settings` are the metric's settings the value depends on, kept as tags (FID's
+    `{"fid_mode": ..., "ref": ...}`, from `Metric.measurement_settings`; none for metrics that carry
+    their own reference, as the digits ones do). Returns the run id, or None when
+    `cfg.tracking.enabled` is false.
     """
     if not cfg.tracking.enabled:
         return None
@@ -74,8 +75,7 @@ def record_teacher_metric(
             "metric": str(metric), "num_samples": str(int(num_samples)), "steps": str(int(steps)),
             "teacher": str(Path(teacher_file).resolve()), "dataset": str(cfg.dataset.name), "seed": str(cfg.eval.seed),
             "code_version": code_version()}
-    # Absent, not "None", for metrics without them: a tag left out matches a lookup's None.
-    tags |= {k: str(v) for k, v in (("fid_mode", mode), ("ref", ref)) if v is not None}
+    tags |= {k: str(v) for k, v in (settings or {}).items()}
     client = open_store(uri)
     # The file's name, not the card's: `dataset.teacher.path=` may point at another teacher.
     name = f"teacher-{Path(teacher_file).stem}-{metric}"
@@ -97,14 +97,14 @@ def lookup_teacher_metric(
     metric: str,
     num_samples: int | Iterable[int],
     steps: int,
-    mode: str | None = None,
-    ref: str | None = None,
+    settings: Mapping[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """The newest measurement run of this teacher and setting, as its tags plus `run_id` and
     `value`; None if there is none or `cfg.tracking.enabled` is false.
 
-    `num_samples` may be several counts in order of preference (e.g. the run's evaluation size,
-    then its final size): the first count with a measurement wins. FIDs on other counts are never
+    `settings` must match the measurement's (see `record_teacher_metric`). `num_samples` may be
+    several counts in order of preference (e.g. the run's evaluation size, then its final size):
+    the first count with a measurement wins. FIDs on other counts are never
     returned, since FID depends on the number of images.
     """
     if not cfg.tracking.enabled:
@@ -130,9 +130,9 @@ def lookup_teacher_metric(
         return None
     counts = [num_samples] if isinstance(num_samples, int) else list(num_samples)
     for n in counts:
-        want = {"teacher_sha256": sha, "num_samples": str(int(n)), "fid_mode": mode, "ref": ref}
+        want = {"teacher_sha256": sha, "num_samples": str(int(n)), **{k: str(v) for k, v in (settings or {}).items()}}
         for run in runs:  # newest first
             value = run.data.metrics.get(f"teacher/{metric}")
-            if value is not None and all(run.data.tags.get(k) == (v if v is None else str(v)) for k, v in want.items()):
+            if value is not None and all(run.data.tags.get(k) == v for k, v in want.items()):
                 return {**run.data.tags, "run_id": run.info.run_id, "value": float(value)}
     return None

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from sidbench.data.digits import load_digits_tensors
 from sidbench.eval.base import Metric
-from sidbench.eval.digits import DIGITS_METRICS, FDDigits, FDPixel, digits_metric
+from sidbench.eval import METRICS
+from sidbench.eval.digits import FDDigits, FDPixel
 from sidbench.assets.digits_floor import DEFAULT_OUT as FLOOR_JSON
 from sidbench.assets.train_digits_classifier import (
     MIN_ACCURACY,
@@ -32,7 +33,7 @@ def real() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def metrics() -> dict[str, Metric]:
-    return {name: digits_metric(name) for name in NAMES}
+    return {name: METRICS.get(name)() for name in NAMES}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_deterministic_and_order_independent(metrics, real, name):
     images = to_uint8(_noised(real, 0.15))
     d = m.compute([images])
     assert m.compute([images]) == d
-    assert digits_metric(name).compute([images]) == d  # a fresh object, a fresh reference
+    assert METRICS.get(name)().compute([images]) == d  # a fresh object, a fresh reference
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(3))
     assert m.compute(images[perm].split(97)) == pytest.approx(d, rel=1e-9, abs=1e-9)
     assert m.compute(iter(images.flip(0).split(500))) == pytest.approx(d, rel=1e-9, abs=1e-9)
@@ -156,13 +157,13 @@ def test_an_undertrained_classifier_is_refused_and_nothing_written(tmp_path):
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
-def test_factory():
-    assert isinstance(digits_metric("fd_pixel"), FDPixel)
-    assert isinstance(digits_metric("fd_digits"), FDDigits)
-    assert {m.name for m in map(digits_metric, DIGITS_METRICS)} == set(DIGITS_METRICS) == set(NAMES)
-    with pytest.raises(ValueError, match="fd_pixel, fd_digits") as err:
-        digits_metric("fid")
-    assert "'fid'" in str(err.value) and "\n" not in str(err.value)
+def test_registered_by_name():
+    assert METRICS.get("fd_pixel") is FDPixel and METRICS.get("fd_digits") is FDDigits
+    assert [METRICS.get(n).name for n in NAMES] == NAMES  # the registered name is the logged one
+    assert "pixel space" in FDPixel.reference and "not FID" in FDDigits.reference
+    with pytest.raises(KeyError, match="fd_digits, fd_pixel, fid") as err:
+        METRICS.get("fd_pxel")
+    assert "'fd_pxel'" in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("name", NAMES)
