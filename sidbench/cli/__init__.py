@@ -40,11 +40,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     from sidbench.config import group_options, register_plugin_configs
     from sidbench.eval.protocol import METRIC_NAMES
     from sidbench.methods import METHODS  # declares the built-ins without importing them (nor torch)
+    from sidbench.samplers import SAMPLERS  # the same, for the samplers a recipe names
 
     register_plugin_configs()
     methods = Table("method", "description", title="methods (method=...)")
     for name, desc in METHODS.describe().items():
         methods.add_row(name, desc)
+    samplers = Table("sampler", "description", title='samplers (a sampling recipe\'s "sampler")')
+    for name, desc in SAMPLERS.describe().items():
+        samplers.add_row(name, desc)
     datasets = Table("dataset", "description", "teacher", "metric", title="datasets and their teachers (dataset=...)")
     from importlib.resources import files
 
@@ -55,6 +59,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         datasets.add_row(name, str(card.description), where, str(card.metric))
     out = Console()
     out.print(methods)
+    out.print(samplers)
     out.print(datasets)
     out.print(f"metrics: {', '.join(METRIC_NAMES)}")
     return 0
@@ -193,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. method=sid dataset=ffhq64")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("list", help="list methods, datasets and teachers")
+    p = sub.add_parser("list", help="list methods, samplers, datasets and teachers")
     p.set_defaults(func=cmd_list)
 
     teacher = sub.add_parser("teacher", help="train or sample a teacher")
