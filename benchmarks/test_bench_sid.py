@@ -46,8 +46,9 @@ import torch
 from omegaconf import OmegaConf
 
 from sidbench.config import compose
+from sidbench.diffusion import edm_training_sigma
 from sidbench.methods import METHODS
-from sidbench.methods.sid.loss import edm_training_sigma, generator_sigma
+from sidbench.methods.sid.loss import generator_sigma
 from sidbench.teachers.networks import build_edm_network
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext

@@ -16,16 +16,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from omegaconf import DictConfig
 
+from sidbench import diffusion
 from sidbench.methods import METHODS, register_method
-from sidbench.teachers.sampling import SAMPLERS, sample_with_recipe
+from sidbench.samplers import SAMPLERS, register_sampler
 
 if TYPE_CHECKING:
     from sidbench.teachers.teacher import Teacher
     from sidbench.trainer.context import StepContext
     from sidbench.trainer.ema import EMA
 
-#: A sampling recipe: JSON-able, e.g. {"sampler": "one_step", "sigma": 2.5, "nfe": 1}. A saved
-#: generator carries it, and every reader samples it through its method's `sample_recipe`.
+#: A sampling recipe: JSON-able, e.g. {"sampler": "one_step", "sigmas": [2.5], "nfe": 1}: a sampler
+#: registered by name (`sidbench.samplers`), its arguments, its NFE. A saved generator carries it,
+#: and every reader samples it through `sidbench.diffusion.sample`.
 Recipe = dict[str, Any]
 
 STAGE_UNITS = ("kimg", "iterations")
@@ -58,7 +60,9 @@ class Method(ABC):
       - `networks()`: the trainable networks by name (checkpointed, wrapped in DDP, the one named
         `generator_name` averaged by the trainer's EMA); `optimizers()`: one per network, same name;
       - `train_step(ctx)`: one iteration through `ctx.update(...)`; returns `{loss_name: value}`;
-      - `sampling()`: the generator's current sampling recipe (with its `nfe`).
+      - `sampling()`: the generator's current sampling recipe (a registered sampler, its
+        arguments and its `nfe`); a generator no built-in sampler fits comes with one of its own
+        (`@register_sampler(name)`, `sidbench.samplers`).
     May provide: `schedulers()` (LR schedules, stepped once per iteration), `frozen_networks()`
     (networks called but not trained: counted, and checkpointed unless it is the loaded teacher),
     `averages()` (EMA copies of its own), `stages()` and `enter_stage()`, `prepare(ctx)` (work
@@ -149,16 +153,16 @@ class Method(ABC):
         """Restore what `state_dict` returned."""
 
     # -- sampling ------------------------------------------------------------------------------
-    @classmethod
-    def sample_recipe(cls, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, recipe: Recipe) -> torch.Tensor:
-        """Images in [-1, 1] from standard-normal `z` with generator `net`, following `recipe`.
-        Readers of saved generators call this on the method's class; methods with samplers of
-        their own override it. The default knows `sidbench.teachers.sampling.SAMPLERS`."""
-        return sample_with_recipe(net, z, labels, recipe)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "sample_recipe" in cls.__dict__:  # the hook before samplers had a registry
+            raise TypeError(f"{cls.__name__} defines sample_recipe, which nothing calls any more: register its sampler "
+                            "with @register_sampler(name) (sidbench.samplers) and name it in sampling()")
 
     def sample(self, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Images from noise with a given generator network (the trainer passes the EMA copy)."""
-        return self.sample_recipe(net, z, labels, self.sampling())
+        """Images from standard-normal `z` with a given generator network (the trainer passes the
+        EMA copy), following `sampling()`: what a reader of the saved generator draws."""
+        return diffusion.sample(net, z, labels, self.sampling())
 
 
-__all__ = ["METHODS", "Method", "Recipe", "SAMPLERS", "Stage", "register_method"]
+__all__ = ["METHODS", "Method", "Recipe", "SAMPLERS", "Stage", "register_method", "register_sampler"]

@@ -22,7 +22,7 @@ from sidbench.config import ConfigError
 from sidbench.distributed import pick_device
 from sidbench.eval.images import draw_labels, to_uint8
 from sidbench.teachers.load import load_teacher
-from sidbench.teachers.sampling import heun_sample
+from sidbench.diffusion import heun_sample
 
 console = Console(stderr=True)
 

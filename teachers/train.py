@@ -21,7 +21,7 @@ from sidbench.distributed import pick_device
 from sidbench.teachers.edm_loss import edm_loss
 from sidbench.teachers.load import builtin_teacher_path, save_native_teacher
 from sidbench.teachers.networks import build_edm_network
-from sidbench.teachers.sampling import heun_sample
+from sidbench.diffusion import heun_sample
 
 console = Console(stderr=True)
 

@@ -445,14 +445,14 @@ def test_load_generator_follows_the_recipe_the_method_wrote(tiny_run, tmp_path: 
     _, result = tiny_run
     gen = load_generator(result.run_dir)
     assert gen.shape == (1, 8, 8) and gen.label_dim == 0
-    assert gen.recipe == {"sampler": "one_step", "sigma": 2.5, "nfe": 1} and gen.nfe == 1 and gen.method == "sid"
+    assert gen.recipe == {"sampler": "one_step", "sigmas": [2.5], "nfe": 1} and gen.nfe == 1 and gen.method == "sid"
     z = torch.randn(3, 1, 8, 8)
     torch.testing.assert_close(gen(z, None), gen.net(2.5 * z, torch.full((3,), 2.5), None))
 
     constructor, state, info = load_native_teacher(result.run_dir / "generator.safetensors")
     net = gen.net
     other = save_native_teacher(net, constructor, tmp_path / "g.safetensors",
-                                {**info, "sampling": {"sampler": "one_step", "sigma": 1.5, "nfe": 1}})
+                                {**info, "sampling": {"sampler": "one_step", "sigmas": [1.5], "nfe": 1}})
     torch.testing.assert_close(load_generator(other)(z, None), net(1.5 * z, torch.full((3,), 1.5), None))
     # a multi-step recipe: Heun on the given grid, 2 x 2 - 1 = 3 NFE
     calls = []

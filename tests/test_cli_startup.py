@@ -29,6 +29,7 @@ def test_help_imports_nothing_heavy(args: list[str]) -> None:
 
 
 BUILTIN_METHODS = ("sid", "dmd", "dmd2", "progressive", "consistency")
+BUILTIN_SAMPLERS = ("one_step", "heun", "euler", "consistency")
 
 
 def _list(env: dict[str, str] | None = None) -> tuple[str, list[str]]:
@@ -39,11 +40,13 @@ def _list(env: dict[str, str] | None = None) -> tuple[str, list[str]]:
 
 
 def test_list_imports_nothing_heavy_and_names_every_method() -> None:
-    """The built-ins are declared lazily (sidbench/methods/__init__.py): listing them imports none."""
+    """The built-ins are declared lazily (sidbench/methods/__init__.py, sidbench/samplers.py):
+    listing them imports none."""
     out, heavy = _list({"SIDBENCH_PLUGINS": ""})
     assert heavy == []
     rows = {line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")}
-    assert set(BUILTIN_METHODS) <= rows, out
+    assert set(BUILTIN_METHODS) <= rows and set(BUILTIN_SAMPLERS) <= rows, out
+    assert "EDM's deterministic Heun sampler" in out
     assert "Score identity Distillation" in out and "digits (shipped)" in out
     assert {"fd_pixel", "fd_digits", "fid"} <= rows  # the metrics' table, from their registry
 

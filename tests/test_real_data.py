@@ -15,6 +15,7 @@ from PIL import Image
 
 from sidbench.config import compose
 from sidbench.data.real import DataError, open_edm_dataset, open_real_images
+from sidbench.diffusion import register_sampler
 from sidbench.methods.base import Method
 from sidbench.testing.tiny import tiny_overrides
 from sidbench.trainer.context import StepContext
@@ -123,6 +124,12 @@ def test_context_draws_real_images_by_micro_batch_position(tmp_path: Path) -> No
         StepContext({"g": net}, {"g": opt}, CPU, batch=8).real(2)
 
 
+@register_sampler("conv")
+def conv_sampler(net: torch.nn.Module, noise: torch.Tensor, labels: torch.Tensor | None, sigmas: torch.Tensor) -> torch.Tensor:
+    """The toy's generator on the noise as it is, clamped to the image range."""
+    return net(noise).clamp(-1, 1)
+
+
 class FitsRealImages(Method):
     """A toy method that trains a generator toward real images: it shows the run's wiring."""
 
@@ -142,10 +149,6 @@ class FitsRealImages(Method):
 
     def sampling(self) -> dict:
         return {"sampler": "conv", "nfe": 1}
-
-    @classmethod
-    def sample_recipe(cls, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, recipe: dict) -> torch.Tensor:
-        return net(z).clamp(-1, 1)
 
     @classmethod
     def plan_networks(cls, cfg: Any, teacher_constructor: dict) -> dict:

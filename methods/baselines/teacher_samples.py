@@ -47,7 +47,7 @@ from sidbench.distributed import broadcast_object, is_distributed, reduce_values
 from sidbench.download import default_cache_dir, sha256_file
 from sidbench.schema import setting
 from sidbench.seeding import generator
-from sidbench.teachers.sampling import heun_sample
+from sidbench.diffusion import heun_sample
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.compute import Cost, ComputeCounter
 from sidbench.trainer.context import StepContext

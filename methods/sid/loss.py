@@ -5,14 +5,14 @@ Symbols as in the paper and docs/sid.md#losses:
   y_real  teacher denoiser f_phi(x_t, sigma)          (x_t = x_g + sigma * n)
   y_fake  fake-score denoiser f_psi(x_t, sigma)
 Both functions return the UNREDUCED loss (same shape as x_g); the method reduces it (NaN-sample
-drop, sum, loss scaling, division by the batch) in one visible place.
+drop, sum, loss scaling, division by the batch) in one visible place. The noise levels and EDM's
+weight are `sidbench.diffusion`'s.
 """
 from __future__ import annotations
 
 import torch
 
-
-SIGMA_DATA = 0.5
+from sidbench.diffusion import edm_weight, karras_sigma
 
 
 def normaliser(x_g: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
@@ -29,30 +29,10 @@ def generator_loss(x_g: torch.Tensor, y_real: torch.Tensor, y_fake: torch.Tensor
     return diff * ((y_real - x_g) - alpha * diff) / normaliser(x_g, y_real)
 
 
-def edm_weight(sigma: torch.Tensor) -> torch.Tensor:
-    """EDM's loss weight of a noise level: w(sigma) = (sigma^2 + sd^2) / (sigma sd)^2."""
-    return (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
-
-
-def fake_score_loss(denoised: torch.Tensor, x_g: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """EDM's denoising loss on generated images: w(sigma) * (f_psi(x_g + sigma n) - x_g)^2.
-    `sigma` broadcasts against x_g ([B,1,1,1])."""
-    return edm_weight(sigma) * (denoised - x_g) ** 2
-
-
-def edm_training_sigma(
-    n: int, p_mean: float = -1.2, p_std: float = 1.2, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """ln sigma ~ N(p_mean, p_std^2), shape [n, 1, 1, 1] (the fake score's noise levels)."""
-    return (torch.randn(n, 1, 1, 1, device=device) * p_std + p_mean).exp()
-
-
-def sigma_from_u(
-    u: torch.Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
-) -> torch.Tensor:
-    """Karras' continuous grid read backwards: u = 0 gives sigma_min, u = 1 gives sigma_max."""
-    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    return (a + (1 - u) * (b - a)) ** rho
+def fake_score_loss(denoised: torch.Tensor, x_g: torch.Tensor, sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """EDM's denoising loss on generated images: w(sigma) * (f_psi(x_g + sigma n) - x_g)^2, with
+    EDM's weight w at the fake score's sigma_data. `sigma` broadcasts against x_g ([B,1,1,1])."""
+    return edm_weight(sigma, sigma_data) * (denoised - x_g) ** 2
 
 
 def generator_sigma(
@@ -63,6 +43,7 @@ def generator_sigma(
     rho: float = 7.0,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """u ~ U(0, t_max/1000) mapped by `sigma_from_u`: sigma in [0.002, ~24.4] for t_max = 800."""
+    """u ~ U(0, t_max/1000) on Karras' schedule read backwards, sigma(1 - u) (u = 0 is sigma_min,
+    u = 1 sigma_max): sigma in [0.002, ~24.4] for t_max = 800."""
     u = torch.rand(n, 1, 1, 1, device=device) * (t_max / 1000)
-    return sigma_from_u(u, sigma_min, sigma_max, rho)
+    return karras_sigma(1 - u, sigma_min, sigma_max, rho)

@@ -14,10 +14,11 @@ import torch
 from omegaconf import DictConfig
 
 from sidbench.augment import AugmentPipe
+from sidbench.diffusion import edm_training_sigma, sigma_data_of
 from sidbench.methods.base import Method, Recipe, register_method
 from sidbench.methods.sid.schema import SiDSchema
 from sidbench.methods.nonfinite import drop_nonfinite
-from sidbench.methods.sid.loss import edm_training_sigma, fake_score_loss, generator_loss, generator_sigma
+from sidbench.methods.sid.loss import fake_score_loss, generator_loss, generator_sigma
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
 
@@ -52,7 +53,7 @@ class SiD(Method):
         return {"teacher": dict(teacher_constructor), "generator": student, "fake_score": dict(student)}
 
     def sampling(self) -> Recipe:
-        return {"sampler": "one_step", "sigma": float(self.cfg.sigma_init), "nfe": 1}
+        return {"sampler": "one_step", "sigmas": [float(self.cfg.sigma_init)], "nfe": 1}
 
     # -- one iteration -------------------------------------------------------------------------
     def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
@@ -76,7 +77,8 @@ class SiD(Method):
         sigma = edm_training_sigma(n, self.cfg.p_mean, self.cfg.p_std, device=self.device)
         denoised = fake(x_g + sigma * torch.randn_like(x_g), sigma.flatten(), labels, augment_labels=augment_labels).float()
         # As published, samples whose x_g or denoised output hold a NaN leave the sum.
-        total, dropped = drop_nonfinite(fake_score_loss(denoised, x_g, sigma), x_g, denoised)
+        loss = fake_score_loss(denoised, x_g, sigma, sigma_data_of(self.fake_score))
+        total, dropped = drop_nonfinite(loss, x_g, denoised)
         ctx.log("dropped_fake_score", dropped)
         return total, {"fake_score": total.detach() / n}
 

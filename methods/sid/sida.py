@@ -30,9 +30,10 @@ import torch
 from omegaconf import DictConfig
 
 from sidbench.config import ConfigError
+from sidbench.diffusion import edm_training_sigma, edm_weight, sigma_data_of
 from sidbench.methods.base import Stage, register_method
 from sidbench.methods.nonfinite import finite_samples, sum_kept
-from sidbench.methods.sid.loss import edm_training_sigma, edm_weight, fake_score_loss, generator_loss, normaliser
+from sidbench.methods.sid.loss import fake_score_loss, generator_loss, normaliser
 from sidbench.methods.sid.method import SiD
 from sidbench.methods.sid.schema import SiDASchema
 from sidbench.methods.sid.sida_loss import adversarial_generator_loss, discriminator_logits, discriminator_loss
@@ -137,8 +138,10 @@ class SiDA(SiD):
         l_fake, l_real = logits[:n], logits[n:]
         # As published, samples with a NaN in x_g, the denoised image or a logit leave both sums.
         keep = finite_samples(x_g, denoised, l_fake, l_real)
-        fs = sum_kept(fake_score_loss(denoised, x_g, sigma), keep)
-        d = discriminator_loss(l_real[keep], l_fake[keep], edm_weight(sigma)[keep]) if keep.any() else fs.new_zeros(())
+        sigma_data = sigma_data_of(self.fake_score)
+        fs = sum_kept(fake_score_loss(denoised, x_g, sigma, sigma_data), keep)
+        d = (discriminator_loss(l_real[keep], l_fake[keep], edm_weight(sigma, sigma_data)[keep]) if keep.any()
+             else fs.new_zeros(()))
         ctx.log("dropped_fake_score", (~keep).sum())
         total = float(self.cfg.loss_scale_fake_score) * fs + float(self.cfg.discriminator_weight) * d
         return total, {"fake_score": fs.detach() / n, "discriminator": d.detach() / n}

@@ -39,11 +39,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     from sidbench.config import group_config, group_options, register_plugin_configs
     from sidbench.eval import METRICS  # declares the built-ins without importing them (nor torch)
     from sidbench.methods import METHODS
+    from sidbench.samplers import SAMPLERS  # the same, for the samplers a recipe names
 
     register_plugin_configs()
     methods = Table("method", "description", title="methods (method=...)")
     for name, desc in METHODS.describe().items():
         methods.add_row(name, desc)
+    samplers = Table("sampler", "description", title='samplers (a sampling recipe\'s "sampler")')
+    for name, desc in SAMPLERS.describe().items():
+        samplers.add_row(name, desc)
     datasets = Table("dataset", "description", "teacher", "metric", title="datasets and their teachers (dataset=...)")
     for name in group_options("dataset"):
         card = group_config("dataset", name)
@@ -55,6 +59,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         metrics.add_row(name, desc)
     out = Console()
     out.print(methods)
+    out.print(samplers)
     out.print(datasets)
     out.print(metrics)
     return 0
@@ -193,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. method=sid dataset=ffhq64")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("list", help="list methods, datasets and teachers")
+    p = sub.add_parser("list", help="list methods, samplers, datasets and teachers")
     p.set_defaults(func=cmd_list)
 
     teacher = sub.add_parser("teacher", help="train or sample a teacher")

@@ -3,19 +3,21 @@
 A finished run writes `generator.safetensors` (our teacher format: weights, the network's
 constructor, and as info `{"method", "kimg", "sampling": <the method's recipe>, "nfe"}`).
 `load_generator` turns that file, or the run folder holding it, back into a `SampleFn` that
-follows the recipe through the method's own `sample_recipe` (a one-step generator at its sigma, a
-multi-step student with its steps), so `sidbench fid` and the harness score exactly what the run's
-own evaluator scored. Nothing is assumed: a file that records no recipe is refused.
+follows the recipe (`sidbench.diffusion.sample`: the registered sampler it names, a one-step
+generator at its sigma, a multi-step student with its steps), so `sidbench fid` and the harness
+score exactly what the run's own evaluator scored. Nothing is assumed: a file that records no
+recipe is refused; recipes of older files are read in today's form (`sidbench.samplers.read_recipe`).
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sidbench.diffusion import heun_sample, sample
+from sidbench.samplers import SAMPLERS, RecipeError, read_recipe
 from sidbench.teachers.load import TeacherLoadError, load_teacher_file
 
 #: The file a finished run writes its EMA generator to.
@@ -51,8 +53,7 @@ class SavedGenerator:
     `recipe` (the sampling recipe) and `nfe`, `method`, `info` (the file's info), `path`.
     """
 
-    def __init__(self, net: torch.nn.Module, constructor: dict[str, Any], info: dict[str, Any], path: Path,
-                 sampler: Callable[..., torch.Tensor]) -> None:
+    def __init__(self, net: torch.nn.Module, constructor: dict[str, Any], info: dict[str, Any], path: Path) -> None:
         self.net = net
         self.constructor = constructor
         self.info = info
@@ -60,7 +61,6 @@ class SavedGenerator:
         self.recipe: dict[str, Any] = dict(info["sampling"])
         self.method = str(info.get("method", ""))
         self.nfe = int(self.recipe.get("nfe", info.get("nfe", 1)))
-        self._sampler = sampler
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -76,54 +76,53 @@ class SavedGenerator:
         return next(self.net.parameters()).device
 
     def describe(self) -> str:
-        """One line for the user: method, length of training, recipe."""
-        steps = ", ".join(f"{k} {v}" for k, v in self.recipe.items() if k not in ("sampler", "nfe"))
+        """One line for the user: method, length of training, recipe (one sigma as "sigma s")."""
+        shown = {k: v for k, v in self.recipe.items() if k not in ("sampler", "nfe")}
+        if len(shown.get("sigmas", ())) == 1:
+            shown = {"sigma": shown.pop("sigmas")[0], **shown}
+        steps = ", ".join(f"{k} {v}" for k, v in shown.items())
         return f"{self.method or 'unknown method'}, {self.info.get('kimg', '?')} kimg, {self.recipe.get('sampler')} ({steps}), {self.nfe} NFE"
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return self._sampler(self.net, z, labels, self.recipe)
+        return sample(self.net, z, labels, self.recipe)
 
 
 def _recipe(info: dict[str, Any], file: Path) -> dict[str, Any]:
+    """The file's recipe in today's form, naming a sampler that is registered."""
     recipe = info.get("sampling")
-    if recipe and "sampler" not in recipe and "sigma_init" in recipe:  # files written before recipes had names
-        return {"sampler": "one_step", "sigma": float(recipe["sigma_init"]), "nfe": 1}
-    if not recipe or "sampler" not in recipe:
+    if not recipe or ("sampler" not in recipe and "sigma_init" not in recipe):
         raise TeacherLoadError(f"generator file {file} records no sampling recipe (info 'sampling'); "
                                "it was not written by `sidbench run`: save it with its method's recipe")
-    return dict(recipe)
+    recipe = read_recipe(recipe)
+    if recipe["sampler"] not in SAMPLERS:
+        raise RecipeError(f"generator file {file} names the sampler {recipe['sampler']!r}, which is not registered "
+                          f"(known: {', '.join(SAMPLERS.names())}); install or name in $SIDBENCH_PLUGINS the "
+                          "package that registers it")
+    return recipe
 
 
 def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu") -> SavedGenerator:
     """The saved generator at `path` (a `generator.safetensors` or a run folder) as a `SampleFn`.
 
     The network is built with `load_teacher_file` (the constructor stored in the file, weights
-    loaded strictly), frozen, in eval mode, on `device`; it samples through the recorded method's
-    `sample_recipe` (a method from a plugin must be installed to read its generators).
+    loaded strictly), frozen, in eval mode, on `device`; it samples with the registered sampler
+    its recipe names (a sampler from a plugin must be installed to read its generators).
     """
-    from sidbench.methods import METHODS
-    from sidbench.teachers.sampling import sample_with_recipe
-
     file = generator_file(path)
     net, constructor, info = load_teacher_file(file, kind="generator")
     info = {**info, "sampling": _recipe(info, file)}
-    method = info.get("method")
-    # a file without a method can still name one of the shared samplers
-    sampler = METHODS.get(str(method)).sample_recipe if method else sample_with_recipe
     net = net.to(device).eval().requires_grad_(False)
-    return SavedGenerator(net, constructor, info, file, sampler)
+    return SavedGenerator(net, constructor, info, file)
 
 
 def teacher_sampler(net: torch.nn.Module, num_steps: int):
     """A `SampleFn` drawing from a teacher with EDM's deterministic Heun sampler (2N - 1 NFE)."""
-    from sidbench.teachers.sampling import heun_sample
-
     if num_steps < 1:
         raise ValueError(f"the Heun sampler needs at least 1 step, got {num_steps}")
 
     @torch.no_grad()
-    def sample(z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def draw(z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return heun_sample(net, z, labels, num_steps=num_steps)
 
-    return sample
+    return draw

@@ -71,7 +71,7 @@ class StagedToy(Method):
         s = float(self.cfg.sigma)
         if self.promotions == 0:
             return {"sampler": "heun", "sigmas": [80.0, s, 0.0], "nfe": 3}
-        return {"sampler": "one_step", "sigma": s, "nfe": 1}
+        return {"sampler": "one_step", "sigmas": [s], "nfe": 1}
 
     def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         def loss_fn(n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -3,7 +3,8 @@ with parameter names that load the published checkpoints as they are."""
 
 from .build import build_edm_network
 from .dhariwal import DhariwalUNet
-from .precond import EDMPrecond, Precond, VPPrecond
+from .precond import ConsistencyParam, EDMPrecond, Precond, VPPrecond, consistency_coefficients
 from .songunet import SongUNet
 
-__all__ = ["build_edm_network", "EDMPrecond", "Precond", "VPPrecond", "SongUNet", "DhariwalUNet"]
+__all__ = ["build_edm_network", "ConsistencyParam", "EDMPrecond", "Precond", "VPPrecond", "SongUNet", "DhariwalUNet",
+           "consistency_coefficients"]

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .dhariwal import DhariwalUNet
 from .songunet import SongUNet
 
-__all__ = ["EDMPrecond", "VPPrecond", "MODEL_TYPES"]
+__all__ = ["EDMPrecond", "VPPrecond", "ConsistencyParam", "consistency_coefficients", "MODEL_TYPES"]
 
 MODEL_TYPES: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
 
@@ -171,3 +171,53 @@ class VPPrecond(Precond):
         c_in = 1 / (sigma ** 2 + 1).sqrt()
         c_noise = (self.M - 1) * self.sigma_inv(sigma)
         return c_skip, c_out, c_in, c_noise
+
+
+def consistency_coefficients(s: Tensor, sigma_min: float = 0.002, sigma_data: float = 0.5) -> tuple[Tensor, Tensor]:
+    """(c_skip, c_out) = (sd^2 / ((s - s_min)^2 + sd^2), (s - s_min) sd / sqrt(s^2 + sd^2)): the
+    consistency parametrisation (Song et al. 2023, arXiv 2303.01469) in EDM's form.
+
+    At s = s_min: c_skip = 1, c_out = 0 exactly, so f(x, s_min) = x (the boundary condition) for
+    any F; with s_min = 0 they are EDM's c_skip and c_out. (The 0.5 default is for callers without
+    a network; `ConsistencyParam` passes its network's sigma_data.)"""
+    sd2 = sigma_data**2
+    c_skip = sd2 / ((s - sigma_min) ** 2 + sd2)
+    c_out = (s - sigma_min) * sigma_data / (s**2 + sd2).sqrt()
+    return c_skip, c_out
+
+
+class ConsistencyParam(nn.Module):
+    """f(x, s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s), labels) around an EDMPrecond's F:
+    a consistency function (arXiv 2303.01469) with the EDM network's weights.
+
+    ``net.model`` (F) becomes this module's ``model``, shared, not copied: the state_dict keys are
+    the EDM network's ("model.*"), so a teacher state_dict loads with strict=True and a saved
+    consistency function is an ordinary EDM weight file. c_in and c_noise come from the precond's
+    own `coefficients` (c_in = 1/sqrt(s^2 + sd^2), c_noise = ln(s)/4): the teacher's weights see
+    the inputs they were trained on. The precond is kept as a plain attribute, not a submodule, so
+    it adds no keys; it holds no weights of its own besides ``model``.
+
+    Only EDMPrecond: a VPPrecond's F predicts noise (c_out = -sigma), which these c_skip, c_out
+    would not turn into a consistency function. Consistency distillation trains it; the sampler
+    "consistency" (`sidbench.diffusion.sample_consistency`) wraps a saved plain EDM network in it.
+    """
+
+    def __init__(self, net: nn.Module, sigma_min: float = 0.002) -> None:
+        super().__init__()
+        if not isinstance(net, EDMPrecond):
+            raise ValueError(f"ConsistencyParam needs an EDMPrecond network, got {type(net).__name__}")
+        self.model = net.model
+        object.__setattr__(self, "_edm", net)  # not registered: no "_edm." prefix in the state_dict
+        self.sigma_min = float(sigma_min)
+        self.sigma_data = net.sigma_data
+        self.img_resolution, self.img_channels, self.label_dim = net.img_resolution, net.img_channels, net.label_dim
+        self.use_fp16, self.augment_dim = net.use_fp16, net.augment_dim
+
+    def coefficients(self, sigma: Tensor) -> Coefficients:
+        """(c_skip, c_out) of the consistency parametrisation, (c_in, c_noise) of the EDMPrecond."""
+        _, _, c_in, c_noise = self._edm.coefficients(sigma)
+        return (*consistency_coefficients(sigma, self.sigma_min, self.sigma_data), c_in, c_noise)
+
+    #: f(x, sigma): EDMPrecond's input handling (labels, sigma shapes, fp16 on CUDA, float32 out)
+    #: around these coefficients.
+    forward = Precond.forward

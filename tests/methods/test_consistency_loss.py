@@ -1,4 +1,4 @@
-"""Consistency distillation's parameterisation, grid, teacher step, loss, EMA and sampler
+"""Consistency distillation's parameterisation, grid, teacher step, EMA and sampler
 (docs/baselines.md#consistency-distillation), against values worked out by hand; the Gaussian test
 bed is data N(0, C^2) per pixel (D(x, s) = x C^2/(C^2 + s^2), ODE flow
 x(s) = x(t) sqrt(s^2 + C^2)/sqrt(t^2 + C^2))."""
@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sidbench.methods.baselines.consistency.loss import (
-    ConsistencyParam, adjacent_grid_points, build_consistency_network, consistency_coefficients,
-    consistency_constructor, ema_update_, grid_points, heun_teacher_step, multistep_consistency_sample,
-)
-from sidbench.teachers.networks import build_edm_network
+from sidbench.diffusion import RecipeError, adjacent_points, heun_step, karras_points, per_sample_noise, sample_consistency
+from sidbench.methods.baselines.consistency.loss import build_consistency_network, consistency_constructor, ema_update_
+from sidbench.teachers.networks import ConsistencyParam, build_edm_network, consistency_coefficients
 from sidbench.testing.gaussian import GaussianDenoiser
 from sidbench.testing.tiny import TINY_CONSTRUCTOR
 
@@ -125,19 +123,19 @@ def test_param_refuses_vp_networks() -> None:
 
 # -- grid and teacher step -------------------------------------------------------------------------
 def test_grid_end_points_by_hand() -> None:
-    grid = grid_points(18)
+    grid = karras_points(18)
     assert grid.shape == (18,)
-    t, t2 = adjacent_grid_points(2, 18, index=torch.tensor([0, 16]), dtype=torch.float64)
+    t, t2 = adjacent_points(2, 18, index=torch.tensor([0, 16]), dtype=torch.float64)
     torch.testing.assert_close(t.flatten(), torch.tensor([80.0, (A + 16 / 17 * (B - A)) ** 7], dtype=torch.float64))
     torch.testing.assert_close(t2.flatten(), torch.tensor([(A + 1 / 17 * (B - A)) ** 7, 0.002], dtype=torch.float64))
     with pytest.raises(ValueError):
-        adjacent_grid_points(1, 18, index=torch.tensor([17]))
+        adjacent_points(1, 18, index=torch.tensor([17]))
 
 
 def test_adjacent_points_are_uniform_and_adjacent() -> None:
     gen = torch.Generator().manual_seed(0)
-    t, t2 = adjacent_grid_points(39000, 40, generator=gen, dtype=torch.float64)
-    grid = grid_points(40)
+    t, t2 = adjacent_points(39000, 40, generator=gen, dtype=torch.float64)
+    grid = karras_points(40)
     k = torch.searchsorted(-grid, -t.flatten())  # grid is decreasing
     torch.testing.assert_close(grid[k], t.flatten(), rtol=0, atol=0)
     torch.testing.assert_close(grid[k + 1], t2.flatten(), rtol=0, atol=0)
@@ -148,13 +146,13 @@ def test_adjacent_points_are_uniform_and_adjacent() -> None:
 def test_heun_step_with_exact_denoisers() -> None:
     torch.manual_seed(2)
     index = torch.tensor([0, 5, 10, 16])
-    t, t2 = adjacent_grid_points(4, 18, index=index, dtype=torch.float64)
+    t, t2 = adjacent_points(4, 18, index=index, dtype=torch.float64)
     x_t = torch.randn(4, 1, 2, 2, dtype=torch.float64) * (t**2 + C**2).sqrt()
     # a point mass: dx/ds = x/s, and Heun is exact: x(t2) = x(t) t2/t
-    zero = heun_teacher_step(lambda x, s, y: torch.zeros_like(x), x_t, t, t2)
+    zero = heun_step(lambda x, s, y: torch.zeros_like(x), x_t, t, t2)
     torch.testing.assert_close(zero, x_t * t2 / t)
     # N(0, C^2), by hand: d = x t/(C^2 + t^2), x_e = x + (t2 - t) d, d2 = x_e t2/(C^2 + t2^2)
-    got = heun_teacher_step(gaussian_teacher(), x_t, t, t2)
+    got = heun_step(gaussian_teacher(), x_t, t, t2)
     d = t / (C**2 + t**2)
     d2 = (1 + (t2 - t) * d) * t2 / (C**2 + t2**2)
     torch.testing.assert_close(got, x_t * (1 + (t2 - t) * (d + d2) / 2))
@@ -162,10 +160,10 @@ def test_heun_step_with_exact_denoisers() -> None:
     exact = x_t * ((t2**2 + C**2) / (t**2 + C**2)).sqrt()
     torch.testing.assert_close(got, exact, rtol=0.03, atol=0)
     # ... and second order: on a fine grid far closer than an Euler step
-    t, t2 = adjacent_grid_points(4, 1000, index=torch.tensor([0, 300, 600, 900]), dtype=torch.float64)
+    t, t2 = adjacent_points(4, 1000, index=torch.tensor([0, 300, 600, 900]), dtype=torch.float64)
     x_t = torch.ones(4, 1, 2, 2, dtype=torch.float64)
     exact = ((t2**2 + C**2) / (t**2 + C**2)).sqrt()
-    heun_err = (heun_teacher_step(gaussian_teacher(), x_t, t, t2) - exact).abs()
+    heun_err = (heun_step(gaussian_teacher(), x_t, t, t2) - exact).abs()
     euler_err = (x_t * (1 + (t2 - t) * t / (C**2 + t**2)) - exact).abs()
     assert float((heun_err / exact).max()) < 1e-6
     assert bool((heun_err < 0.01 * euler_err).all())
@@ -173,7 +171,7 @@ def test_heun_step_with_exact_denoisers() -> None:
 
 def test_heun_step_to_zero_is_an_euler_step() -> None:
     x_t = torch.randn(2, 1, 2, 2, dtype=torch.float64)
-    got = heun_teacher_step(gaussian_teacher(), x_t, col([0.8, 0.8]), col([0.0, 0.4]))
+    got = heun_step(gaussian_teacher(), x_t, col([0.8, 0.8]), col([0.0, 0.4]))
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got[0], x_t[0] * C**2 / (C**2 + 0.64))  # the Euler step to 0 is D
 
@@ -208,37 +206,49 @@ def test_exact_consistency_function_meets_the_boundary() -> None:
     torch.testing.assert_close(exact_consistency(x, torch.full((3,), 0.002)), x)
 
 
+def consistency(z: torch.Tensor, sigmas: list[float], f=exact_consistency) -> torch.Tensor:  # noqa: ANN001
+    return sample_consistency(f, z, None, torch.tensor(sigmas, dtype=torch.float64), sigma_min=0.002)
+
+
 def test_multistep_sampling_gives_the_target_variance() -> None:
-    z = torch.randn(50000, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(20000, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     target = C**2 + 0.002**2  # the law of the data at noise level s_min
     # one step: Var = 80^2 (C^2 + s_min^2)/(80^2 + C^2)
-    one = multistep_consistency_sample(exact_consistency, z, None, [80.0])
+    one = consistency(z, [80.0])
     one_var = 6400 * target / (6400 + C**2)
     assert math.isclose(float(one.var()), one_var, rel_tol=0.02)
     # more steps: each adds variance s^2 - s_min^2 to a sample at level s_min, then maps back:
     # v <- (v + s^2 - s_min^2) (C^2 + s_min^2)/(C^2 + s^2)
     sigmas = [80.0, 0.8, 0.1]
-    gen = torch.Generator().manual_seed(4)
-    few = multistep_consistency_sample(exact_consistency, z, None, sigmas, generator=gen)
+    few = consistency(z, sigmas)
     v = one_var
     for s in sigmas[1:]:
         v = (v + s**2 - 0.002**2) * target / (C**2 + s**2)
     assert abs(v - target) < abs(one_var - target)  # every step pulls the law to the target
     assert math.isclose(float(few.var()), v, rel_tol=0.02)
     assert abs(float(few.mean())) < 0.01
-    again = multistep_consistency_sample(exact_consistency, z, None, sigmas, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(few, again)
-    # the same steps by hand, drawing the noise from a generator in the same state
-    replay = torch.Generator().manual_seed(4)
+    # the fresh noise is a function of z: the same z, the same samples, in any batch
+    assert torch.equal(consistency(z[:100], sigmas), few[:100])
+    torch.testing.assert_close(consistency(z[50:150], sigmas), few[50:150], rtol=0, atol=0)
+    # the same steps by hand, with the noise `per_sample_noise` gives each z
 
     def level(s: float) -> torch.Tensor:
         return torch.full((z.shape[0],), s, dtype=torch.float64)
 
+    noise = per_sample_noise(z, 2)
     x = exact_consistency(80 * z, level(80.0))
-    for s in sigmas[1:]:
-        noise = torch.randn(x.shape, generator=replay, dtype=x.dtype)
-        x = exact_consistency(x + math.sqrt(s**2 - 0.002**2) * noise, level(s))
+    for k, s in enumerate(sigmas[1:]):
+        x = exact_consistency(x + math.sqrt(s**2 - 0.002**2) * noise[k], level(s))
     torch.testing.assert_close(few, x, rtol=1e-12, atol=1e-12)
+
+
+def test_per_sample_noise_is_standard_normal_and_a_function_of_z() -> None:
+    z = torch.randn(4000, 1, 2, 2, generator=torch.Generator().manual_seed(5))
+    noise = per_sample_noise(z, 2)
+    assert noise.shape == (2, 4000, 1, 2, 2) and noise.dtype == z.dtype
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1) < 0.02
+    assert torch.equal(per_sample_noise(z[7:9], 2), noise[:, 7:9])
+    assert not torch.equal(noise[0], noise[1]) and not torch.equal(per_sample_noise(z + 1e-3, 2), noise)
 
 
 def test_one_step_sampling_uses_no_noise_and_one_call() -> None:
@@ -250,11 +260,11 @@ def test_one_step_sampling_uses_no_noise_and_one_call() -> None:
 
     z = torch.randn(4, 1, 2, 2)
     state = torch.get_rng_state()
-    out = multistep_consistency_sample(f, z, None, torch.tensor([80.0]))
+    out = consistency(z, [80.0], f)
     assert torch.equal(torch.get_rng_state(), state) and len(calls) == 1
     torch.testing.assert_close(calls[0], torch.full((4,), 80.0))
     torch.testing.assert_close(out, exact_consistency(80 * z, torch.full((4,), 80.0)))
-    multistep_consistency_sample(f, z, None, [80.0, 2.0, 0.5])
-    assert len(calls) == 4
-    with pytest.raises(ValueError, match="sigma_min"):
-        multistep_consistency_sample(f, z, None, [80.0, 0.001])
+    consistency(z, [80.0, 2.0, 0.5], f)
+    assert len(calls) == 4 and torch.equal(torch.get_rng_state(), state)  # its noise draws on generators of its own
+    with pytest.raises(RecipeError, match="sigma_min"):
+        consistency(z, [80.0, 0.001], f)

@@ -16,9 +16,9 @@ import sidbench.methods.baselines.consistency.method as cd_module
 import sidbench.methods.baselines.progressive.method  # noqa: F401  (registers "progressive")
 from sidbench.config import ConfigError, compose
 from sidbench.methods import METHODS
-from sidbench.methods.baselines.consistency.loss import ConsistencyParam, grid_points
+from sidbench.diffusion import karras_points, per_sample_noise, sample
 from sidbench.teachers.load import load_teacher
-from sidbench.teachers.networks import EDMPrecond
+from sidbench.teachers.networks import ConsistencyParam, EDMPrecond
 from sidbench.trainer.compute import ComputeCounter
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.loop import Trainer
@@ -84,9 +84,9 @@ def test_target_is_an_ema_of_the_generator_with_constant_mu(tiny_teacher: Path, 
 def test_target_sees_the_online_networks_dropout_mask(tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the teacher step and the grid made trivial (x_t2 = x_t, t2 = t) and the target equal to
     f (mu = 0, first update), the loss is 0 exactly when both calls drop the same units."""
-    monkeypatch.setattr(cd_module, "heun_teacher_step", lambda teacher, x_t, t, t2, labels=None: x_t)
-    same = cd_module.adjacent_grid_points
-    monkeypatch.setattr(cd_module, "adjacent_grid_points", lambda *a, **k: (same(*a, **k)[0],) * 2)
+    monkeypatch.setattr(cd_module, "heun_step", lambda teacher, x_t, t, t2, labels=None: x_t)
+    same = cd_module.adjacent_points
+    monkeypatch.setattr(cd_module, "adjacent_points", lambda *a, **k: (same(*a, **k)[0],) * 2)
     cd, ctx, _, _ = make(tiny_teacher, dropout=0.5)
     with ctx.precompute():
         cd.prepare(ctx)
@@ -120,26 +120,27 @@ def test_sampling_rebuilds_the_consistency_function_from_a_plain_edm_network(tin
     plain = teacher.copy_network().eval()  # what load_teacher_file builds from a saved generator
     assert isinstance(plain, EDMPrecond)
     z = torch.randn(4, 1, 8, 8)
-    cls = type(cd)
-    one = cls.sample_recipe(plain, z, None, {**recipe, "sigmas": [80.0], "nfe": 1})
+    one = sample(plain, z, None, {**recipe, "sigmas": [80.0], "nfe": 1})
     with torch.no_grad():
         torch.testing.assert_close(one, ConsistencyParam(plain)(80 * z, torch.full((4,), 80.0)))
     calls: list[float] = []
     plain.model.register_forward_pre_hook(lambda m, a: calls.append(1))
-    two = cls.sample_recipe(plain, z, None, recipe)
+    two = sample(plain, z, None, recipe)
     assert len(calls) == 2  # 2 NFE
     # the fresh noise is a function of z: the same z gives the same images, in any batch
-    torch.testing.assert_close(cls.sample_recipe(plain, z, None, recipe), two, rtol=0, atol=0)
-    halves = torch.cat([cls.sample_recipe(plain, z[:1], None, recipe), cls.sample_recipe(plain, z[1:], None, recipe)])
+    torch.testing.assert_close(sample(plain, z, None, recipe), two, rtol=0, atol=0)
+    halves = torch.cat([sample(plain, z[:1], None, recipe), sample(plain, z[1:], None, recipe)])
     torch.testing.assert_close(halves, two, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(two, one)
     # by hand: x1 = f(80 z, 80); x = f(x1 + sqrt(0.8^2 - 0.002^2) n, 0.8) with n from z
     f = ConsistencyParam(plain)
-    noise = cd_module.sample_noise(z, 1)[0]
+    noise = per_sample_noise(z, 1)[0]
     with torch.no_grad():
         x1 = f(80 * z, torch.full((4,), 80.0))
         want = f(x1 + math.sqrt(0.8**2 - 0.002**2) * noise, torch.full((4,), 0.8))
     torch.testing.assert_close(two, want)
+    # the method samples its own (wrapped) generator with the same recipe: the same images
+    torch.testing.assert_close(cd.sample(f, z, None), two, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -193,7 +194,7 @@ def test_presets_carry_the_published_settings(dataset: str) -> None:
 
 def test_imagenet64s_published_two_step_sigma_is_point_22_of_the_40_point_grid() -> None:
     # scripts/launch.sh samples CD on ImageNet 64 in two steps at ts 0,22,39 of 40: sigma 80, then 1.3824
-    assert float(grid_points(40)[22]) == pytest.approx(1.3824, abs=1e-4)
+    assert float(karras_points(40)[22]) == pytest.approx(1.3824, abs=1e-4)
 
 
 def test_the_optimiser_is_radam_with_the_published_hyperparameters(tiny_teacher: Path) -> None:
@@ -268,20 +269,19 @@ def frechet(m1, c1, m2, c2) -> float:
     return frechet_distance(m1.numpy(), c1.numpy(), m2.numpy(), c2.numpy())
 
 
-def test_gaussian_one_step_function_reaches_the_teachers_heun_sampler(tmp_path: Path) -> None:
+def test_gaussian_one_step_function_reaches_the_teachers_heun_sampler(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """On N(mu, S) with the exact teacher, CD's fixed point is f(., 80) = the teacher's Heun steps
     down the N-point grid to sigma_min; its one-step law has a KNOWN bias against the target
     (N - 1 Heun steps are not the ODE, and it stops at sigma_min), pinned from the hand formula."""
     from sidbench.testing.gaussian import GaussianTeacher, random_gaussian
 
     num_points = 10
-    levels = [float(s) for s in grid_points(num_points)]
+    levels = [float(s) for s in karras_points(num_points)]
     mu, cov = random_gaussian(4, seed=0)
 
-    class GaussianCD(cd_module.ConsistencyDistillation):
-        @classmethod
-        def consistency_function(cls, net, sigma_min):
-            return LevelTable(levels, mu, cov)  # starts as the teacher's denoiser on the grid
+    # f starts as the teacher's denoiser on the grid
+    monkeypatch.setattr(cd_module, "consistency_function", lambda net, sigma_min: LevelTable(levels, mu, cov))
 
     teacher = GaussianTeacher(mu, cov)
     teacher.net = Float32Input(teacher.net).eval()
@@ -290,7 +290,7 @@ def test_gaussian_one_step_function_reaches_the_teachers_heun_sampler(tmp_path: 
     # 2e-4 of the fixed point (and stay within 1e-3 from 1600 to 2400 iterations)
     cfg = compose(["method=consistency", f"method.num_points={num_points}", "method.lr=5e-3", "method.mu=0",
                    "method.num_teacher_samples=1024"])
-    cd = GaussianCD(teacher, cfg.method, torch.device("cpu"), cfg)
+    cd = cd_module.ConsistencyDistillation(teacher, cfg.method, torch.device("cpu"), cfg)
     target = (mu.double(), cov.double())
     start = frechet(*cd.generator.one_step_law(), *target)
     trainer_cfg = OmegaConf.merge(cfg.trainer, {"kimg": 2.0 * 256, "batch": 256, "checkpoint_every_kimg": 0,

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from sidbench.diffusion import karras_ascending
 from sidbench.methods.baselines.dmd.loss import (
     distribution_matching_loss, dm_gradient, dmd_fake_score_loss, gan_discriminator_loss, gan_generator_loss,
-    karras_grid, sample_grid_sigma,
+    sample_grid_sigma,
 )
 
 
@@ -27,7 +28,7 @@ def _softplus(v: float) -> float:
 
 
 def test_grid_runs_small_to_large_with_karras_values() -> None:
-    grid = karras_grid()
+    grid = karras_ascending()
     assert grid.shape == (1000,)
     assert math.isclose(float(grid[0]), 0.002, rel_tol=1e-12)
     assert math.isclose(float(grid[-1]), 80.0, rel_tol=1e-12)
@@ -39,7 +40,7 @@ def test_grid_runs_small_to_large_with_karras_values() -> None:
 
 
 def test_grid_sigma_draw_is_uniform_on_the_inclusive_index_range() -> None:
-    grid = karras_grid()
+    grid = karras_ascending()
     gen = torch.Generator().manual_seed(0)
     s = sample_grid_sigma(20000, grid, 20, 980, generator=gen)
     assert s.shape == (20000, 1, 1, 1) and s.dtype == torch.float32
@@ -54,9 +55,9 @@ def test_grid_sigma_draw_is_uniform_on_the_inclusive_index_range() -> None:
 
 def test_grid_sigma_rejects_a_range_outside_the_grid() -> None:
     with pytest.raises(ValueError, match="not inside"):
-        sample_grid_sigma(4, karras_grid(), 20, 1000)
+        sample_grid_sigma(4, karras_ascending(), 20, 1000)
     with pytest.raises(ValueError, match="not inside"):
-        sample_grid_sigma(4, karras_grid(), 30, 20)
+        sample_grid_sigma(4, karras_ascending(), 30, 20)
 
 
 # -- distribution matching ------------------------------------------------------------------------
@@ -162,12 +163,12 @@ def test_dm_loss_of_a_non_finite_x_is_dropped_from_the_value() -> None:
 def test_fake_score_loss_weight_is_snr_plus_inverse_sigma_data_squared() -> None:
     denoised, x = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
     sigma = torch.tensor([0.5, 2.0]).reshape(2, 1, 1, 1)
-    got = dmd_fake_score_loss(denoised, x, sigma)
+    got = dmd_fake_score_loss(denoised, x, sigma, 0.5)
     assert got.shape == (2, 1, 2, 2)
     torch.testing.assert_close(got[0], torch.full((1, 2, 2), 4.0 + 4.0))  # 1/0.25 + 1/0.25
     torch.testing.assert_close(got[1], torch.full((1, 2, 2), 0.25 + 4.0))  # 1/4 + 1/0.25
     # (denoised - x)^2 scales it: a residual of 3 multiplies by 9
-    torch.testing.assert_close(dmd_fake_score_loss(denoised * 3, x, sigma), got * 9)
+    torch.testing.assert_close(dmd_fake_score_loss(denoised * 3, x, sigma, 0.5), got * 9)
     # another sigma_data
     torch.testing.assert_close(dmd_fake_score_loss(denoised, x, sigma, sigma_data=1.0)[1], torch.full((1, 2, 2), 1.25))
 

@@ -45,7 +45,7 @@ def test_pairs_are_charged_when_made_and_at_their_recorded_cost_when_reused(tiny
     assert made.passes == made.teacher_passes == 8 * 5 and made.flops > 0
     assert dmd.pairs.noise.shape == dmd.pairs.images.shape == (8, 1, 8, 8)
     # the pair is the teacher's Heun sample of its noise
-    from sidbench.teachers.sampling import heun_sample
+    from sidbench.diffusion import heun_sample
 
     torch.testing.assert_close(heun_sample(dmd.teacher.net, dmd.pairs.noise[:2], None, num_steps=3), dmd.pairs.images[:2])
     again, ctx2, counter2 = make(tiny_teacher)

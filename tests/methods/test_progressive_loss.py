@@ -9,11 +9,10 @@ import math
 import pytest
 import torch
 
+from sidbench.diffusion import euler_step, karras_sigma, karras_sigmas, nested_sigmas, sample_euler
 from sidbench.methods.baselines.progressive.loss import (
-    euler_sample, euler_step, karras_sigma, progressive_loss, progressive_target, sample_stage_sigmas,
-    stage_sigmas, student_sigmas, teacher_target,
+    progressive_loss, progressive_target, sample_stage_sigmas, stage_sigmas, teacher_target,
 )
-from sidbench.teachers.sampling import karras_sigmas
 from sidbench.testing.gaussian import GaussianDenoiser
 
 C = 0.5  # data std of the Gaussian test bed
@@ -69,22 +68,22 @@ def test_stage_sigmas_rejects_out_of_range_index() -> None:
 
 
 def test_student_grid_by_hand_and_against_edm_grid() -> None:
-    assert student_sigmas(1).tolist() == [80.0, 0.0]  # 1 step: D(80 z, 80)
-    two = student_sigmas(2)
+    assert nested_sigmas(1).tolist() == [80.0, 0.0]  # 1 step: D(80 z, 80)
+    two = nested_sigmas(2)
     torch.testing.assert_close(two, torch.tensor([80.0, ((A + B) / 2) ** 7, 0.0], dtype=torch.float64))
     # EDM's (N+1)-step grid reaches sigma_min at i/N = 1; the student drops that point for the 0.
     for n in (1, 3, 8):
         edm = karras_sigmas(n + 1)
         expected = torch.cat([edm[:n], edm.new_zeros(1)])
-        torch.testing.assert_close(student_sigmas(n), expected, rtol=1e-12, atol=0)
-    assert math.isclose(float(student_sigmas(4, final_zero=False)[-1]), 0.002, rel_tol=1e-12)
+        torch.testing.assert_close(nested_sigmas(n), expected, rtol=1e-12, atol=0)
+    assert math.isclose(float(nested_sigmas(4, final_zero=False)[-1]), 0.002, rel_tol=1e-12)
 
 
 def test_student_samples_on_the_points_it_trains_on_and_grids_nest() -> None:
     n = 8
     i = torch.arange(n)
     t, t2, t3 = stage_sigmas(n, i, dtype=torch.float64)
-    grid, teacher_grid = student_sigmas(n), student_sigmas(2 * n)
+    grid, teacher_grid = nested_sigmas(n), nested_sigmas(2 * n)
     torch.testing.assert_close(t.flatten(), grid[:-1], rtol=1e-12, atol=0)
     torch.testing.assert_close(t3.flatten(), grid[1:], rtol=1e-12, atol=0)
     # The teacher's 2N-step grid holds the student's points and the midpoints t2.
@@ -97,7 +96,7 @@ def test_sampled_step_index_is_uniform() -> None:
     gen = torch.Generator().manual_seed(0)
     t, t2, t3 = sample_stage_sigmas(40000, 4, generator=gen, dtype=torch.float64)
     assert t.shape == (40000, 1, 1, 1)
-    grid = student_sigmas(4)
+    grid = nested_sigmas(4)
     for k in range(4):
         share = float((t == grid[k]).double().mean())
         assert abs(share - 0.25) < 0.015, (k, share)
@@ -205,7 +204,7 @@ def test_ideal_student_follows_its_2n_step_teacher() -> None:
     torch.manual_seed(6)
     n = 2
     teacher = gaussian_teacher()
-    grid = student_sigmas(n)
+    grid = nested_sigmas(n)
     _, mids, _ = stage_sigmas(n, torch.arange(n), dtype=torch.float64)
 
     def ideal_student(x: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -214,8 +213,8 @@ def test_ideal_student_follows_its_2n_step_teacher() -> None:
         return teacher_target(teacher, x, t, t2, t3)
 
     z = torch.randn(5, 1, 2, 2, dtype=torch.float64)
-    got = euler_sample(ideal_student, z, None, grid)
-    teacher_grid = student_sigmas(2 * n).tolist()
+    got = sample_euler(ideal_student, z, None, grid)
+    teacher_grid = nested_sigmas(2 * n).tolist()
     factor = 80.0
     for s, s_next in zip(teacher_grid[:-1], teacher_grid[1:]):
         factor *= euler_factor(s, s_next)
@@ -235,11 +234,11 @@ def test_one_step_student_is_the_one_step_generator_and_costs_n_nfe() -> None:
         calls.append(s.clone())
         return net(x, s, labels)
 
-    one = euler_sample(counted, z, None, student_sigmas(1))
+    one = sample_euler(counted, z, None, nested_sigmas(1))
     assert one.dtype == z.dtype and len(calls) == 1
     with torch.no_grad():
         torch.testing.assert_close(one, net(80 * z, torch.full((3,), 80.0)), rtol=1e-6, atol=1e-6)
     calls.clear()
-    four = euler_sample(counted, z, None, student_sigmas(4))
+    four = sample_euler(counted, z, None, nested_sigmas(4))
     assert len(calls) == 4 and torch.isfinite(four).all()
-    torch.testing.assert_close(torch.stack([c[0] for c in calls]), student_sigmas(4)[:-1].float(), check_dtype=False)
+    torch.testing.assert_close(torch.stack([c[0] for c in calls]), nested_sigmas(4)[:-1].float(), check_dtype=False)

@@ -6,7 +6,8 @@ import math
 import torch
 
 from sidbench.methods.nonfinite import finite_samples
-from sidbench.methods.sid.loss import fake_score_loss, generator_loss, generator_sigma, sigma_from_u
+from sidbench.diffusion import karras_sigma
+from sidbench.methods.sid.loss import fake_score_loss, generator_loss, generator_sigma
 
 
 def test_generator_loss_matches_hand_computation() -> None:
@@ -36,10 +37,17 @@ def test_generator_loss_weight_is_clipped_and_carries_no_gradient() -> None:
 def test_fake_score_loss_is_edm_weighted_denoising() -> None:
     denoised, x_g = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
     sigma = torch.tensor([0.5, 2.0]).reshape(2, 1, 1, 1)
-    got = fake_score_loss(denoised, x_g, sigma)
+    got = fake_score_loss(denoised, x_g, sigma, 0.5)
     for i, s in enumerate([0.5, 2.0]):
         w = (s**2 + 0.25) / (s * 0.5) ** 2
         torch.testing.assert_close(got[i], torch.full((1, 2, 2), w))
+    # the fake score's own sigma_data: sd = 1 gives (s^2 + 1) / s^2 = 5/4 at s = 2
+    torch.testing.assert_close(fake_score_loss(denoised, x_g, sigma, 1.0)[1], torch.full((1, 2, 2), 5.0 / 4))
+
+
+def sigma_from_u(u: torch.Tensor) -> torch.Tensor:
+    """Karras' schedule read backwards: u = 0 gives sigma_min, u = 1 sigma_max."""
+    return karras_sigma(1 - u)
 
 
 def test_sigma_draw_covers_published_range() -> None:

@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from sidbench.methods.sid.loss import edm_weight, normaliser
+from sidbench.diffusion import edm_weight
+from sidbench.methods.sid.loss import normaliser
 from sidbench.methods.sid.sida_loss import adversarial_generator_loss, discriminator_logits, discriminator_loss
 
 

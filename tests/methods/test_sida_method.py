@@ -42,7 +42,7 @@ def test_phases_are_stages_at_the_configured_kimg(tiny_teacher: Path) -> None:
     sida, _, _ = make_sida(tiny_teacher, generator_start_kimg=3, adversarial_start_kimg=7)
     assert [(s.name, s.start, s.unit) for s in sida.stages()] == [
         ("fake-score warm-up", 0.0, "kimg"), ("sid", 3.0, "kimg"), ("sida", 7.0, "kimg")]
-    assert sida.uses_real_data and sida.sampling() == {"sampler": "one_step", "sigma": 2.5, "nfe": 1}
+    assert sida.uses_real_data and sida.sampling() == {"sampler": "one_step", "sigmas": [2.5], "nfe": 1}
     sida.enter_stage(2, sida.stages()[2])
     assert sida.state_dict() == {"phase": 2}
     again, _, _ = make_sida(tiny_teacher)

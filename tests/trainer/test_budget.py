@@ -7,10 +7,17 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from sidbench.diffusion import register_sampler
 from sidbench.methods.base import Method
 from sidbench.testing.gaussian import GaussianTeacher, random_gaussian
 from sidbench.trainer.budget import Budget, log_fractions
 from sidbench.trainer.loop import Trainer
+
+
+@register_sampler("linear")
+def linear_sampler(net, noise, labels, sigmas):  # noqa: ANN001, ANN201
+    """The toy's generator on the noise as it is."""
+    return net(noise).reshape(noise.shape)
 
 
 class Regress(Method):
@@ -30,10 +37,6 @@ class Regress(Method):
 
     def sampling(self) -> dict:
         return {"sampler": "linear", "nfe": 1}
-
-    @classmethod
-    def sample_recipe(cls, net, z, labels, recipe):  # noqa: ANN001, ANN206
-        return net(z).reshape(z.shape)
 
     def train_step(self, ctx) -> dict[str, torch.Tensor]:  # noqa: ANN001
         def loss_fn(n: int) -> tuple[torch.Tensor, dict]:

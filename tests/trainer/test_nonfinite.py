@@ -30,7 +30,7 @@ class BreaksAfter(Method):
         return {"generator": self.opt}
 
     def sampling(self) -> dict:
-        return {"sampler": "one_step", "sigma": 1.0, "nfe": 1}
+        return {"sampler": "one_step", "sigmas": [1.0], "nfe": 1}
 
     def train_step(self, ctx) -> dict[str, float]:  # noqa: ANN001
         self.calls += 1

@@ -129,6 +129,6 @@ def test_stage_boundary_resets_optimiser_and_ema_and_promotes_the_student(tiny_t
     # the generator's optimiser restarted (2 steps since), the aux's did not (6 steps)
     step = lambda name: int(next(iter(toy.optimizers()[name].state.values()))["step"])  # noqa: E731
     assert (step("generator"), step("aux")) == (2, 6)
-    assert toy.sampling() == {"sampler": "one_step", "sigma": 2.5, "nfe": 1}
+    assert toy.sampling() == {"sampler": "one_step", "sigmas": [2.5], "nfe": 1}
     # the method's own average moved with mu = 0.9
     assert not all(torch.equal(e, p) for e, p in zip(toy.aux_average.module.parameters(), toy.aux.parameters()))

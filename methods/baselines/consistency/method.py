@@ -22,21 +22,20 @@ How the generator is saved and rebuilt. `sidbench run` saves the trainer's EMA o
 its own and its state_dict keys are the EDM network's, so the constructor `plan_networks` gives
 for the generator is the PLAIN EDM one: `load_teacher_file` builds an ordinary EDMPrecond and
 loads the saved weights strictly. What makes it a consistency function again is the recipe,
-`{"sampler": "consistency", "sigmas": [...], "sigma_min": ..., "nfe": ...}`: this class's
-`sample_recipe` wraps a plain EDM network in `ConsistencyParam(net, sigma_min)` before sampling
-(a network that already is one, as in training, is used as it is). Read the file as an EDM
-denoiser without its recipe and you get a different function: its info says so.
+`{"sampler": "consistency", "sigmas": [...], "sigma_min": ..., "nfe": ...}`: the registered
+"consistency" sampler (`sidbench.diffusion.sample_consistency`) wraps a plain EDM network in
+`ConsistencyParam(net, sigma_min)` before sampling (a network that already is one, as in
+training, is used as it is). Read the file as an EDM denoiser without its recipe and you get a
+different function: its info says so.
 
 Sampling: one step f(80 z, 80) by default; multistep at `sampling_sigmas` (e.g. [80.0, 0.8]):
 x = f(s_0 z, s_0), then x = f(x + sqrt(s^2 - s_min^2) n, s) for each further s (the paper's
-Algorithm 1). The fresh noise n of sample i comes from a generator seeded by a hash of z_i's
-values (`sidbench.seeding.mix`): the same z gives the same image in any batch, on any run.
+Algorithm 1), with fresh noise n that is a function of z (`sidbench.diffusion.per_sample_noise`):
+the same z gives the same image in any batch, on any run.
 """
 from __future__ import annotations
 
-import hashlib
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -44,19 +43,14 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from sidbench.config import ConfigError
+from sidbench.diffusion import adjacent_points, consistency_function, heun_step
 from sidbench.methods.base import Recipe, register_method
-from sidbench.methods.baselines.consistency.loss import ConsistencyParam, adjacent_grid_points, heun_teacher_step
 from sidbench.methods.baselines.distance import DISTANCES, LPIPSUnavailableError, check_pooling, image_distance, load_lpips
 from sidbench.methods.baselines.consistency.schema import ConsistencySchema
 from sidbench.methods.baselines.student import DenoiserStudent
-from sidbench.seeding import mix
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.ema import EMA
-
-CONSISTENCY = "consistency"
-#: tag of the multistep sampler's noise streams
-NOISE_STREAM = 0xC0FFEE
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -83,34 +77,6 @@ def check_sigmas(sigmas: Sequence[float], sigma_min: float, sigma_max: float) ->
                           f"[sigma_min={sigma_min}, sigma_max={sigma_max}], e.g. [80.0] or [80.0, 0.8]")
 
 
-def sample_noise(z: Tensor, steps: int) -> Tensor:
-    """[steps, *z.shape] standard-normal noise, sample i's from a generator seeded by a hash of
-    z[i]: reproducible, and independent of how samples are batched."""
-    out = torch.empty((steps, *z.shape), dtype=z.dtype, device=z.device)
-    rows = z.detach().to("cpu", torch.float32).contiguous().numpy()
-    for i, row in enumerate(rows):
-        seed = mix(NOISE_STREAM, int.from_bytes(hashlib.sha256(row.tobytes()).digest()[:8], "little"))
-        g = torch.Generator(device=z.device).manual_seed(seed)
-        out[:, i] = torch.randn((steps, *z.shape[1:]), generator=g, dtype=z.dtype, device=z.device)
-    return out
-
-
-@torch.no_grad()
-def consistency_sample(f: Callable[[Tensor, Tensor, Tensor | None], Tensor], z: Tensor, labels: Tensor | None,
-                       sigmas: Sequence[float], sigma_min: float) -> Tensor:
-    """Multistep consistency sampling (arXiv 2303.01469, Algorithm 1): len(sigmas) NFE."""
-    s = [float(v) for v in sigmas]
-    noise = sample_noise(z, len(s) - 1) if len(s) > 1 else None
-
-    def level(v: float) -> Tensor:
-        return torch.full((z.shape[0],), v, dtype=z.dtype, device=z.device)
-
-    x = f(z * s[0], level(s[0]), labels)
-    for k, v in enumerate(s[1:]):
-        x = f(x + math.sqrt(v**2 - sigma_min**2) * noise[k].to(x.dtype), level(v), labels)
-    return x
-
-
 def rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
     return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
@@ -135,7 +101,7 @@ class ConsistencyDistillation(DenoiserStudent):
             self._check_lpips(teacher)
         overrides = self.student_overrides(cfg)
         self.dropout = float(overrides.get("dropout", teacher.constructor.get("dropout", 0.0)) or 0.0)
-        self.generator = self.consistency_function(teacher.copy_network(**overrides), self.sigma_min)
+        self.generator = consistency_function(teacher.copy_network(**overrides), self.sigma_min)
         self.target = EMA(self.generator)  # constant-rate average: blend(net, mu) after each update, from the first
         # RAdam, as both published configurations (no warm-up, no clipping, no weight decay)
         self.opt = torch.optim.RAdam(self.generator.parameters(), lr=float(cfg.lr), betas=tuple(cfg.betas),
@@ -149,11 +115,6 @@ class ConsistencyDistillation(DenoiserStudent):
             load_lpips(str(self.cfg.lpips_net), self.device, str(self.cfg.lpips_pooling))
         except (LPIPSUnavailableError, ValueError) as e:
             raise ConfigError(f"{e}") from e
-
-    @classmethod
-    def consistency_function(cls, net: torch.nn.Module, sigma_min: float) -> torch.nn.Module:
-        """f around a denoiser: `ConsistencyParam` (shares the network's weights), unless it is one."""
-        return net if isinstance(net, ConsistencyParam) else ConsistencyParam(net, sigma_min=sigma_min)
 
     # -- contract ------------------------------------------------------------------------------
     def networks(self) -> dict[str, torch.nn.Module]:
@@ -173,14 +134,7 @@ class ConsistencyDistillation(DenoiserStudent):
     # -- sampling ------------------------------------------------------------------------------
     def sampling(self) -> Recipe:
         sigmas = [float(s) for s in self.cfg.sampling_sigmas]
-        return {"sampler": CONSISTENCY, "sigmas": sigmas, "sigma_min": self.sigma_min, "nfe": len(sigmas)}
-
-    @classmethod
-    def sample_recipe(cls, net: torch.nn.Module, z: Tensor, labels: Tensor | None, recipe: Recipe) -> Tensor:
-        if recipe.get("sampler") == CONSISTENCY:
-            sigma_min = float(recipe["sigma_min"])
-            return consistency_sample(cls.consistency_function(net, sigma_min), z, labels, recipe["sigmas"], sigma_min)
-        return super().sample_recipe(net, z, labels, recipe)
+        return {"sampler": "consistency", "sigmas": sigmas, "sigma_min": self.sigma_min, "nfe": len(sigmas)}
 
     # -- one iteration -------------------------------------------------------------------------
     def train_step(self, ctx: StepContext) -> dict[str, Tensor]:
@@ -194,10 +148,11 @@ class ConsistencyDistillation(DenoiserStudent):
     def _loss(self, ctx: StepContext, n: int) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         x, labels = self.images.draw(ctx, n)
-        t, t2 = adjacent_grid_points(n, int(cfg.num_points), sigma_min=self.sigma_min, sigma_max=float(cfg.sigma_max),
-                                     rho=float(cfg.rho), device=self.device)
+        t, t2 = adjacent_points(n, int(cfg.num_points), sigma_min=self.sigma_min, sigma_max=float(cfg.sigma_max),
+                                rho=float(cfg.rho), device=self.device)
         x_t = x + t * torch.randn_like(x)
-        x_t2 = heun_teacher_step(self.teacher.net, x_t, t, t2, labels)  # 2 teacher calls, no graph
+        with torch.no_grad():  # the target is stop-gradient; the teacher is frozen
+            x_t2 = heun_step(self.teacher.net, x_t, t, t2, labels)  # 2 teacher calls
         state = rng_state(self.device) if self.dropout > 0 else None
         online = ctx.net("generator").train()(x_t, t.flatten(), labels).float()
         with torch.no_grad():

@@ -20,27 +20,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sidbench.diffusion import edm_weight_snr
 from sidbench.methods.nonfinite import finite_samples, zero_dropped
-from sidbench.teachers.sampling import karras_sigmas
 
-SIGMA_DATA = 0.5
 #: floor of the per-sample normaliser mean|p_real| (the same floor SiD puts on its weight)
 NORMALISER_FLOOR = 1e-5
 
 
 # -- noise levels ---------------------------------------------------------------------------------
-
-
-def karras_grid(
-    num_points: int = 1000, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
-) -> torch.Tensor:
-    """The `num_points`-point Karras grid in float64, ordered from SMALL to LARGE sigma.
-
-    Index 0 is sigma_min and index num_points-1 is sigma_max: DMD2's EDM code indexes its
-    1000-point grid this way, so "index uniform in [20, 980]" keeps clear of both ends.
-    """
-    # karras_sigmas runs large -> small and appends sigma_N = 0: drop the 0, then reverse
-    return karras_sigmas(num_points, sigma_min, sigma_max, rho)[:-1].flip(0)
 
 
 def sample_grid_sigma(
@@ -53,8 +40,9 @@ def sample_grid_sigma(
 ) -> torch.Tensor:
     """Per-sample sigma [n, 1, 1, 1] (float32) = grid[i], i uniform on {low, ..., high} (inclusive).
 
-    DMD's DM loss uses [20, 980]; the fake-score loss and every GAN logits evaluation use the
-    whole grid [0, len(grid) - 1]. `generator` draws on the CPU (reproducible across devices).
+    `grid` is `sidbench.diffusion.karras_ascending(1000)` (index 0 is sigma_min). DMD's DM loss uses
+    [20, 980]; the fake-score loss and every GAN logits evaluation use the whole grid
+    [0, len(grid) - 1]. `generator` draws on the CPU (reproducible across devices).
     """
     if not 0 <= low <= high < len(grid):
         raise ValueError(f"grid index range [{low}, {high}] is not inside [0, {len(grid) - 1}]")
@@ -102,16 +90,14 @@ def distribution_matching_loss(
     return 0.5 * zero_dropped((x - target) ** 2, keep).mean(), keep
 
 
-def dmd_fake_score_loss(
-    denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_data: float = SIGMA_DATA
-) -> torch.Tensor:
+def dmd_fake_score_loss(denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     """Fake-score denoising loss per element: (1/sigma^2 + 1/sd^2) * (mu_fake(x_t) - x)^2.
 
-    The weight is EDM's Karras weighting (sigma^2 + sd^2) / (sigma sd)^2 written as SNR + 1/sd^2.
-    `x` is the generated image, detached by the caller; `sigma` broadcasts ([B, 1, 1, 1]).
+    The weight is EDM's Karras weighting (sigma^2 + sd^2) / (sigma sd)^2 written as SNR + 1/sd^2
+    (`sidbench.diffusion.edm_weight_snr`, at the fake score's sigma_data). `x` is the generated
+    image, detached by the caller; `sigma` broadcasts ([B, 1, 1, 1]).
     """
-    weight = sigma**-2 + 1.0 / sigma_data**2
-    return weight * (denoised - x) ** 2
+    return edm_weight_snr(sigma, sigma_data) * (denoised - x) ** 2
 
 
 # -- GAN (DMD2) -----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import torch
 from omegaconf import DictConfig
 
 from sidbench.config import ConfigError
+from sidbench.diffusion import karras_ascending, sigma_data_of
 from sidbench.methods.base import Method, Recipe, register_method
 from sidbench.methods.baselines.dmd.gan_head import GANHead, bottleneck_shape
 from sidbench.methods.baselines.distance import DISTANCES, image_distance
@@ -41,8 +42,7 @@ from sidbench.methods.baselines.teacher_samples import (
     SampleSpec, TeacherSamples, charge_recorded, label_freq, load_teacher_samples, samples_for_training, teacher_identity,
 )
 from sidbench.methods.baselines.dmd.loss import (
-    distribution_matching_loss, dmd_fake_score_loss, gan_discriminator_loss, gan_generator_loss, karras_grid,
-    sample_grid_sigma,
+    distribution_matching_loss, dmd_fake_score_loss, gan_discriminator_loss, gan_generator_loss, sample_grid_sigma,
 )
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
@@ -69,7 +69,7 @@ class DistributionMatching(Method):
         self.generator = teacher.init_generator(**overrides)
         self.fake_score = teacher.copy_network(**overrides)
         self._networks: dict[str, torch.nn.Module] = {"generator": self.generator, "fake_score": self.fake_score}
-        self.grid = karras_grid(int(cfg.grid_points)).to(device)
+        self.grid = karras_ascending(int(cfg.grid_points)).to(device)
         self._stash: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # x and labels of each micro-batch
 
     def _build_optimizers(self) -> None:
@@ -94,7 +94,7 @@ class DistributionMatching(Method):
         return self._schedulers
 
     def sampling(self) -> Recipe:
-        return {"sampler": "one_step", "sigma": float(self.cfg.sigma_gen), "nfe": 1}
+        return {"sampler": "one_step", "sigmas": [float(self.cfg.sigma_gen)], "nfe": 1}
 
     @classmethod
     def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -137,7 +137,7 @@ class DistributionMatching(Method):
     def _denoising_loss(self, denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """L_fs summed over the micro-batch's samples, each the mean over its elements (the context
         divides by the batch: the published mean over all elements)."""
-        return dmd_fake_score_loss(denoised, x, sigma).flatten(1).mean(1).sum()
+        return dmd_fake_score_loss(denoised, x, sigma, sigma_data_of(self.fake_score)).flatten(1).mean(1).sum()
 
 
 @register_method("dmd2")

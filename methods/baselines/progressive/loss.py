@@ -22,34 +22,21 @@ final point, sigma_min or 0 (`final_zero`); the two references differ here:
 Either way, halving N keeps every other point, so the teacher's 2N-step grid contains the
 student's: the student of one stage samples on exactly the points its loss trained it on, and
 becomes the teacher of the next stage on the same points.
-Note the mapping of N differs from EDM's Heun grid `karras_sigmas(N)`, whose N nonzero points are
-spaced i/(N-1) to reach sigma_min: that grid does not nest under halving. Here
-`student_sigmas(N)` is `karras_sigmas(N + 1)` with its sigma_min point dropped.
+The student's sampling grid is `sidbench.diffusion.nested_sigmas(N)`, as are the schedule
+(`karras_sigma`), the Euler step (`euler_step`) and the loss weight (`truncated_snr_weight`).
 
 Losses are returned UNREDUCED (same shape as the image); the method reduces them.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = [
-    "karras_sigma", "stage_sigmas", "sample_stage_sigmas", "euler_step", "progressive_target",
-    "teacher_target", "progressive_loss", "student_sigmas", "euler_sample",
-]
+from sidbench.diffusion import Denoiser, euler_step, karras_sigma, per_sample_sigma, truncated_snr_weight
 
-#: ``denoiser(x, sigma[B], class_labels) -> x0_hat``, as EDM networks and `Teacher.net` are.
-Denoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
-
-
-def karras_sigma(f: Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
-    """Karras' schedule as a continuous function: sigma(f) = (a + f (b - a))^rho with
-    a = sigma_max^(1/rho), b = sigma_min^(1/rho); sigma(0) = sigma_max, sigma(1) = sigma_min."""
-    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    return (a + f * (b - a)) ** rho
+__all__ = ["stage_sigmas", "sample_stage_sigmas", "progressive_target", "teacher_target", "progressive_loss"]
 
 
 def stage_sigmas(
@@ -92,31 +79,6 @@ def sample_stage_sigmas(
     return stage_sigmas(num_steps, i, **grid)
 
 
-def _per_sample(sigma: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor]:
-    """A noise level (a number, 0-d, [B] or [B,1,1,1]) as ([B] for the network, [B,1,..] to broadcast)."""
-    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
-    flat = s.expand(x.shape[0]) if s.numel() == 1 else s
-    if flat.numel() != x.shape[0]:
-        raise ValueError(f"sigma has {flat.numel()} values for a batch of {x.shape[0]}")
-    return flat, flat.reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def euler_step(
-    denoiser: Denoiser, x: Tensor, s_from: Tensor | float, s_to: Tensor | float, labels: Tensor | None = None
-) -> Tensor:
-    """One Euler (DDIM) step of the probability-flow ODE: x + (s_to - s_from) (x - D(x, s_from)) / s_from.
-
-    Sigmas are per sample ([B] or [B,1,1,1]) or shared (a number). Where s_to = 0 the step is
-    exactly D(x, s_from) (the formula's value, without its rounding). Returns ``x``'s dtype: pass
-    a float64 ``x`` for a float64 state (EDM's sampler does; `teacher_target` does).
-    """
-    s_flat, s_col = _per_sample(s_from, x)
-    _, to_col = _per_sample(s_to, x)
-    denoised = denoiser(x, s_flat, labels).to(x.dtype)
-    stepped = x + (to_col - s_col) * (x - denoised) / s_col
-    return torch.where(to_col == 0, denoised, stepped)
-
-
 def progressive_target(x_t: Tensor, t: Tensor, x_t3: Tensor, t3: Tensor) -> Tensor:
     """x_tilde = x_t - t (x_t3 - x_t) / (t3 - t): the D at (x_t, t) whose Euler step t -> t3 lands on x_t3.
 
@@ -143,50 +105,12 @@ def teacher_target(
     t, t2, t3 = (s.to(torch.float64) for s in (t, t2, t3))
     x_t2 = euler_step(teacher, x, t, t2, labels)
     x_t3 = euler_step(teacher, x_t2, t2, t3, labels)
-    _, t_col = _per_sample(t, x)
-    _, t3_col = _per_sample(t3, x)
+    _, t_col = per_sample_sigma(t, x)
+    _, t3_col = per_sample_sigma(t3, x)
     return progressive_target(x, t_col, x_t3, t3_col).to(x_t.dtype)
 
 
 def progressive_loss(denoised: Tensor, x_tilde: Tensor, t: Tensor) -> Tensor:
     """max(1/t^2, 1) (D_student(x_t, t) - x_tilde)^2 per element: the paper's "truncated SNR"
     weight max(alpha^2/sigma^2, 1), with SNR = 1/t^2 in EDM's form. ``t`` broadcasts ([B,1,1,1])."""
-    weight = (1 / t**2).clamp(min=1.0)
-    return weight * (denoised - x_tilde) ** 2
-
-
-def student_sigmas(
-    num_steps: int,
-    *,
-    final_zero: bool = True,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """The sampling grid of an N-step student, float64, length N + 1: sigma(i/N) for i = 0..N-1,
-    then 0 (or sigma_min without ``final_zero``). These are exactly the (t, t3) pairs
-    `stage_sigmas` trains on, so `euler_sample` on this grid takes the steps the student learned."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    f = torch.arange(num_steps + 1, dtype=torch.float64, device=device) / num_steps
-    sigmas = karras_sigma(f, sigma_min, sigma_max, rho)
-    if final_zero:
-        sigmas[-1] = 0.0
-    return sigmas
-
-
-@torch.no_grad()
-def euler_sample(net: Denoiser, z: Tensor, labels: Tensor | None, sigmas: Tensor) -> Tensor:
-    """Deterministic Euler (DDIM) sampling of a progressive student: x = sigma_0 z, then one Euler
-    step per interval of ``sigmas`` (N NFE on `student_sigmas(N)`).
-
-    Euler, not Heun: the student was trained so that one of its Euler steps t -> t3 reproduces
-    the teacher's two Euler steps t -> t2 -> t3; sampled this way, an N-step student follows its
-    2N-step teacher. The state is float64 (as in EDM's sampler); returns ``z``'s dtype.
-    """
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device=z.device)
-    x = z.to(torch.float64) * sigmas[0]
-    for s_from, s_to in zip(sigmas[:-1], sigmas[1:]):
-        x = euler_step(net, x, s_from, s_to, labels)
-    return x.to(z.dtype)
+    return truncated_snr_weight(t) * (denoised - x_tilde) ** 2

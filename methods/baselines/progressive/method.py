@@ -24,8 +24,9 @@ in stage 0 and a frozen copy of the previous student afterwards; the trainer che
 copy (it is a frozen network other than the loaded teacher) and `state_dict` records the stage,
 from which the step count and the LR schedule's length follow on resume.
 
-Sampling: Euler on `loss.student_sigmas(N)` (N NFE), the exact grid the student was trained on;
-`sample_recipe` knows this "euler" sampler, so `sidbench fid <run dir>` samples a saved student.
+Sampling: the registered "euler" sampler on `sidbench.diffusion.nested_sigmas(N)` (N NFE), the
+exact grid the student was trained on; the saved recipe names both, so `sidbench fid <run dir>`
+samples a saved student with its own steps.
 """
 from __future__ import annotations
 
@@ -35,17 +36,14 @@ import torch
 from omegaconf import DictConfig
 
 from sidbench.config import ConfigError
+from sidbench.diffusion import nested_sigmas
 from sidbench.methods.base import Recipe, Stage, register_method
-from sidbench.methods.baselines.progressive.loss import (
-    euler_sample, progressive_loss, sample_stage_sigmas, student_sigmas, teacher_target,
-)
+from sidbench.methods.baselines.progressive.loss import progressive_loss, sample_stage_sigmas, teacher_target
 from sidbench.methods.baselines.progressive.schema import ProgressiveSchema
 from sidbench.methods.baselines.student import DenoiserStudent
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.schedule import WarmupAnneal, restart
-
-EULER = "euler"
 
 
 def is_power_of_two(n: int) -> bool:
@@ -170,14 +168,8 @@ class ProgressiveDistillation(DenoiserStudent):
 
     # -- sampling ------------------------------------------------------------------------------
     def sampling(self) -> Recipe:
-        sigmas = student_sigmas(self.num_steps, **self.grid)
-        return {"sampler": EULER, "sigmas": [float(s) for s in sigmas], "nfe": self.num_steps}
-
-    @classmethod
-    def sample_recipe(cls, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, recipe: Recipe) -> torch.Tensor:
-        if recipe.get("sampler") == EULER:
-            return euler_sample(net, z, labels, torch.tensor(recipe["sigmas"], dtype=torch.float64))
-        return super().sample_recipe(net, z, labels, recipe)
+        sigmas = nested_sigmas(self.num_steps, **self.grid)
+        return {"sampler": "euler", "sigmas": [float(s) for s in sigmas], "nfe": self.num_steps}
 
     # -- one iteration -------------------------------------------------------------------------
     def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
