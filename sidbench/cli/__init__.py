@@ -37,11 +37,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
     from rich.table import Table
 
-    from sidbench.config import group_options, register_plugin_configs
+    from sidbench.config import group_options
     from sidbench.eval.protocol import METRIC_NAMES
     from sidbench.methods import METHODS  # declares the built-ins without importing them (nor torch)
 
-    register_plugin_configs()
     methods = Table("method", "description", title="methods (method=...)")
     for name, desc in METHODS.describe().items():
         methods.add_row(name, desc)
