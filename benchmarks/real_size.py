@@ -101,12 +101,10 @@ def base_overrides(name: str, dataset: str, device: str) -> list[str]:
 def precompute_overrides(method: DictConfig, n: int) -> list[str]:
     """Teacher samples (progressive, consistency) and DMD's regression pairs for one micro-batch, with
     1 Heun step: what is made before training is not what this script times."""
-    out = []
-    if method.get("data") == "teacher" and "num_teacher_samples" in method:
-        out += [f"method.num_teacher_samples={n}", f"method.teacher_sample_batch={n}", "method.teacher_sampler_steps=1"]
-    if "regression" in method and not method.regression.get("pairs_file"):
-        out += [f"method.regression.pairs={n}", f"method.regression.batch={n}", "method.regression.sampler_steps=1"]
-    return out
+    made = method.get("data") == "teacher" or ("regression" in method and not method.get("teacher_samples_file"))
+    if "num_teacher_samples" in method and made:
+        return [f"method.num_teacher_samples={n}", f"method.teacher_sample_batch={n}", "method.teacher_sampler_steps=1"]
+    return []
 
 
 def lpips_fallback(method: DictConfig, device: torch.device) -> tuple[list[str], str]:
@@ -136,7 +134,7 @@ def compose_row(name: str, dataset: str, device: torch.device, batch_gpu: int | 
     micro = batch_gpu or int(cfg.trainer.batch_gpu or cfg.trainer.batch)
     fallback, note = lpips_fallback(cfg.method, device)
     overrides += [f"trainer.batch={micro}", f"trainer.batch_gpu={micro}", *precompute_overrides(cfg.method, micro), *fallback]
-    if REGISTRY.get(str(cfg.method.name)).needs_real_data(cfg.method):
+    if REGISTRY.get(str(cfg.method.name)).uses_real_data(cfg.method):
         overrides.append(f"dataset.images.path={images}")
     cfg = compose(overrides)
     validate_run_config(cfg)
@@ -210,7 +208,7 @@ def measure(row: Row, cfg: DictConfig, teacher: Any, device: torch.device, warmu
     if teacher.label_dim:
         freq = label_frequencies(teacher.label_dim, cfg.dataset.get("label_freq"), cfg.dataset)
         sampler = label_sampler(teacher.label_dim, freq, device)
-    real = random_images(teacher.shape, teacher.label_dim) if method.uses_real_data else None
+    real = random_images(teacher.shape, teacher.label_dim) if method.uses_real_data(cfg.method) else None
     # The trainer writes into its run folder only when it checkpoints or logs, which nothing here does.
     trainer = Trainer(cfg.trainer, method, Path(tempfile.gettempdir()) / "real_size-run", device, label_sampler=sampler,
                       real_data=real)

@@ -1,8 +1,9 @@
 """Distillation methods, installed as `sidbench.methods`.
 
 Importing this package imports no method (nor torch): the built-ins are declared here lazily,
-each by its name, its class and the line `sidbench list` shows; `METHODS.get(name)` imports the
-class, whose `@register_method(name)` decorator checks it against its declaration. A new built-in
+each by its name, its class, the line `sidbench list` shows and its settings class (in a module
+without torch: composing a config reads its defaults); `METHODS.get(name)` imports the class,
+whose `@register_method(name)` decorator checks it against its declaration. A new built-in
 is its class with the decorator plus one line here; a plugin needs only the decorator (or an entry
 point in the group `sidbench.methods`). `Method` (and the rest of `sidbench.methods.base`, which
 imports torch) is imported on first use: `from sidbench.methods import Method` works as before.
@@ -19,19 +20,25 @@ if TYPE_CHECKING:
 METHODS: Registry[type[Method]] = Registry("method", "sidbench.methods")
 register_method = METHODS.register
 
-# The built-ins: name, "module:Class", and the class's `description` (the decorator checks both).
+# The built-ins: name, "module:Class", the class's `description` and its `settings` (the decorator checks all).
 METHODS.register_lazy("sid", "sidbench.methods.sid.method:SiD",
-                      "Score identity Distillation (Zhou et al. 2024): data-free, one-step")
+                      "Score identity Distillation (Zhou et al. 2024): data-free, one-step",
+                      settings="sidbench.methods.sid.settings:SiDSettings")
 METHODS.register_lazy("sida", "sidbench.methods.sid.sida:SiDA",
-                      "SiDA / SiD²A (Zhou et al. 2024): SiD plus an adversarial term, the fake score's encoder as discriminator")
+                      "SiDA / SiD²A (Zhou et al. 2024): SiD plus an adversarial term, the fake score's encoder as discriminator",
+                      settings="sidbench.methods.sid.settings:SiDASettings")
 METHODS.register_lazy("dmd2", "sidbench.methods.baselines.dmd.method:DMD2",
-                      "DMD2 (Yin et al. 2024): distribution matching, two time-scale updates, optional GAN head")
+                      "DMD2 (Yin et al. 2024): distribution matching, two time-scale updates, optional GAN head",
+                      settings="sidbench.methods.baselines.dmd.settings:DMD2Settings")
 METHODS.register_lazy("dmd", "sidbench.methods.baselines.dmd.method:DMD",
-                      "DMD (Yin et al. 2023): distribution matching plus regression on teacher ODE pairs")
+                      "DMD (Yin et al. 2023): distribution matching plus regression on teacher ODE pairs",
+                      settings="sidbench.methods.baselines.dmd.settings:DMDSettings")
 METHODS.register_lazy("progressive", "sidbench.methods.baselines.progressive.method:ProgressiveDistillation",
-                      "Progressive distillation (Salimans & Ho 2022): halve the student's Euler steps stage by stage")
+                      "Progressive distillation (Salimans & Ho 2022): halve the student's Euler steps stage by stage",
+                      settings="sidbench.methods.baselines.progressive.settings:ProgressiveSettings")
 METHODS.register_lazy("consistency", "sidbench.methods.baselines.consistency.method:ConsistencyDistillation",
-                      "Consistency distillation (Song et al. 2023): one- or few-step consistency function")
+                      "Consistency distillation (Song et al. 2023): one- or few-step consistency function",
+                      settings="sidbench.methods.baselines.consistency.settings:ConsistencySettings")
 
 _FROM_BASE = ("Method", "Recipe", "Stage")
 

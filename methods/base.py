@@ -68,19 +68,19 @@ class Method(ABC):
     `averages()` (EMA copies of its own), `stages()` and `enter_stage()`, `prepare(ctx)` (work
     before the first iteration, charged to the run's compute), `plan_networks()` (for the dry run
     and the saved generator's constructor), `state_dict()` for any other state.
-    A method that trains on real images too (SiDA, progressive distillation's data mode) sets
-    `uses_real_data = True`; the run then opens the dataset's images and `ctx.real(n)` draws them.
+    Its settings (`cfg.method`) are one dataclass, `settings` (see `sidbench.schema.setting`).
+    A method that trains on real images too (SiDA, progressive distillation's data mode) says so
+    in `uses_real_data(cfg)`; the run then opens the dataset's images and `ctx.real(n)` draws them.
     """
 
     #: one-line description shown by `sidbench list`
     description: ClassVar[str] = ""
     generator_name: ClassVar[str] = "generator"
-    #: whether `train_step` draws real training images through `ctx.real(n)` (an instance may
-    #: set it from its config, e.g. when only an optional GAN head reads images)
-    uses_real_data: ClassVar[bool] = False
-    #: a dataclass of `sidbench.schema.setting(...)` fields: `cfg.method` is checked against it
-    #: before a run starts (wrong types and out-of-range values are one line, exit code 2)
-    config_schema: ClassVar[type | None] = None
+    #: the method's settings: a dataclass of `sidbench.schema.setting(default, doc=..., bounds)`
+    #: fields. Its defaults are the config `method=<name>` (presets override them); `cfg.method`
+    #: is checked against its types and bounds, and by its classmethod `check(cfg)` if it has
+    #: one, before a run starts (a bad value is one line, exit code 2). None: no settings.
+    settings: ClassVar[type | None] = None
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         self.teacher = teacher
@@ -131,10 +131,11 @@ class Method(ABC):
         """Work before the first iteration of a fresh run; wrap network calls in `ctx.precompute()`."""
 
     @classmethod
-    def needs_real_data(cls, cfg: DictConfig) -> bool:
-        """Whether a run with method config `cfg` trains on real images: asked before the run
-        starts, so a dataset without them is one line, not a failure after the teacher loaded."""
-        return cls.uses_real_data
+    def uses_real_data(cls, cfg: DictConfig) -> bool:
+        """Whether a run with method settings `cfg` trains on real images (draws them with
+        `ctx.real(n)`): asked before the run starts, so a dataset without them is one line, not a
+        failure after the teacher loaded, and by the run, which then opens them."""
+        return False
 
     @classmethod
     def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -4,7 +4,9 @@ A method is one decorator (`@register_method("sid")` on its class). So that nami
 the methods never imports them (nor torch), the built-ins are also declared lazily in one
 torch-free place (`sidbench/methods/__init__.py`: a name, a "module:attr" target and a one-line
 description); the target is imported on the first `get(name)`, and its decorator then checks that
-it matches the declaration. Third-party packages declare an entry point in the group
+it matches the declaration. A declaration may also name attributes of the class by their own
+targets (a method's `settings` class, in a torch-free module): `attribute(name, attr)` imports only
+that target, so composing a config imports neither the method nor torch. Third-party packages declare an entry point in the group
 `sidbench.methods` (`name = "package.module:Class"`): its name is known without loading it, and
 the class is loaded on `get(name)` (or by `describe()`, for its description). A method that is not
 packaged (one file on the Python path) is loaded by naming its module in `$SIDBENCH_PLUGINS`
@@ -81,6 +83,8 @@ class Registry(Generic[T]):
         self._lazy: dict[str, str] = {}
         #: names from entry points not loaded yet (their description is a placeholder until loaded)
         self._entry_point_names: set[str] = set()
+        #: attributes declared with a lazy entry, each by its own "module:attr" target
+        self._lazy_attributes: dict[str, dict[str, str]] = {}
         self._discovered = False
 
     def register(self, name: str, description: str = "") -> Callable[[T], T]:
@@ -102,6 +106,10 @@ class Registry(Generic[T]):
                     raise ValueError(f"{self.kind} {name!r}: its description {desc!r} differs from the one declared "
                                      f"with register_lazy ({declared!r}); make them the same")
                 desc = declared or desc
+                for attr, attr_target in self._lazy_attributes.get(name, {}).items():
+                    if _target_of(getattr(obj, attr, None)) != attr_target:
+                        raise ValueError(f"{self.kind} {name!r}: its {attr} is {_target_of(getattr(obj, attr, None))!r}, "
+                                         f"declared as {attr_target!r} with register_lazy; make them the same")
             self._lazy.pop(name, None)
             self._entry_point_names.discard(name)
             self._items[name] = obj
@@ -110,10 +118,11 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def register_lazy(self, name: str, target: str, description: str) -> None:
+    def register_lazy(self, name: str, target: str, description: str, **attributes: str) -> None:
         """Declare `name` without importing it: `target` ("package.module:Class") is imported on
         the first `get(name)`; `description` is what `describe()` shows until then (and must
-        match what the decorator on the class finds)."""
+        match what the decorator on the class finds). `attributes` name attributes of the class
+        by their own targets, for `attribute` (the decorator checks them too)."""
         if ":" not in target:
             raise ValueError(f"{self.kind} {name!r}: target {target!r} is not of the form 'package.module:Attr'")
         known = self._lazy.get(name) or (_target_of(self._items[name]) if name in self._items else None)
@@ -122,6 +131,7 @@ class Registry(Generic[T]):
         if name not in self._items:
             self._lazy[name] = target
             self._descriptions[name] = description
+            self._lazy_attributes[name] = dict(attributes)
 
     def _discover(self) -> None:
         """Import the `$SIDBENCH_PLUGINS` modules and note the entry points' names (not loaded)."""
@@ -167,6 +177,14 @@ class Registry(Generic[T]):
         if name in self._lazy:
             return self._load(name)
         raise UnknownNameError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
+
+    def attribute(self, name: str, attr: str) -> Any:
+        """`get(name).<attr>` (None if it has none). For a lazy declaration that names `attr`'s
+        target, only that target is imported, not the object."""
+        target = self._lazy_attributes.get(name, {}).get(attr)
+        if name not in self._items and name in self._lazy and target is not None:
+            return _resolve(target)
+        return getattr(self.get(name), attr, None)
 
     def __contains__(self, name: str) -> bool:
         if name in self._items or name in self._lazy:

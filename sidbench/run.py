@@ -195,7 +195,7 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
         record_mlflow_run(run_dir, tracker.run_id)  # known before the first checkpoint: a restart closes it
         tracker.log_artifact(run_dir / CONFIG_NAME)
 
-    real_data = open_real_images(cfg.dataset, teacher.shape, teacher.label_dim) if method.uses_real_data else None
+    real_data = open_real_images(cfg.dataset, teacher.shape, teacher.label_dim) if method.uses_real_data(cfg.method) else None
     trainer = Trainer(cfg.trainer, method, run_dir, device, evaluator, tracker, sampler, rank, world,
                       wrap_ddp(method.networks(), device), reference_metrics(cfg, teacher.info, teacher.source, rank), real_data)
     if start.kind == "resume" and trainer.resume():

@@ -4,20 +4,25 @@ Each group is a dataclass: a field's annotation is its type (`int`, `float`, `st
 `list[X]` or a nested schema) and `setting(...)` states its allowed values. `validate_run_config`
 walks the resolved config against them and raises one `ConfigError` (exit code 2) whose single line
 names the setting, the bad value and what is allowed: `trainer.batch=-3: must be an integer >= 1`.
-Keys a schema does not name are left alone (plugins may carry more), and keys it names but the config
-lacks are skipped. A method's schema is its class's `config_schema` (methods/base.py).
+Keys a schema does not name are left alone, and keys it names but the config lacks are skipped.
+
+A method's settings are one such dataclass, its class's `settings` (methods/base.py), whose fields
+also hold each setting's default and a one-line `doc`: `sidbench.config` stores the defaults as
+the `method/<name>` config (presets override them), and a classmethod `check(cfg)` on the class,
+if it has one, checks the relations between settings (and with the rest of the config) here too.
 
 No torch at import time: choices that live in torch-heavy modules are looked up when checking.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
 import re
 import typing
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Any
@@ -29,15 +34,53 @@ from sidbench.config import ConfigError
 Choices = Sequence[str] | Callable[[], Sequence[str]]
 
 
-def setting(*, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
-            choices: Choices | None = None, pattern: str | None = None, exists: bool = False,
-            allowed: str | None = None) -> Any:
-    """A schema field: bounds for numbers, `choices` (a sequence, or a function that returns one)
-    or a full-match `pattern` for strings, `exists` for paths that must be on disk; `allowed`
-    replaces the generated description of what is allowed."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "pattern": pattern, "exists": exists,
-            "allowed": allowed}
-    return dataclasses.field(metadata={k: v for k, v in meta.items() if v is not None and v is not False})  # keep bounds of 0
+def setting(default: Any = MISSING, *, doc: str | None = None, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None, choices: Choices | None = None, pattern: str | None = None,
+            exists: bool = False, length: int | None = None, allowed: str | None = None) -> Any:
+    """A schema field: its `default` (a method's setting: a list or a nested settings class is made
+    fresh for each instance; a string "${...}" is an interpolation, resolved when the config is
+    composed) with its one-line `doc` (required with a default); bounds for numbers, `choices` (a
+    sequence, or a function that returns one) or a full-match `pattern` for strings, `exists` for
+    paths that must be on disk, `length` for lists of a fixed size (a pair); `allowed` replaces the
+    generated description of what is allowed. Without a default: a field of a YAML group's schema."""
+    if default is not MISSING and not (doc and doc.strip() and "\n" not in doc):
+        raise TypeError("a setting with a default needs its one-line doc=")
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "pattern": pattern, "exists": exists,
+            "length": length, "allowed": allowed}
+    metadata = {k: v for k, v in meta.items() if v is not None and v is not False}  # keep bounds of 0
+    return _field(default, metadata)
+
+
+def _field(default: Any, metadata: Mapping[str, Any]) -> Any:
+    if isinstance(default, type) and dataclasses.is_dataclass(default):  # a nested group of settings
+        return dataclasses.field(default_factory=default, metadata=metadata)
+    if isinstance(default, (list, dict)):  # mutable: a copy for each instance
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def override(base: type, name: str, default: Any, doc: str | None = None) -> Any:
+    """Field `name` of settings class `base` with another default (and doc), its bounds kept: for a
+    subclass that changes a default (SiDA's alpha, DMD's ttur)."""
+    (f,) = [f for f in dataclasses.fields(base) if f.name == name]
+    return _field(default, {**f.metadata, **({"doc": doc} if doc else {})})
+
+
+def defaults(settings: type) -> dict[str, Any]:
+    """The default of every setting of a settings class, as plain values (nested groups as dicts)."""
+    return dataclasses.asdict(settings())
+
+
+def docs(settings: type, prefix: str = "") -> dict[str, str]:
+    """Dotted name -> one-line doc of every setting (nested groups included; None: not documented)."""
+    hints = typing.get_type_hints(settings)
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(settings):
+        base, _ = _split_optional(hints[f.name])
+        if dataclasses.is_dataclass(base):
+            out |= docs(base, f"{prefix}{f.name}.")
+        out[prefix + f.name] = f.metadata.get("doc")
+    return out
 
 
 # -- choices owned by other modules (imported when checking: some import torch) ----------------
@@ -153,7 +196,7 @@ class TrackingSchema:
 
 @dataclass
 class RunSchema:
-    """The top level; `method` has its method's schema and `resume` its own check."""
+    """The top level; `method` has its method's settings (`method_settings`) and `resume` its own check."""
 
     output_root: str = setting()
     run_name: str | None = setting()
@@ -167,20 +210,24 @@ class RunSchema:
     eval: EvalSchema
 
 
-def method_schema(name: str) -> type | None:
-    """The schema of method `name`'s config: its class's `config_schema` (None: not checked)."""
+def method_settings(name: str) -> type | None:
+    """The settings class of method `name` (its class's `settings`; None: it has no settings). A
+    built-in's comes from its lazy declaration: neither the method nor torch is imported for it."""
     from sidbench.methods import METHODS
 
-    return getattr(METHODS.get(name), "config_schema", None)
+    return METHODS.attribute(name, "settings")
 
 
 # -- checking --------------------------------------------------------------------------------------
 def validate_run_config(cfg: DictConfig) -> None:
     """Check the resolved `sidbench run` config; raise ConfigError (one line) on the first bad setting."""
     check(RunSchema, cfg)
-    schema = method_schema(str(cfg.method.name))
-    if schema is not None:
-        check(schema, cfg.method, "method")
+    settings = method_settings(str(cfg.method.name))
+    if settings is not None:
+        check(settings, cfg.method, "method")
+        relations = getattr(settings, "check", None)
+        if relations is not None:
+            relations(cfg)
     _check_real_images(cfg)
     _check_device(str(cfg.device))
     _check_batch_split(cfg)
@@ -190,9 +237,8 @@ def validate_run_config(cfg: DictConfig) -> None:
 def _check_real_images(cfg: DictConfig) -> None:
     from sidbench.methods import METHODS
 
-    needs = getattr(METHODS.get(str(cfg.method.name)), "needs_real_data", None)
     images = cfg.dataset.get("images") or {}
-    if needs is not None and needs(cfg.method) and not (images.get("path") or images.get("builtin")):
+    if METHODS.get(str(cfg.method.name)).uses_real_data(cfg.method) and not (images.get("path") or images.get("builtin")):
         raise ConfigError(f"method={cfg.method.name} trains on real images and dataset {cfg.dataset.name} has none: "
                           "set dataset.images.path=<EDM dataset zip or folder>")
 
@@ -218,7 +264,8 @@ def _check_value(tp: Any, meta: typing.Mapping[str, Any], value: Any, key: str) 
         return
     if typing.get_origin(base) is list:
         (item,) = typing.get_args(base)
-        if not isinstance(value, (ListConfig, list)) or not all(_scalar_ok(item, meta, v) for v in value):
+        if (not isinstance(value, (ListConfig, list)) or not all(_scalar_ok(item, meta, v) for v in value)
+                or meta.get("length") not in (None, len(value))):
             raise ConfigError(f"{key}={_show(value)}: must be {_describe(tp, meta)}")
         return
     if not _scalar_ok(base, meta, value):
@@ -267,7 +314,9 @@ def _describe(tp: Any, meta: typing.Mapping[str, Any]) -> str:
     base, optional = _split_optional(tp)
     if typing.get_origin(base) is list:
         (item,) = typing.get_args(base)
-        text = "a list of " + _describe_scalar(item, meta, plural=True)
+        items = _describe_scalar(item, meta, plural=True)
+        length = meta.get("length")
+        text = {None: f"a list of {items}", 2: f"a pair of {items}"}.get(length, f"a list of {length} {items}")
     else:
         text = _describe_scalar(base, meta)
     # a path that is not there: the user meant to give one, "null or" would not help

@@ -37,6 +37,23 @@ def run_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def refused(run_env: Path):
+    """f(*overrides) -> the one line with which `sidbench run` refuses these settings before
+    anything starts (composing them, then `sidbench.schema.validate_run_config`)."""
+    from sidbench.config import ConfigError, compose
+    from sidbench.schema import validate_run_config
+
+    def check(*overrides: str) -> str:
+        with pytest.raises(ConfigError) as info:
+            validate_run_config(compose(list(overrides)))
+        message = str(info.value)
+        assert "\n" not in message, message
+        return message
+
+    return check
+
+
+@pytest.fixture
 def kill_env():
     """f(iteration, plugins="") -> the environment of a `sidbench run` process that SIGKILLs itself
     when the trainer starts that iteration (tests/trainer/plugins/kill_at_iteration.py)."""

@@ -5,7 +5,7 @@ import pytest
 
 from sidbench.config import ConfigError, compose
 
-# dataset: (alpha, lr, batch, precision, dropout, augment_p, g_beta1, EMA half-life kimg, kimg, adam eps)
+# dataset: (alpha, lr, batch, precision, dropout, augment_p, generator beta1, EMA half-life kimg, kimg, adam eps)
 PUBLISHED = {
     "cifar10": (1.2, 1e-5, 256, "fp32", 0.13, 0.12, 0.0, 500, 500_000, 1e-8),
     "cifar10-cond": (1.2, 1e-5, 256, "fp32", 0.13, 0.12, 0.0, 500, 800_000, 1e-8),
@@ -20,13 +20,14 @@ def test_published_sid_settings(dataset: str) -> None:
     cfg = compose(["method=sid", f"dataset={dataset}"])
     alpha, lr, batch, precision, dropout, augment_p, g_beta1, ema, kimg, eps = PUBLISHED[dataset]
     m, t = cfg.method, cfg.trainer
-    assert (m.alpha, m.lr_generator, m.lr_fake_score, m.dropout, m.augment_p, m.g_beta1, m.adam_eps) == (
-        alpha, lr, lr, dropout, augment_p, g_beta1, eps)
+    assert (m.alpha, m.lr_generator, m.lr_fake_score, m.dropout, m.augment_p, list(m.betas_generator), m.eps) == (
+        alpha, lr, lr, dropout, augment_p, [g_beta1, 0.999], eps)
     assert (t.batch, t.precision, t.ema_halflife_kimg, t.ema_rampup) == (batch, precision, ema, 0.05)
     # the card's budget is SiD's published length, in SiD's counted passes (11 per generated image)
     assert t.kimg is None and (t.budget.unit, t.budget.value) == ("passes", kimg * 1000 * 11)
     # the same in every published run
-    assert (m.sigma_init, m.t_max, m.fake_beta1, m.loss_scale_generator, m.loss_scale_fake_score) == (2.5, 800, 0.0, 100, 1)
+    assert (m.sigma_init, m.t_max, list(m.betas_fake_score), m.loss_scale_generator, m.loss_scale_fake_score) == (
+        2.5, 800, [0.0, 0.999], 100, 1)
     assert (m.p_mean, m.p_std) == (-1.2, 1.2)
     # FID dense early: at ticks 10, 20, ..., 100, then every 50 ticks; a tick is 10 kimg (20 on ImageNet, run_sid.sh)
     tick = 20 if dataset == "imagenet64" else 10
@@ -57,10 +58,11 @@ def test_published_sida_settings(dataset: str) -> None:
     assert t.tick_kimg == tick and list(t.eval_at_kimg) == list(range(10 * tick, 100 * tick + 1, 10 * tick))
     assert t.eval_every_kimg == 50 * tick
     # the same in every published run: alpha 1, Adam betas (0, 0.999), the loss weights and the schedule
-    assert (m.alpha, m.sigma_init, m.t_max, m.g_beta1, m.fake_beta1) == (1.0, 2.5, 800, 0.0, 0.0)
+    assert (m.alpha, m.sigma_init, m.t_max, list(m.betas_generator), list(m.betas_fake_score)) == (
+        1.0, 2.5, 800, [0.0, 0.999], [0.0, 0.999])
     assert (m.loss_scale_generator, m.loss_scale_fake_score, m.discriminator_weight, m.adversarial_scale,
             m.adversarial_mix) == (100, 1, 1.0, 0.01, 0.5)
-    assert (m.generator_start_kimg, m.adversarial_start_kimg, m.fake_score_clip_value) == (100, 200, 1.0)
+    assert (m.generator_start_kimg, m.adversarial_start_kimg, m.clip_grad_value_fake_score) == (100, 200, 1.0)
     assert m.generator_init is None
 
 

@@ -4,22 +4,35 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig, OmegaConf
 
-from sidbench.testing.tiny import tiny_overrides
+from sidbench.config import ConfigError
 from sidbench.registry import Registry, UnknownNameError
+from sidbench.schema import setting
+from sidbench.testing.tiny import tiny_overrides
 
 PLUGIN = '''
 """A third-party method: regress the one-step generator onto the teacher's denoiser at sigma_init."""
+from dataclasses import dataclass
+
 import torch
 from sidbench.methods import Method
+from sidbench.schema import setting
+
+
+@dataclass
+class Settings:
+    sigma_init: float = setting(2.5, gt=0, doc="the generator's input sigma")
+    lr: float = setting(1e-4, gt=0, doc="Adam's learning rate")
 
 
 class TeacherRegression(Method):
     description = "toy plugin: regress G onto the teacher at sigma_init"
-    default_config = {"sigma_init": 2.5, "lr": 1e-4}
+    settings = Settings
 
     def __init__(self, teacher, cfg, device, full_cfg=None):
         super().__init__(teacher, cfg, device, full_cfg)
@@ -139,3 +152,84 @@ def test_entry_point_plugin_is_discovered_and_runs(tiny_teacher: Path, run_env: 
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert (run_env / "runs" / "digits" / "toy" / "generator.safetensors").is_file()
     assert "method:\n  name: toy\n  sigma_init: 2.5" in (run_env / "runs" / "digits" / "toy" / "config.yaml").read_text()
+    bad = subprocess.run([sys.executable, "-m", "sidbench.cli", "run", "method=toy", "method.lr=abc", *tiny_overrides(tiny_teacher)],
+                         cwd=run_env, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: method.lr=abc: must be a number > 0", bad.stderr
+
+
+LAZY_SETTINGS_MODULE = '''
+from dataclasses import dataclass
+
+from sidbench.schema import setting
+
+
+@dataclass
+class ThingSettings:
+    size: int = setting(3, ge=1, doc="how big")
+
+
+class Thing:
+    """a thing with settings"""
+
+    settings = ThingSettings
+'''
+
+
+def test_a_lazy_declaration_gives_its_settings_without_importing_the_object(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "lazy_settings_mod.py").write_text(LAZY_SETTINGS_MODULE)
+    (tmp_path / "lazy_object_mod.py").write_text("from lazy_settings_mod import Thing, ThingSettings  # noqa: F401\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for mod in ("lazy_settings_mod", "lazy_object_mod"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+    reg: Registry[type] = Registry("thing", "sidbench.tests.none")
+    reg.register_lazy("thing", "lazy_object_mod:Thing", "a thing with settings", settings="lazy_settings_mod:ThingSettings")
+    settings = reg.attribute("thing", "settings")
+    assert settings.__name__ == "ThingSettings" and "lazy_object_mod" not in sys.modules
+    assert reg.get("thing").settings is settings and reg.attribute("thing", "settings") is settings
+    # the decorator checks the declared settings against the class's
+    reg.register_lazy("other", f"{__name__}:Other", "another", settings="lazy_settings_mod:ThingSettings")
+    with pytest.raises(ValueError, match="its settings is"):
+        reg.register("other")(type("Other", (), {"__module__": __name__, "description": "another", "settings": None}))
+
+
+@dataclass
+class ToySettings:
+    lr: float = setting(1e-4, gt=0, doc="Adam's learning rate")
+    sigma_init: float = setting(2.5, gt=0, doc="the generator's input sigma")
+    steps: list[int] = setting([4, 2], ge=1, doc="a list default: a fresh copy per instance")
+    mode: str = setting("a", choices=("a", "b"), doc="a choice")
+    grad_clip: float | None = setting(None, gt=0, doc="a name the built-ins renamed (clip_grad_norm): here the plugin's own")
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        if cfg.method.mode == "b" and cfg.method.sigma_init > 10:
+            raise ConfigError(f"method.mode=b needs method.sigma_init <= 10, not {cfg.method.sigma_init}")
+
+
+@pytest.fixture(scope="module")
+def toy_with_settings() -> str:
+    """A plugin registered in this process, with a settings class like the built-ins'."""
+    from sidbench.methods import METHODS, Method, register_method
+
+    if "toy-with-settings" not in METHODS:  # never built: its abstract methods do not matter here
+        register_method("toy-with-settings")(type("ToyWithSettings", (Method,), {"description": "a plugin with settings",
+                                                                                 "settings": ToySettings}))
+    return "toy-with-settings"
+
+
+def test_a_plugins_settings_are_its_defaults_and_are_checked_like_the_builtins(toy_with_settings: str, refused) -> None:  # noqa: ANN001
+    from sidbench.config import compose
+
+    cfg = compose([f"method={toy_with_settings}"])
+    assert OmegaConf.to_container(cfg.method) == {"name": toy_with_settings, "lr": 1e-4, "sigma_init": 2.5, "steps": [4, 2],
+                                                  "mode": "a", "grad_clip": None}
+    assert compose([f"method={toy_with_settings}", "method.lr=3e-4"]).method.lr == 3e-4
+    method = f"method={toy_with_settings}"
+    assert refused(method, "method.lr=abc") == "method.lr=abc: must be a number > 0"
+    assert refused(method, "method.steps=[4,0]") == "method.steps=[4, 0]: must be a list of integers >= 1"
+    assert refused(method, "method.mode=c") == "method.mode=c: must be one of a, b"
+    assert refused(method, "method.mode=b", "method.sigma_init=80") == "method.mode=b needs method.sigma_init <= 10, not 80"
+    assert refused(method, "method.nope=1").startswith("unknown setting 'method.nope'")
+    # a plugin may keep a name the built-ins renamed: it is its own setting, not an old name
+    assert compose([method, "method.grad_clip=1.0"]).method.grad_clip == 1.0
+

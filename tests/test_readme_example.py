@@ -49,3 +49,16 @@ def test_a_missing_plugin_module_is_one_line(run_env: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "SIDBENCH_PLUGINS names 'no_such_plugin'" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_bad_setting_of_the_readme_example_is_one_line(run_env: Path) -> None:
+    (run_env / "my_method.py").write_text(example_code())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"SIDBENCH_PLUGINS": "my_method"}
+    proc = subprocess.run([sys.executable, "-m", "sidbench.cli", "run", "method=regress", "method.lr=abc"], cwd=run_env,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: method.lr=abc: must be a number > 0", proc.stderr
+    shown = subprocess.run([sys.executable, "-m", "sidbench.cli", "run", "method=regress", "dry_run=true"], cwd=run_env,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "method:\n  name: regress\n  lr: 0.0001\n  sigma_init: 80.0\n  teacher_sampler_steps: 4\n" in shown.stdout

@@ -133,8 +133,11 @@ def conv_sampler(net: torch.nn.Module, noise: torch.Tensor, labels: torch.Tensor
 class FitsRealImages(Method):
     """A toy method that trains a generator toward real images: it shows the run's wiring."""
 
-    uses_real_data = True
     drawn: list[torch.Tensor] = []
+
+    @classmethod
+    def uses_real_data(cls, cfg: Any) -> bool:
+        return True
 
     def __init__(self, teacher: Any, cfg: Any, device: torch.device, full_cfg: Any = None) -> None:
         super().__init__(teacher, cfg, device, full_cfg)

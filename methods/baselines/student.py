@@ -1,7 +1,6 @@
 """What progressive and consistency distillation share: a student copied from the teacher's
 denoiser (with the config's dropout), trained on x from `TrainingImages` (`method.data`: the
-teacher's own samples or real images) with an optional gradient-norm clip, and `check_config`
-asked before a dry run as well as before a run."""
+teacher's own samples or real images) with an optional gradient-norm clip."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,21 +15,15 @@ from sidbench.trainer.context import StepContext
 
 
 class DenoiserStudent(Method):
-    """Subclasses set `check_config` (one-line `ConfigError`s for settings they cannot run)."""
-
-    @staticmethod
-    def check_config(cfg: DictConfig) -> None:
-        """Refuse settings the method cannot run (beyond its schema's types and ranges)."""
+    """A student copied from the teacher's denoiser, trained on x from `TrainingImages`."""
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
-        self.check_config(cfg)
         self.images = TrainingImages(cfg, teacher, full_cfg, device)
-        self.uses_real_data = self.images.uses_real_data  # read on the instance by sidbench.run (= needs_real_data)
 
     @classmethod
-    def needs_real_data(cls, cfg: DictConfig) -> bool:
-        return str(cfg.get("data")) == "real"
+    def uses_real_data(cls, cfg: DictConfig) -> bool:
+        return str(cfg.data) == "real"
 
     @staticmethod
     def student_overrides(cfg: DictConfig) -> dict[str, Any]:
@@ -39,7 +32,6 @@ class DenoiserStudent(Method):
 
     @classmethod
     def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        cls.check_config(cfg)  # the dry run asks this before anything is built: refuse bad settings there too
         return {"teacher": dict(teacher_constructor),
                 cls.generator_name: {**teacher_constructor, **cls.student_overrides(cfg)}}
 
@@ -52,5 +44,5 @@ class DenoiserStudent(Method):
         self.images.ensure(ctx)
         clip = self.cfg.get("clip_grad_norm")
         logs = ctx.update(self.generator_name, loss, clip_grad_norm=None if clip is None else float(clip))
-        ctx.log("real_data", float(self.images.uses_real_data))
+        ctx.log("real_data", float(self.images.mode == "real"))
         return logs

@@ -10,7 +10,10 @@ x. `method.data` chooses:
   comes from a private stream keyed by (seed, its chunk of `teacher_sample_batch`), so the set is a
   function of its `SampleSpec` alone: the same on 1 or N processes, and the same when remade.
 - ``real``: the dataset's training images through `ctx.real(n)` (the run opens them because the
-  method then has `uses_real_data = True`).
+  method's `uses_real_data(cfg)` is then true).
+
+Their settings (`method.data`, `method.num_teacher_samples`, ...) are `TrainingImagesSettings`
+(methods/baselines/settings.py), checked before the run starts.
 
 The cache. The samples are stored under `<sidbench cache>/teacher-samples/` (see
 `sidbench.download.default_cache_dir`), named by a hash of their `SampleSpec`: the teacher's
@@ -42,10 +45,9 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from sidbench.atomic import atomic_path
-from sidbench.config import ConfigError
 from sidbench.distributed import broadcast_object, is_distributed, reduce_values
 from sidbench.download import default_cache_dir, sha256_file
-from sidbench.schema import setting
+from sidbench.methods.baselines.settings import DATA_MODES
 from sidbench.seeding import generator
 from sidbench.diffusion import heun_sample
 from sidbench.teachers.teacher import Teacher
@@ -55,8 +57,6 @@ from sidbench.trainer.context import StepContext
 __all__ = ["DATA_MODES", "SampleSpec", "TeacherSamples", "TrainingImages", "teacher_identity", "cache_path",
            "make_teacher_samples", "load_teacher_samples", "save_teacher_samples", "obtain_teacher_samples"]
 
-#: where x comes from (`method.data`)
-DATA_MODES = ("teacher", "real")
 #: tag of the random stream of the teacher samples' noise, apart from every training draw
 SAMPLE_STREAM = 0x7EAC4E
 CACHE_FOLDER = "teacher-samples"
@@ -263,21 +263,6 @@ def obtain_teacher_samples(net: torch.nn.Module, spec: SampleSpec, device: torch
 
 
 # -- what a method holds ---------------------------------------------------------------------------
-@dataclass
-class TrainingImagesSchema:
-    """The settings of `TrainingImages`, for the config schema of a method that holds one."""
-    data: str = setting(choices=DATA_MODES)
-    num_teacher_samples: int = setting(ge=1)
-    teacher_sampler_steps: int = setting(ge=1)
-    teacher_sample_batch: int = setting(ge=1)
-    teacher_sample_seed: int = setting()
-
-
-def _has_images(full_cfg: DictConfig) -> bool:
-    images = full_cfg.dataset.get("images") or {}
-    return bool(images.get("path") or images.get("builtin"))
-
-
 def label_freq(teacher: Teacher, full_cfg: DictConfig | None) -> tuple[float, ...] | None:
     """The class frequencies teacher samples are drawn with (None for an unconditional teacher)."""
     if not teacher.label_dim:
@@ -309,15 +294,11 @@ def samples_for_training(teacher: Teacher, spec: SampleSpec, device: torch.devic
 
 
 class TrainingImages:
-    """The x of a method's loss, from `cfg.data` (see the module docstring)."""
+    """The x of a method's loss, from `cfg.data` (see the module docstring); its settings were
+    checked before the run started."""
 
     def __init__(self, cfg: DictConfig, teacher: Teacher, full_cfg: DictConfig | None, device: torch.device) -> None:
         self.mode = str(cfg.data)
-        if self.mode not in DATA_MODES:
-            raise ConfigError(f"method.data={self.mode!r} is not one of {', '.join(DATA_MODES)}")
-        if self.mode == "real" and full_cfg is not None and not _has_images(full_cfg):
-            raise ConfigError(f"method.data=real needs training images, and dataset {full_cfg.dataset.name} has none; "
-                              "set dataset.images.path=<EDM dataset zip or folder>, or use method.data=teacher")
         self.teacher = teacher
         self.device = device
         self.samples: TeacherSamples | None = None
@@ -325,16 +306,9 @@ class TrainingImages:
 
     @staticmethod
     def _spec(cfg: DictConfig, teacher: Teacher, full_cfg: DictConfig | None) -> SampleSpec:
-        count, steps, batch = int(cfg.num_teacher_samples), int(cfg.teacher_sampler_steps), int(cfg.teacher_sample_batch)
-        if count < 1 or steps < 1 or batch < 1:
-            raise ConfigError(f"method.num_teacher_samples={count}, teacher_sampler_steps={steps} and "
-                              f"teacher_sample_batch={batch} must all be >= 1")
-        return SampleSpec(teacher_identity(teacher), steps, count, int(cfg.teacher_sample_seed), batch,
-                          tuple(teacher.shape), teacher.label_dim, label_freq(teacher, full_cfg))
-
-    @property
-    def uses_real_data(self) -> bool:
-        return self.mode == "real"
+        return SampleSpec(teacher_identity(teacher), int(cfg.teacher_sampler_steps), int(cfg.num_teacher_samples),
+                          int(cfg.teacher_sample_seed), int(cfg.teacher_sample_batch), tuple(teacher.shape),
+                          teacher.label_dim, label_freq(teacher, full_cfg))
 
     def prepare(self, ctx: StepContext) -> bool:
         """Make or load the teacher samples before training (call it where the trainer calls

@@ -1,4 +1,3 @@
-"""Score identity Distillation: `loss.py` holds the formulas, `method.py` the iteration."""
-from sidbench.methods.sid.method import SiD
-
-__all__ = ["SiD"]
+"""Score identity Distillation and SiDA: `loss.py` and `sida_loss.py` hold the formulas, `method.py`
+and `sida.py` the iterations, `settings.py` the settings (imported without torch, so the package
+imports none of the others)."""

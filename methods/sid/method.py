@@ -16,9 +16,9 @@ from omegaconf import DictConfig
 from sidbench.augment import AugmentPipe
 from sidbench.diffusion import edm_training_sigma, sigma_data_of
 from sidbench.methods.base import Method, Recipe, register_method
-from sidbench.methods.sid.schema import SiDSchema
-from sidbench.methods.nonfinite import drop_nonfinite
+from sidbench.methods.nonfinite import finite_samples, sum_kept
 from sidbench.methods.sid.loss import fake_score_loss, generator_loss, generator_sigma
+from sidbench.methods.sid.settings import SiDSettings
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
 
@@ -26,17 +26,16 @@ from sidbench.trainer.context import StepContext
 @register_method("sid")
 class SiD(Method):
     description = "Score identity Distillation (Zhou et al. 2024): data-free, one-step"
-    config_schema = SiDSchema
+    settings = SiDSettings
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
         overrides = {"dropout": cfg.dropout} if cfg.get("dropout") is not None else {}
         self.generator = teacher.init_generator(**overrides)
         self.fake_score = teacher.copy_network(**overrides)
-        eps = cfg.adam_eps
         self._optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_generator, betas=(cfg.g_beta1, 0.999), eps=eps),
-            "fake_score": torch.optim.Adam(self.fake_score.parameters(), lr=cfg.lr_fake_score, betas=(cfg.fake_beta1, 0.999), eps=eps),
+            "generator": torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_generator, betas=tuple(cfg.betas_generator), eps=cfg.eps),
+            "fake_score": torch.optim.Adam(self.fake_score.parameters(), lr=cfg.lr_fake_score, betas=tuple(cfg.betas_fake_score), eps=cfg.eps),
         }
         self.augment = AugmentPipe(p=cfg.augment_p, resample=cfg.augment_resample) if cfg.augment_p > 0 else None
 
@@ -65,21 +64,31 @@ class SiD(Method):
         z = torch.randn(n, *self.teacher.shape, device=self.device)
         return self.sample(net, z, labels)
 
-    def _fake_score_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        labels = ctx.labels(n)
+    def _fake_samples(self, n: int, labels: torch.Tensor | None) -> torch.Tensor:
+        """x_g for the fake score's update: G in eval mode, without a graph."""
         self.generator.eval()
         with torch.no_grad():
-            x_g = self._generate(self.generator, n, labels).float()
+            return self._generate(self.generator, n, labels).float()
+
+    def _kept_fake_score_loss(self, ctx: StepContext, denoised: torch.Tensor, x_g: torch.Tensor, sigma: torch.Tensor,
+                              *more: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(EDM's denoising loss on x_g summed over the kept samples, the kept mask [B]). As
+        published, a sample with a non-finite value in x_g, the denoised output or `more` leaves
+        the sum; `train/dropped_fake_score` counts them."""
+        keep = finite_samples(x_g, denoised, *more)
+        ctx.log("dropped_fake_score", (~keep).sum())
+        return sum_kept(fake_score_loss(denoised, x_g, sigma, sigma_data_of(self.fake_score)), keep), keep
+
+    def _fake_score_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = ctx.labels(n)
+        x_g = self._fake_samples(n, labels)
         augment_labels = None
         if self.augment is not None:
             x_g, augment_labels = self.augment(x_g)
         fake = ctx.net("fake_score").train()
         sigma = edm_training_sigma(n, self.cfg.p_mean, self.cfg.p_std, device=self.device)
         denoised = fake(x_g + sigma * torch.randn_like(x_g), sigma.flatten(), labels, augment_labels=augment_labels).float()
-        # As published, samples whose x_g or denoised output hold a NaN leave the sum.
-        loss = fake_score_loss(denoised, x_g, sigma, sigma_data_of(self.fake_score))
-        total, dropped = drop_nonfinite(loss, x_g, denoised)
-        ctx.log("dropped_fake_score", dropped)
+        total, _ = self._kept_fake_score_loss(ctx, denoised, x_g, sigma)
         return total, {"fake_score": total.detach() / n}
 
     def _generator_forward(self, ctx: StepContext, n: int, labels: torch.Tensor | None, *,
@@ -98,10 +107,19 @@ class SiD(Method):
             y_fake, features = self.fake_score(x_t, sigma.flatten(), labels), None
         return x_g, y_real, y_fake.float(), features
 
+    def _kept_generator_loss(self, ctx: StepContext, x_g: torch.Tensor, y_real: torch.Tensor,
+                             y_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(SiD's generator loss summed over the kept samples, the kept mask [B], the value to log).
+        As published, a sample with a non-finite value in x_g or either score leaves the sum
+        (`train/dropped_generator` counts them); the logged value is NaN when all left, a failure
+        the trainer must see, not a zero loss."""
+        keep = finite_samples(x_g, y_real, y_fake)
+        ctx.log("dropped_generator", (~keep).sum())
+        total = sum_kept(generator_loss(x_g, y_real, y_fake, self.cfg.alpha), keep)
+        value = torch.where(keep.any(), total.detach() / x_g.shape[0], torch.full_like(total, float("nan")))
+        return total, keep, value
+
     def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x_g, y_real, y_fake, _ = self._generator_forward(ctx, n, ctx.labels(n))
-        total, dropped = drop_nonfinite(generator_loss(x_g, y_real, y_fake, self.cfg.alpha), x_g, y_real, y_fake)
-        ctx.log("dropped_generator", dropped)
-        # All samples dropped is a failure the trainer must see, not a zero loss.
-        value = torch.where(dropped < n, total.detach() / n, torch.full_like(total, float("nan")))
+        total, _, value = self._kept_generator_loss(ctx, x_g, y_real, y_fake)
         return total, {"generator": value}

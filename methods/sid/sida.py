@@ -32,10 +32,9 @@ from omegaconf import DictConfig
 from sidbench.config import ConfigError
 from sidbench.diffusion import edm_training_sigma, edm_weight, sigma_data_of
 from sidbench.methods.base import Stage, register_method
-from sidbench.methods.nonfinite import finite_samples, sum_kept
-from sidbench.methods.sid.loss import fake_score_loss, generator_loss, normaliser
+from sidbench.methods.sid.loss import normaliser
 from sidbench.methods.sid.method import SiD
-from sidbench.methods.sid.schema import SiDASchema
+from sidbench.methods.sid.settings import SiDASettings
 from sidbench.methods.sid.sida_loss import adversarial_generator_loss, discriminator_logits, discriminator_loss
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
@@ -59,15 +58,14 @@ def micro_batch_warning(micro_batches: list[int], published: int | None) -> str 
 @register_method("sida")
 class SiDA(SiD):
     description = "SiDA / SiD²A (Zhou et al. 2024): SiD plus an adversarial term, the fake score's encoder as discriminator"
-    config_schema = SiDASchema
-    uses_real_data = True
+    settings = SiDASettings
+
+    @classmethod
+    def uses_real_data(cls, cfg: DictConfig) -> bool:
+        return True  # the discriminator's real batch, and the labels of the generator's
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
-        if float(cfg.adversarial_start_kimg) < float(cfg.generator_start_kimg):
-            raise ConfigError(f"method.adversarial_start_kimg={cfg.adversarial_start_kimg} is before "
-                              f"method.generator_start_kimg={cfg.generator_start_kimg}: the adversarial term is a "
-                              "term of the generator's loss")
         if cfg.get("generator_init"):
             self._load_generator(Path(str(cfg.generator_init)))
         self.phase = 0
@@ -108,7 +106,7 @@ class SiDA(SiD):
             note = micro_batch_warning(ctx.micro_batches, self.cfg.get("published_batch_gpu"))
             if note:
                 ctx.warn(note)
-        clip = self.cfg.get("fake_score_clip_value")
+        clip = self.cfg.get("clip_grad_value_fake_score")
         # The loss scalings are inside the loss (L_fs's and L_D's apart, as published): loss_scale 1.
         logs = ctx.update("fake_score", lambda n: self._fake_score_loss(ctx, n),
                           clip_grad_value=None if clip is None else float(clip))
@@ -119,9 +117,7 @@ class SiDA(SiD):
 
     def _fake_score_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x_r, labels = ctx.real(n)
-        self.generator.eval()
-        with torch.no_grad():
-            x_g = self._generate(self.generator, n, labels).float()
+        x_g = self._fake_samples(n, labels)
         aug = None
         if self.augment is not None:  # each batch its own draws
             x_g, aug_g = self.augment(x_g)
@@ -136,13 +132,10 @@ class SiDA(SiD):
         denoised = denoised[:n].float()
         logits = discriminator_logits(bottleneck)
         l_fake, l_real = logits[:n], logits[n:]
-        # As published, samples with a NaN in x_g, the denoised image or a logit leave both sums.
-        keep = finite_samples(x_g, denoised, l_fake, l_real)
-        sigma_data = sigma_data_of(self.fake_score)
-        fs = sum_kept(fake_score_loss(denoised, x_g, sigma, sigma_data), keep)
-        d = (discriminator_loss(l_real[keep], l_fake[keep], edm_weight(sigma, sigma_data)[keep]) if keep.any()
-             else fs.new_zeros(()))
-        ctx.log("dropped_fake_score", (~keep).sum())
+        # SiD's loss and drop, a sample with a NaN logit leaving both sums
+        fs, keep = self._kept_fake_score_loss(ctx, denoised, x_g, sigma, l_fake, l_real)
+        weight = edm_weight(sigma, sigma_data_of(self.fake_score))
+        d = discriminator_loss(l_real[keep], l_fake[keep], weight[keep]) if keep.any() else fs.new_zeros(())
         total = float(self.cfg.loss_scale_fake_score) * fs + float(self.cfg.discriminator_weight) * d
         return total, {"fake_score": fs.detach() / n, "discriminator": d.detach() / n}
 
@@ -150,11 +143,9 @@ class SiDA(SiD):
         _, labels = ctx.real(n)  # the labels of a fresh real batch; its images are not used
         adversarial = self.phase >= 2
         x_g, y_real, y_fake, bottleneck = self._generator_forward(ctx, n, labels, bottleneck=adversarial)
-        keep = finite_samples(x_g, y_real, y_fake)
-        ctx.log("dropped_generator", (~keep).sum())
-        sid = sum_kept(generator_loss(x_g, y_real, y_fake, self.cfg.alpha), keep)
+        sid, keep, value = self._kept_generator_loss(ctx, x_g, y_real, y_fake)
         total = float(self.cfg.loss_scale_generator) * sid
-        logs = {"generator": torch.where(keep.any(), sid.detach() / n, torch.full_like(sid, float("nan")))}
+        logs = {"generator": value}
         if adversarial:
             numel = x_g[0].numel()
             logits = discriminator_logits(bottleneck)

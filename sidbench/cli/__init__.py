@@ -36,12 +36,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from sidbench.config import group_config, group_options, register_plugin_configs
+    from sidbench.config import group_config, group_options
     from sidbench.eval import METRICS  # declares the built-ins without importing them (nor torch)
-    from sidbench.methods import METHODS
+    from sidbench.methods import METHODS  # the same
     from sidbench.samplers import SAMPLERS  # the same, for the samplers a recipe names
 
-    register_plugin_configs()
     methods = Table("method", "description", title="methods (method=...)")
     for name, desc in METHODS.describe().items():
         methods.add_row(name, desc)

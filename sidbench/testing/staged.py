@@ -11,21 +11,34 @@ with the fake score), and an EMA of it with a constant mu is kept as the method'
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from sidbench.methods.base import Method, Recipe, Stage, register_method
+from sidbench.schema import setting
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.ema import EMA
 from sidbench.trainer.schedule import lr_schedule
 
 
+@dataclass
+class StagedToySettings:
+    lr: float = setting(1e-3, gt=0, doc="Adam's learning rate of both networks")
+    stage_kimg: float = setting(0.032, gt=0, doc="where the second stage starts")
+    warmup_iterations: int = setting(2, ge=0,
+        doc="iterations of linear LR warm-up of the generator (restarted with the stage)")
+    clip_grad_norm: float = setting(1.0, gt=0, doc="gradient-norm clip of the joint update")
+    mu: float = setting(0.9, ge=0, lt=1, doc="the EMA rate of the auxiliary network's average")
+    sigma_init: float = setting(2.5, gt=0, doc="the generator's input sigma")
+
+
 @register_method("staged-toy")
 class StagedToy(Method):
     description = "test method: two stages, promotion, joint update, clipping, LR warm-up, own EMA"
-    default_config = {"lr": 1e-3, "stage_kimg": 0.032, "warmup": 2, "clip_grad_norm": 1.0, "mu": 0.9, "sigma": 2.5}
+    settings = StagedToySettings
 
     def __init__(self, teacher: Any, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
@@ -36,7 +49,7 @@ class StagedToy(Method):
         self.aux_average = EMA(self.aux)
         self._optimizers = {"generator": torch.optim.Adam(self.generator.parameters(), lr=cfg.lr),
                             "aux": torch.optim.Adam(self.aux.parameters(), lr=cfg.lr)}
-        self._schedulers = {"generator": lr_schedule(self._optimizers["generator"], warmup=int(cfg.warmup))}
+        self._schedulers = {"generator": lr_schedule(self._optimizers["generator"], warmup=int(cfg.warmup_iterations))}
         self.promotions = 0
 
     def networks(self) -> dict[str, torch.nn.Module]:
@@ -68,15 +81,15 @@ class StagedToy(Method):
         self.promotions = int(state["promotions"])
 
     def sampling(self) -> Recipe:
-        s = float(self.cfg.sigma)
+        s = float(self.cfg.sigma_init)
         if self.promotions == 0:
             return {"sampler": "heun", "sigmas": [80.0, s, 0.0], "nfe": 3}
         return {"sampler": "one_step", "sigmas": [s], "nfe": 1}
 
     def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         def loss_fn(n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            sigma = torch.full((n,), float(self.cfg.sigma), device=self.device)
-            x = torch.randn(n, *self.teacher.shape, device=self.device) * float(self.cfg.sigma)
+            sigma = torch.full((n,), float(self.cfg.sigma_init), device=self.device)
+            x = torch.randn(n, *self.teacher.shape, device=self.device) * float(self.cfg.sigma_init)
             with torch.no_grad():  # imitate the frozen network at half the noise level
                 target = self.target(x, sigma / 2, None)
             out = ctx.net("generator")(x, sigma, None)

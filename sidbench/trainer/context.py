@@ -97,7 +97,7 @@ class StepContext:
         self.micro_batches = split_batch(batch, batch_gpu)
         self.precision = precision
         self._label_sampler = label_sampler
-        self._real_data = real_data  # only for methods that declare `uses_real_data`
+        self._real_data = real_data  # only for methods whose `uses_real_data(cfg)` is true
         self._wrapped = wrapped or {}  # DDP wrappers, used only for the networks being updated
         self._updating: frozenset[str] = frozenset()
         self.seed = seed
@@ -122,10 +122,10 @@ class StepContext:
         """n real training images in [-1, 1] and their one-hot labels (None if unconditional).
 
         Drawn from the micro-batch's seeded random state, like the method's noise: call it inside
-        an update's loss function. Only for methods with `uses_real_data = True`.
+        an update's loss function. Only for methods whose `uses_real_data(cfg)` is true.
         """
         if self._real_data is None:
-            raise RuntimeError("ctx.real() needs the method to declare `uses_real_data = True`, so that the run opens its images")
+            raise RuntimeError("ctx.real() needs the method's `uses_real_data(cfg)` to return True, so that the run opens its images")
         return self._real_data.draw(n, self.device)
 
     def net(self, name: str) -> torch.nn.Module:

@@ -82,7 +82,7 @@ def build(fixture: dict, method: str, *overrides: str):  # noqa: ANN201
     m = METHODS.get(method)(teacher, cfg.method, CPU, cfg)
     m.generator.load_state_dict(fixture["weights"]["generator"])
     m.fake_score.load_state_dict(fixture["weights"]["fake_score"])
-    if getattr(m, "gan", False):
+    if "gan_head" in m.networks():
         m.gan_head.load_state_dict({f"layers.{k}": v for k, v in fixture["weights"]["gan_head"].items()})
     label_dim = cfg_fix["label_dim"]
     ctx = StepContext(m.networks(), m.optimizers(), CPU, batch=cfg_fix["batch"],
@@ -169,7 +169,7 @@ def test_dmd2_matches_the_authors_training_step(fixture: dict, case: str) -> Non
     ref = fixture["cases"][case]
     clip = fixture["config"]["cases"][case]["grad_clip"]
     gan = fixture["config"]["cases"][case]["gan"]
-    m, ctx = build(fixture, "dmd2", f"method.gan.enabled={str(gan).lower()}", f"method.grad_clip={clip}")
+    m, ctx = build(fixture, "dmd2", f"method.gan.enabled={str(gan).lower()}", f"method.clip_grad_norm={clip}")
     got = run(m, ctx, replayed(ref["iterations"]), [it["iteration"] for it in ref["iterations"]])
 
     for mine, theirs in zip(got, ref["iterations"]):
@@ -226,7 +226,7 @@ def test_dmd_shares_the_dm_and_fake_score_path_and_adds_the_papers_regression(fi
     ref = fixture["cases"]["ttur"]["iterations"][0]  # iteration 10: DMD's generator and fake score both step
     cfg = fixture["config"]
     m, ctx = build(fixture, "dmd", "method.regression.distance=l2", "method.regression.weight=0.25")
-    assert m.cfg.ttur == 1 and m.cfg.grad_clip == 10.0
+    assert m.cfg.ttur == 1 and m.cfg.clip_grad_norm == 10.0
     g = torch.Generator().manual_seed(7)
     n, shape, label_dim = cfg["batch"], (3, cfg["resolution"], cfg["resolution"]), cfg["label_dim"]
     pairs = TeacherSamples(images=torch.rand(8, *shape, generator=g) * 2 - 1,

@@ -121,7 +121,7 @@ def build_method(name: str, case: dict[str, Any], overrides: list[str], settings
     """sidbench's plugin `name` with the fixture's settings, teacher, generator and fake score."""
     s = settings or case["settings"]
     cfg = compose([f"method={name}", "method.dropout=0.0", f"method.augment_p={s.get('augment_p', 0)}", f"method.alpha={s['alpha']}",
-                   f"method.lr={s['lr']}", f"method.adam_eps={s['adam_eps']}", f"method.t_max={s['t_max']}",
+                   f"method.lr={s['lr']}", f"method.eps={s['adam_eps']}", f"method.t_max={s['t_max']}",
                    f"method.sigma_init={s['sigma_init']}", f"method.loss_scale_generator={s['loss_scale_generator']}",
                    f"method.loss_scale_fake_score={s['loss_scale_fake_score']}", *overrides])
     method = METHODS.get(name)(teacher_of(case), cfg.method, CPU, cfg)

@@ -57,9 +57,11 @@ class FixtureReal:
 
 
 def sida_overrides(settings: dict[str, Any]) -> list[str]:
-    keys = ("discriminator_weight", "adversarial_scale", "adversarial_mix", "fake_score_clip_value",
-            "generator_start_kimg", "adversarial_start_kimg")
-    return [f"method.{k}={settings[k]}" for k in keys]
+    # the fixture's key -> sidbench's setting
+    keys = {"discriminator_weight": "discriminator_weight", "adversarial_scale": "adversarial_scale",
+            "adversarial_mix": "adversarial_mix", "fake_score_clip_value": "clip_grad_value_fake_score",
+            "generator_start_kimg": "generator_start_kimg", "adversarial_start_kimg": "adversarial_start_kimg"}
+    return [f"method.{ours}={settings[theirs]}" for theirs, ours in keys.items()]
 
 
 def run_case(name: str) -> tuple[dict[str, Any], Any, dict[str, dict[str, torch.Tensor]], dict[str, Any], FixtureReal]:

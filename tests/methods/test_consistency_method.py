@@ -144,24 +144,22 @@ def test_sampling_rebuilds_the_consistency_function_from_a_plain_edm_network(tin
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ({"mu": 1.0}, "method.mu=1.0 must lie in"),
-    ({"mu": -0.1}, "method.mu=-0.1 must lie in"),
-    ({"distance": "l1"}, "unknown method.distance='l1'"),
+    ({"mu": 1.0}, "method.mu=1.0: must be a number in [0, 1)"),
+    ({"mu": -0.1}, "method.mu=-0.1: must be a number in [0, 1)"),
+    ({"distance": "l1"}, "method.distance=l1: must be one of l2, lpips"),
     ({"sampling_sigmas": "[0.8,80.0]"}, "must be a decreasing list"),
     ({"sampling_sigmas": "[80.0,0.001]"}, "must be a decreasing list"),
-    ({"num_points": 1}, "method.num_points=1 must be >= 2"),
+    ({"num_points": 1}, "method.num_points=1: must be an integer >= 2"),
     ({"distance": "lpips"}, "needs RGB images"),  # the digits are gray
-    ({"data": "real"}, "method.data=real needs training images"),
+    ({"data": "real"}, "method=consistency trains on real images and dataset digits has none"),
     ({"lpips_net": "alex", "lpips_pooling": "avg"}, "method.lpips_pooling='avg' with method.lpips_net='alex'"),
 ])
-def test_bad_settings_are_refused_in_one_line(tiny_teacher: Path, override: dict, message: str) -> None:
+def test_bad_settings_are_refused_in_one_line_before_the_run(tiny_teacher: Path, override: dict, message: str,
+                                                             refused) -> None:  # noqa: ANN001 - the fixture
     extra = ["dataset.images.builtin=null"] if override.get("data") == "real" else []
-    cfg = compose(["method=consistency", "dataset=digits", f"dataset.teacher.path={tiny_teacher}", *extra,
-                   *[f"method.{k}={v}" for k, v in override.items()]])
-    teacher = load_teacher(cfg.dataset.teacher, "cpu")
-    with pytest.raises(ConfigError, match=message) as info:
-        METHODS.get("consistency")(teacher, cfg.method, torch.device("cpu"), cfg)
-    assert "\n" not in str(info.value)
+    line = refused("method=consistency", "dataset=digits", f"dataset.teacher.path={tiny_teacher}", *extra,
+                   *[f"method.{k}={v}" for k, v in override.items()])
+    assert message in line, line
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lpips") is not None, reason="lpips is installed here")

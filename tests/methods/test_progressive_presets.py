@@ -19,8 +19,8 @@ def test_cifar10_presets_are_the_edm_form_configuration(dataset: str) -> None:
     cfg = preset(dataset)
     m, t = cfg.method, cfg.trainer
     assert (m.start_steps, m.final_steps, m.stage_iterations, m.few_step_stage_factor) == (4096, 1, 50000, 2)
-    assert (m.lr, m.lr_warmup, m.lr_anneal, m.lr_final, m.clip_grad_norm) == (5e-5, 0, "linear", 0.0, 1.0)
-    assert list(m.adam_betas) == [0.9, 0.999] and m.dropout == 0.0 and m.final_zero is False
+    assert (m.lr, m.warmup_iterations, m.lr_anneal, m.lr_final, m.clip_grad_norm) == (5e-5, 0, "linear", 0.0, 1.0)
+    assert list(m.betas) == [0.9, 0.999] and m.dropout == 0.0 and m.final_zero is False
     assert (m.sigma_min, m.sigma_max, m.rho) == (0.002, 80.0, 7.0)
     assert t.batch == 512 and t.ema_beta == 0.0
     # 11 stages (4096 .. 4 steps) of 50k and 2 (2 steps, 1 step) of 100k: 750k iterations of 512
@@ -34,7 +34,7 @@ def test_64x64_presets_are_the_original_imagenet_configuration(dataset: str) -> 
     cfg = preset(dataset)
     m, t = cfg.method, cfg.trainer
     assert (m.start_steps, m.final_steps, m.stage_iterations, m.few_step_stage_factor) == (1024, 1, 50000, 1)
-    assert (m.lr, m.lr_warmup, m.lr_anneal, m.lr_final, m.clip_grad_norm) == (1e-4, 0, "linear", 0.0, 1.0)
+    assert (m.lr, m.warmup_iterations, m.lr_anneal, m.lr_final, m.clip_grad_norm) == (1e-4, 0, "linear", 0.0, 1.0)
     assert m.dropout == 0.0 and m.final_zero is True
     assert t.batch == 2048 and t.ema_beta == 0.0
     # 11 stages (1024 .. 1 steps) of 50k iterations of 2048

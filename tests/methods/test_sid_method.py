@@ -68,7 +68,7 @@ def test_only_the_updated_network_changes(tiny_teacher: Path) -> None:
 
 
 def test_optimiser_settings_follow_config(tiny_teacher: Path) -> None:
-    sid, _, _ = make_sid(tiny_teacher, lr=3e-5, g_beta1=0.9, adam_eps=1e-6)
+    sid, _, _ = make_sid(tiny_teacher, lr=3e-5, betas_generator="[0.9,0.999]", eps=1e-6)
     g, f = sid.optimizers()["generator"].defaults, sid.optimizers()["fake_score"].defaults
     assert (g["lr"], g["betas"], g["eps"]) == (3e-5, (0.9, 0.999), 1e-6)
     assert (f["lr"], f["betas"], f["eps"]) == (3e-5, (0.0, 0.999), 1e-6)

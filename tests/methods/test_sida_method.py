@@ -42,7 +42,7 @@ def test_phases_are_stages_at_the_configured_kimg(tiny_teacher: Path) -> None:
     sida, _, _ = make_sida(tiny_teacher, generator_start_kimg=3, adversarial_start_kimg=7)
     assert [(s.name, s.start, s.unit) for s in sida.stages()] == [
         ("fake-score warm-up", 0.0, "kimg"), ("sid", 3.0, "kimg"), ("sida", 7.0, "kimg")]
-    assert sida.uses_real_data and sida.sampling() == {"sampler": "one_step", "sigmas": [2.5], "nfe": 1}
+    assert sida.uses_real_data(sida.cfg) and sida.sampling() == {"sampler": "one_step", "sigmas": [2.5], "nfe": 1}
     sida.enter_stage(2, sida.stages()[2])
     assert sida.state_dict() == {"phase": 2}
     again, _, _ = make_sida(tiny_teacher)
@@ -109,7 +109,7 @@ def test_the_fake_score_loss_scaling_applies_to_its_own_term_only(tiny_teacher: 
 
 
 def test_the_fake_scores_gradients_are_clipped_per_value(tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sida, ctx, _ = make_sida(tiny_teacher, fake_score_clip_value=0.5)
+    sida, ctx, _ = make_sida(tiny_teacher, clip_grad_value_fake_score=0.5)
     seen: dict[str, object] = {}
     update = ctx.update
     monkeypatch.setattr(ctx, "update", lambda names, fn, **kw: seen.setdefault(names, kw) and update(names, fn, **kw))
@@ -134,9 +134,14 @@ def test_sid2a_starts_the_generator_from_a_trained_one(tiny_teacher: Path, tmp_p
         make_sida(tiny_teacher, generator_init=other)
 
 
-def test_adversarial_before_generator_start_is_refused(tiny_teacher: Path) -> None:
-    with pytest.raises(ConfigError, match="adversarial_start_kimg=1"):
-        make_sida(tiny_teacher, generator_start_kimg=2, adversarial_start_kimg=1)
+def test_adversarial_before_generator_start_is_refused_before_the_teacher_loads(tiny_teacher: Path, refused,  # noqa: ANN001
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import sidbench.run
+
+    monkeypatch.setattr(sidbench.run, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    line = refused("method=sida", f"dataset.teacher.path={tiny_teacher}", "method.generator_start_kimg=2",
+                   "method.adversarial_start_kimg=1")
+    assert line.startswith("method.adversarial_start_kimg=1 is before method.generator_start_kimg=2")
 
 
 def test_micro_batch_warning_names_both_sizes_only_when_they_differ() -> None:

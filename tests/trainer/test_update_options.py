@@ -101,12 +101,13 @@ def test_ema_ramp_up_reads_the_images_seen_before_the_batch() -> None:
 
 def test_stage_boundary_resets_optimiser_and_ema_and_promotes_the_student(tiny_teacher: Path, tmp_path: Path) -> None:
     from sidbench.config import compose
+    from sidbench.schema import defaults
     from sidbench.testing.staged import StagedToy
     from sidbench.trainer.loop import Trainer
 
     cfg = compose(["dataset=digits", f"dataset.teacher.path={tiny_teacher}", "trainer.kimg=0.048", "trainer.batch=8",
                    "trainer.checkpoint_every_kimg=0", "trainer.eval_every_kimg=0", "device=cpu"])
-    method_cfg = OmegaConf.create(StagedToy.default_config)
+    method_cfg = OmegaConf.create(defaults(StagedToy.settings))
     toy = StagedToy(load_teacher(cfg.dataset.teacher, CPU), method_cfg, CPU)
     trainer = Trainer(cfg.trainer, toy, tmp_path, CPU)
     seen: list[tuple[int, int, float, bool, bool]] = []

@@ -35,7 +35,6 @@ the same z gives the same image in any batch, on any run.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -45,36 +44,14 @@ from torch import Tensor
 from sidbench.config import ConfigError
 from sidbench.diffusion import adjacent_points, consistency_function, heun_step
 from sidbench.methods.base import Recipe, register_method
-from sidbench.methods.baselines.distance import DISTANCES, LPIPSUnavailableError, check_pooling, image_distance, load_lpips
-from sidbench.methods.baselines.consistency.schema import ConsistencySchema
+from sidbench.methods.baselines.consistency.settings import ConsistencySettings
+from sidbench.methods.baselines.distance import LPIPSUnavailableError, image_distance, load_lpips
 from sidbench.methods.baselines.student import DenoiserStudent
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.ema import EMA
 
 
-def check_config(cfg: DictConfig) -> None:
-    """One-line `ConfigError`s for settings the method cannot run."""
-    mu = float(cfg.mu)
-    if not 0.0 <= mu < 1.0:
-        raise ConfigError(f"method.mu={mu} must lie in [0, 1): the target EMA rate (0 copies the network after each update)")
-    if int(cfg.num_points) < 2:
-        raise ConfigError(f"method.num_points={cfg.num_points} must be >= 2: adjacent points of the Karras grid")
-    if str(cfg.distance) not in DISTANCES:
-        raise ConfigError(f"unknown method.distance={cfg.distance!r}; choose one of {', '.join(DISTANCES)}")
-    try:
-        check_pooling(str(cfg.lpips_net), str(cfg.lpips_pooling))
-    except ValueError as e:
-        raise ConfigError(f"method.lpips_pooling={cfg.lpips_pooling!r} with method.lpips_net={cfg.lpips_net!r}: {e}; "
-                          "use method.lpips_pooling=max with that backbone") from e
-    check_sigmas(list(cfg.sampling_sigmas), float(cfg.sigma_min), float(cfg.sigma_max))
-
-
-def check_sigmas(sigmas: Sequence[float], sigma_min: float, sigma_max: float) -> None:
-    s = [float(v) for v in sigmas]
-    if not s or any(not sigma_min <= v <= sigma_max for v in s) or any(a <= b for a, b in zip(s, s[1:])):
-        raise ConfigError(f"method.sampling_sigmas={s} must be a decreasing list within "
-                          f"[sigma_min={sigma_min}, sigma_max={sigma_max}], e.g. [80.0] or [80.0, 0.8]")
 
 
 def rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
@@ -90,15 +67,14 @@ def set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> 
 @register_method("consistency")
 class ConsistencyDistillation(DenoiserStudent):
     description = "Consistency distillation (Song et al. 2023): one- or few-step consistency function"
-    config_schema = ConsistencySchema
-    check_config = staticmethod(check_config)
+    settings = ConsistencySettings
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
         self.sigma_min = float(cfg.sigma_min)
         self.distance = str(cfg.distance)
         if self.distance == "lpips":
-            self._check_lpips(teacher)
+            self._load_lpips()
         overrides = self.student_overrides(cfg)
         self.dropout = float(overrides.get("dropout", teacher.constructor.get("dropout", 0.0)) or 0.0)
         self.generator = consistency_function(teacher.copy_network(**overrides), self.sigma_min)
@@ -107,10 +83,8 @@ class ConsistencyDistillation(DenoiserStudent):
         self.opt = torch.optim.RAdam(self.generator.parameters(), lr=float(cfg.lr), betas=tuple(cfg.betas),
                                      eps=float(cfg.eps))
 
-    def _check_lpips(self, teacher: Teacher) -> None:
-        if teacher.channels == 1 and not bool(self.cfg.lpips_adapt_gray):
-            raise ConfigError("method.distance=lpips needs RGB images; set method.lpips_adapt_gray=true to repeat a gray "
-                              "image to 3 channels, or use method.distance=l2")
+    def _load_lpips(self) -> None:
+        """Refuse a machine without the lpips package or its weights before training (one line)."""
         try:
             load_lpips(str(self.cfg.lpips_net), self.device, str(self.cfg.lpips_pooling))
         except (LPIPSUnavailableError, ValueError) as e:

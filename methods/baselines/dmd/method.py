@@ -15,6 +15,9 @@ is per-sample (GroupNorm, no batch statistics), so this is the same computation 
 and DDP allows one forward per backward. A sample whose scores are not finite leaves L_DM alone
 (counted in `train/dropped_dm`; docs/baselines.md#non-finite-samples).
 
+DMD's iteration is the same code (`DistributionMatching`) with `ttur` 1, no GAN head, and its
+regression term added to the generator's loss (`DMD._generator_terms`).
+
 Dropout and modes. The authors build the generator and the fake score (and their teacher copy)
 with dropout 0 and label dropout 0, whatever the teacher was trained with, and call `train()` on
 all of them every step; train mode changes nothing at dropout 0. Here the students are built with
@@ -36,8 +39,8 @@ from sidbench.config import ConfigError
 from sidbench.diffusion import karras_ascending, sigma_data_of
 from sidbench.methods.base import Method, Recipe, register_method
 from sidbench.methods.baselines.dmd.gan_head import GANHead, bottleneck_shape
-from sidbench.methods.baselines.distance import DISTANCES, image_distance
-from sidbench.methods.baselines.dmd.schema import DMD2Schema, DMDSchema
+from sidbench.methods.baselines.distance import image_distance
+from sidbench.methods.baselines.dmd.settings import DMD2Settings, DMDSettings
 from sidbench.methods.baselines.teacher_samples import (
     SampleSpec, TeacherSamples, charge_recorded, label_freq, load_teacher_samples, samples_for_training, teacher_identity,
 )
@@ -55,32 +58,30 @@ def student_overrides(cfg: DictConfig) -> dict[str, Any]:
 
 
 class DistributionMatching(Method):
-    """What DMD and DMD2 share: the generator at sigma_gen, the fake score, the DM loss, AdamW with
-    a warm-up, and the fake-score update; subclasses add their own generator terms."""
+    """DMD2's iteration, which DMD shares: the generator at sigma_init, the fake score (and DMD2's
+    optional GAN head), the DM loss, AdamW with a warm-up, the two time-scale update rule, and the
+    fake-score update; subclasses add their own terms to the generator's loss (`_generator_terms`)."""
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
-        if int(cfg.ttur) < 1:
-            raise ConfigError(f"method.ttur={cfg.ttur}: the generator steps every ttur-th iteration; use an integer >= 1")
-        if not 0 <= int(cfg.dm_index_min) <= int(cfg.dm_index_max) < int(cfg.grid_points):
-            raise ConfigError(f"method.dm_index_min={cfg.dm_index_min}, dm_index_max={cfg.dm_index_max}: need "
-                              f"0 <= min <= max < method.grid_points={cfg.grid_points}")
         overrides = student_overrides(cfg)
         self.generator = teacher.init_generator(**overrides)
         self.fake_score = teacher.copy_network(**overrides)
+        self.gan_head: GANHead | None = None  # DMD2's, when its GAN is enabled
         self._networks: dict[str, torch.nn.Module] = {"generator": self.generator, "fake_score": self.fake_score}
         self.grid = karras_ascending(int(cfg.grid_points)).to(device)
         self._stash: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # x and labels of each micro-batch
 
     def _build_optimizers(self) -> None:
         cfg = self.cfg
-        lrs = {"generator": cfg.lr_generator}
-        self._optimizers = {
-            name: torch.optim.AdamW(net.parameters(), lr=lrs.get(name, cfg.lr_fake_score), betas=tuple(cfg.betas),
-                                    weight_decay=cfg.weight_decay)
-            for name, net in self._networks.items()
-        }
-        # fractional on purpose: the published warm-up is 500 schedule steps at 7 per iteration (method/dmd2.yaml)
+
+        def adamw(net: torch.nn.Module, lr: float, betas: Any) -> torch.optim.AdamW:
+            return torch.optim.AdamW(net.parameters(), lr=lr, betas=tuple(betas), weight_decay=cfg.weight_decay)
+
+        # the GAN head trains with the fake score (one joint update), at its rate and betas
+        self._optimizers = {name: adamw(net, cfg.lr_generator, cfg.betas_generator) if name == "generator"
+                            else adamw(net, cfg.lr_fake_score, cfg.betas_fake_score) for name, net in self._networks.items()}
+        # fractional on purpose: the published warm-up is 500 schedule steps at 7 per iteration (dmd/settings.py)
         self._schedulers = {k: lr_schedule(opt, warmup=float(cfg.warmup_iterations)) for k, opt in self._optimizers.items()}
 
     # -- contract ------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ class DistributionMatching(Method):
         return self._schedulers
 
     def sampling(self) -> Recipe:
-        return {"sampler": "one_step", "sigmas": [float(self.cfg.sigma_gen)], "nfe": 1}
+        return {"sampler": "one_step", "sigmas": [float(self.cfg.sigma_init)], "nfe": 1}
 
     @classmethod
     def plan_networks(cls, cfg: DictConfig, teacher_constructor: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -103,6 +104,63 @@ class DistributionMatching(Method):
         if cfg.get("gan") and cfg.gan.enabled:
             nets["gan_head"] = {"GANHead": "on the fake score's bottleneck (methods/baselines/dmd/gan_head.py)"}
         return nets
+
+    # -- one iteration -------------------------------------------------------------------------
+    def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        logs: dict[str, Any] = {}
+        self._stash = []
+        clip = self.cfg.clip_grad_norm
+        if ctx.iteration % int(self.cfg.ttur) == 0:
+            logs |= ctx.update("generator", lambda n: self._generator_loss(ctx, n), clip_grad_norm=clip)
+        critic = ["fake_score", "gan_head"] if self.gan_head is not None else "fake_score"
+        logs |= ctx.update(critic, lambda n: self._fake_loss(ctx, n), clip_grad_norm=clip)
+        return logs
+
+    def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = ctx.labels(n)
+        generator = ctx.net("generator")
+        x = self._generate(generator, n, labels)
+        self._stash.append((x.detach(), labels))
+        dm, dm_value = self._dm_loss(ctx, x, labels)
+        total, logs = self._generator_terms(ctx, generator, x, labels, dm * n, {"dm": dm_value})
+        return total, logs
+
+    def _generator_terms(self, ctx: StepContext, generator: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor | None,
+                         total: torch.Tensor, logs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The generator's loss summed over the micro-batch: `total` (n L_DM) plus the method's
+        own terms, here DMD2's GAN term when its head is enabled."""
+        if self.gan_head is not None:  # the frozen fake score and head pass the gradient to x only
+            n = x.shape[0]
+            sigma = self._sigma(n, 0, len(self.grid) - 1)
+            _, features = self.fake_score(x + sigma * torch.randn_like(x), sigma.flatten(), labels, return_bottleneck=True)
+            gan = gan_generator_loss(self.gan_head(features).float())
+            total = total + float(self.cfg.gan.generator_weight) * gan * n
+            logs["gan_generator"] = gan.detach()
+        return total, logs
+
+    def _fake_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, labels = self._fake_inputs(ctx, n)
+        fake = ctx.net("fake_score")
+        sigma = self._sigma(n, 0, len(self.grid) - 1)
+        x_t = x + sigma * torch.randn_like(x)
+        if self.gan_head is None:
+            denoised = fake(x_t, sigma.flatten(), labels).float()
+            fs = self._denoising_loss(denoised, x, sigma)
+            return fs, {"fake_score": fs.detach() / n}
+        x_real, labels_real = ctx.real(n)
+        s_real, s_fake = self._sigma(n, 0, len(self.grid) - 1), self._sigma(n, 0, len(self.grid) - 1)
+        inputs = torch.cat([x_t, x_real + s_real * torch.randn_like(x_real), x + s_fake * torch.randn_like(x)])
+        sigmas = torch.cat([sigma, s_real, s_fake]).flatten()
+        all_labels = None if labels is None else torch.cat([labels, labels_real, labels])
+        denoised, features = fake(inputs, sigmas, all_labels, return_bottleneck=True)
+        logits = ctx.net("gan_head")(features[n:]).float()
+        l_real, l_fake = logits[:n], logits[n:]
+        fs = self._denoising_loss(denoised[:n].float(), x, sigma)
+        d = gan_discriminator_loss(l_real, l_fake)
+        ctx.log("logits_real", l_real.mean())
+        ctx.log("logits_fake", l_fake.mean())
+        total = fs + float(self.cfg.gan.discriminator_weight) * d * n
+        return total, {"fake_score": fs.detach() / n, "gan_discriminator": d.detach()}
 
     # -- pieces of an iteration ----------------------------------------------------------------
     def _sigma(self, n: int, low: int, high: int) -> torch.Tensor:
@@ -143,17 +201,15 @@ class DistributionMatching(Method):
 @register_method("dmd2")
 class DMD2(DistributionMatching):
     description = "DMD2 (Yin et al. 2024): distribution matching, two time-scale updates, optional GAN head"
-    config_schema = DMD2Schema
+    settings = DMD2Settings
 
     @classmethod
-    def needs_real_data(cls, cfg: DictConfig) -> bool:
+    def uses_real_data(cls, cfg: DictConfig) -> bool:
         return bool(cfg.gan.enabled)  # the GAN head alone reads real images
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
-        self.gan = bool(cfg.gan.enabled)
-        self.uses_real_data = self.needs_real_data(cfg)
-        if self.gan:
+        if cfg.gan.enabled:
             try:
                 c, h, w = bottleneck_shape(self.fake_score, teacher.shape)
             except TypeError as e:  # a network that cannot return its bottleneck features
@@ -162,54 +218,6 @@ class DMD2(DistributionMatching):
             self.gan_head = GANHead(c, h).to(device)
             self._networks["gan_head"] = self.gan_head
         self._build_optimizers()
-
-    def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        logs: dict[str, Any] = {}
-        self._stash = []
-        clip = self.cfg.grad_clip
-        if ctx.iteration % int(self.cfg.ttur) == 0:
-            logs |= ctx.update("generator", lambda n: self._generator_loss(ctx, n), clip_grad_norm=clip)
-        critic = ["fake_score", "gan_head"] if self.gan else "fake_score"
-        logs |= ctx.update(critic, lambda n: self._fake_loss(ctx, n), clip_grad_norm=clip)
-        return logs
-
-    def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        labels = ctx.labels(n)
-        x = self._generate(ctx.net("generator"), n, labels)
-        self._stash.append((x.detach(), labels))
-        dm, dm_value = self._dm_loss(ctx, x, labels)
-        total, logs = dm * n, {"dm": dm_value}
-        if self.gan:  # the frozen fake score and head pass the gradient to x only
-            sigma = self._sigma(n, 0, len(self.grid) - 1)
-            _, features = self.fake_score(x + sigma * torch.randn_like(x), sigma.flatten(), labels, return_bottleneck=True)
-            gan = gan_generator_loss(self.gan_head(features).float())
-            total = total + float(self.cfg.gan.generator_weight) * gan * n
-            logs["gan_generator"] = gan.detach()
-        return total, logs
-
-    def _fake_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, labels = self._fake_inputs(ctx, n)
-        fake = ctx.net("fake_score")
-        sigma = self._sigma(n, 0, len(self.grid) - 1)
-        x_t = x + sigma * torch.randn_like(x)
-        if not self.gan:
-            denoised = fake(x_t, sigma.flatten(), labels).float()
-            fs = self._denoising_loss(denoised, x, sigma)
-            return fs, {"fake_score": fs.detach() / n}
-        x_real, labels_real = ctx.real(n)
-        s_real, s_fake = self._sigma(n, 0, len(self.grid) - 1), self._sigma(n, 0, len(self.grid) - 1)
-        inputs = torch.cat([x_t, x_real + s_real * torch.randn_like(x_real), x + s_fake * torch.randn_like(x)])
-        sigmas = torch.cat([sigma, s_real, s_fake]).flatten()
-        all_labels = None if labels is None else torch.cat([labels, labels_real, labels])
-        denoised, features = fake(inputs, sigmas, all_labels, return_bottleneck=True)
-        logits = ctx.net("gan_head")(features[n:]).float()
-        l_real, l_fake = logits[:n], logits[n:]
-        fs = self._denoising_loss(denoised[:n].float(), x, sigma)
-        d = gan_discriminator_loss(l_real, l_fake)
-        ctx.log("logits_real", l_real.mean())
-        ctx.log("logits_fake", l_fake.mean())
-        total = fs + float(self.cfg.gan.discriminator_weight) * d * n
-        return total, {"fake_score": fs.detach() / n, "gan_discriminator": d.detach()}
 
 
 @register_method("dmd")
@@ -220,22 +228,16 @@ class DMD(DistributionMatching):
     changes no budget); the fake score as in DMD2, every iteration."""
 
     description = "DMD (Yin et al. 2023): distribution matching plus regression on teacher ODE pairs"
-    config_schema = DMDSchema
+    settings = DMDSettings
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
-        reg = cfg.regression
-        if str(reg.distance) not in DISTANCES:
-            raise ConfigError(f"method.regression.distance={reg.distance}: use one of {', '.join(DISTANCES)}")
-        if reg.distance == "lpips" and teacher.channels == 1 and not reg.adapt_gray:
-            raise ConfigError("method.regression.distance=lpips on a 1-channel teacher needs an adaptation: set "
-                              "method.regression.adapt_gray=true (the channel is repeated to RGB) or use distance=l2")
-        steps = reg.sampler_steps or (full_cfg.dataset.teacher.sampler_steps if full_cfg is not None else 18)
-        self.spec = SampleSpec(teacher_identity(teacher), int(steps), int(reg.pairs), int(reg.seed), int(reg.batch),
-                               tuple(teacher.shape), teacher.label_dim, label_freq(teacher, full_cfg))
+        self.spec = SampleSpec(teacher_identity(teacher), int(cfg.teacher_sampler_steps), int(cfg.num_teacher_samples),
+                               int(cfg.teacher_sample_seed), int(cfg.teacher_sample_batch), tuple(teacher.shape),
+                               teacher.label_dim, label_freq(teacher, full_cfg))
         self.pairs: TeacherSamples | None = None
-        if reg.get("pairs_file"):  # pairs the user made elsewhere: they must be this teacher's
-            self.pairs = self._checked_pairs(Path(str(reg.pairs_file)))
+        if cfg.get("teacher_samples_file"):  # pairs the user made elsewhere: they must be this teacher's
+            self.pairs = self._checked_pairs(Path(str(cfg.teacher_samples_file)))
         self._build_optimizers()
 
     def _checked_pairs(self, path: Path) -> TeacherSamples:
@@ -245,14 +247,14 @@ class DMD(DistributionMatching):
             with safe_open(str(path), framework="pt") as f:
                 recorded = json.loads((f.metadata() or {})["spec"])
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same mistake
-            raise ConfigError(f"method.regression.pairs_file={path}: not a teacher-samples file ({type(e).__name__}: {e})") from None
+            raise ConfigError(f"method.teacher_samples_file={path}: not a teacher-samples file ({type(e).__name__}: {e})") from None
         if recorded.get("teacher") != self.spec.teacher:
-            raise ConfigError(f"method.regression.pairs_file={path}: made by teacher {recorded.get('teacher')!r}, "
+            raise ConfigError(f"method.teacher_samples_file={path}: made by teacher {recorded.get('teacher')!r}, "
                               f"not by this run's {self.spec.teacher!r}; remove the setting to make new pairs")
         spec = SampleSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in recorded.items() if k != "format"})
         pairs = load_teacher_samples(path, spec)
         if pairs is None or pairs.noise is None:
-            raise ConfigError(f"method.regression.pairs_file={path}: unreadable or without the noise of its samples")
+            raise ConfigError(f"method.teacher_samples_file={path}: unreadable or without the noise of its samples")
         self.spec = spec
         return pairs
 
@@ -265,30 +267,13 @@ class DMD(DistributionMatching):
     def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         if self.pairs is None:  # a resumed run skips prepare
             self.pairs, _ = samples_for_training(self.teacher, self.spec, self.device, ctx, before_training=False)
-        self._stash = []
-        clip = self.cfg.grad_clip
-        logs: dict[str, Any] = {}
-        if ctx.iteration % int(self.cfg.ttur) == 0:
-            logs |= ctx.update("generator", lambda n: self._generator_loss(ctx, n), clip_grad_norm=clip)
-        logs |= ctx.update("fake_score", lambda n: self._fake_loss(ctx, n), clip_grad_norm=clip)
-        return logs
+        return super().train_step(ctx)
 
-    def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        labels = ctx.labels(n)
-        generator = ctx.net("generator")
-        x = self._generate(generator, n, labels)
-        self._stash.append((x.detach(), labels))
-        dm, dm_value = self._dm_loss(ctx, x, labels)
+    def _generator_terms(self, ctx: StepContext, generator: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor | None,
+                         total: torch.Tensor, logs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """DMD's regression term: weight * d(G(z_ref), y_ref) summed over a draw of n pairs."""
         reg_cfg = self.cfg.regression
-        z_ref, y_ref, labels_ref = self.pairs.draw_pairs(n, self.device)
+        z_ref, y_ref, labels_ref = self.pairs.draw_pairs(x.shape[0], self.device)
         x_ref = self.sample(generator, z_ref, labels_ref).float()
-        reg = image_distance(x_ref, y_ref, str(reg_cfg.distance), adapt_gray=bool(reg_cfg.adapt_gray))
-        total = dm * n + float(reg_cfg.weight) * reg.sum()
-        return total, {"dm": dm_value, "regression": reg.detach().mean()}
-
-    def _fake_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, labels = self._fake_inputs(ctx, n)
-        sigma = self._sigma(n, 0, len(self.grid) - 1)
-        denoised = ctx.net("fake_score")(x + sigma * torch.randn_like(x), sigma.flatten(), labels).float()
-        fs = self._denoising_loss(denoised, x, sigma)
-        return fs, {"fake_score": fs.detach() / n}
+        reg = image_distance(x_ref, y_ref, str(reg_cfg.distance), adapt_gray=bool(reg_cfg.lpips_adapt_gray))
+        return total + float(reg_cfg.weight) * reg.sum(), {**logs, "regression": reg.detach().mean()}

@@ -39,15 +39,11 @@ from sidbench.config import ConfigError
 from sidbench.diffusion import nested_sigmas
 from sidbench.methods.base import Recipe, Stage, register_method
 from sidbench.methods.baselines.progressive.loss import progressive_loss, sample_stage_sigmas, teacher_target
-from sidbench.methods.baselines.progressive.schema import ProgressiveSchema
+from sidbench.methods.baselines.progressive.settings import ProgressiveSettings
 from sidbench.methods.baselines.student import DenoiserStudent
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.schedule import WarmupAnneal, restart
-
-
-def is_power_of_two(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
 
 
 def stage_steps(start_steps: int, final_steps: int) -> list[int]:
@@ -71,29 +67,11 @@ def stage_lengths(steps: list[int], stage_iterations: int, few_step_factor: int 
     return [stage_iterations * (few_step_factor if n <= FEW_STEPS else 1) for n in steps]
 
 
-def check_config(cfg: DictConfig) -> None:
-    """One-line `ConfigError`s for settings the method cannot run."""
-    start, final, k = int(cfg.start_steps), int(cfg.final_steps), int(cfg.stage_iterations)
-    if not is_power_of_two(start):
-        raise ConfigError(f"method.start_steps={start} is not a power of two; halving must reach final_steps exactly")
-    if not is_power_of_two(final):
-        raise ConfigError(f"method.final_steps={final} is not a power of two")
-    if final > start:
-        raise ConfigError(f"method.final_steps={final} is above method.start_steps={start}; the step count only halves")
-    if k < 1:
-        raise ConfigError(f"method.stage_iterations={k} must be >= 1")
-    if int(cfg.few_step_stage_factor) < 1:
-        raise ConfigError(f"method.few_step_stage_factor={cfg.few_step_stage_factor} must be >= 1")
-    if int(cfg.lr_warmup) >= k:
-        raise ConfigError(f"method.lr_warmup={cfg.lr_warmup} must be shorter than a stage (stage_iterations={k})")
-
-
 @register_method("progressive")
 class ProgressiveDistillation(DenoiserStudent):
     description = "Progressive distillation (Salimans & Ho 2022): halve the student's Euler steps stage by stage"
-    config_schema = ProgressiveSchema
+    settings = ProgressiveSettings
     generator_name = "student"
-    check_config = staticmethod(check_config)
 
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
@@ -102,7 +80,7 @@ class ProgressiveDistillation(DenoiserStudent):
         self.student = teacher.copy_network(**self.student_overrides(cfg))
         self.stage_teacher: torch.nn.Module | None = None  # the promoted student, from stage 1 on
         self.stage = 0
-        self.opt = torch.optim.Adam(self.student.parameters(), lr=float(cfg.lr), betas=tuple(cfg.adam_betas))
+        self.opt = torch.optim.Adam(self.student.parameters(), lr=float(cfg.lr), betas=tuple(cfg.betas))
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, self._factors(0))
         self.grid = {"final_zero": bool(cfg.final_zero), "sigma_min": float(cfg.sigma_min),
                      "sigma_max": float(cfg.sigma_max), "rho": float(cfg.rho)}
@@ -140,7 +118,7 @@ class ProgressiveDistillation(DenoiserStudent):
 
     def _factors(self, index: int) -> WarmupAnneal:
         """The LR factors of stage `index`: warm-up, then annealed over the rest of the stage."""
-        warmup = int(self.cfg.lr_warmup)
+        warmup = int(self.cfg.warmup_iterations)
         return WarmupAnneal(warmup, str(self.cfg.lr_anneal), self.stage_lengths[index] - warmup, float(self.cfg.lr_final))
 
     def _set_schedule(self, index: int) -> None:

@@ -1,0 +1,107 @@
+"""The settings of DMD2 and DMD: each one's default, type, bounds and doc, and the relations between
+them, checked by `sidbench.schema` before a run starts. The defaults are DMD2's published ImageNet
+64 (EDM) settings (docs/baselines.md#dmd2); DMD shares them (its code is not public) and adds its
+regression; preset/dmd2_<dataset>.yaml and preset/dmd_<dataset>.yaml adapt the other datasets.
+No torch here."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from sidbench.config import ConfigError
+from sidbench.methods.baselines.settings import TeacherSampleSettings
+from sidbench.schema import override, setting
+
+
+def _distances() -> Sequence[str]:
+    from sidbench.methods.baselines.distance import DISTANCES  # imports torch: only when checking
+
+    return DISTANCES
+
+
+@dataclass
+class DistributionMatchingSettings:
+    """What DMD2 and DMD share (DMD2's authors' EDM code, main/edm/train_edm.py)."""
+
+    sigma_init: float = setting(80.0, gt=0,
+        doc="the generator's input sigma: G is the teacher evaluated once at sigma_init on sigma_init z")
+    dropout: float | None = setting(0.0, ge=0, lt=1,
+        doc="dropout of the generator and fake score, whatever the teacher's (edm_network.py:11); null keeps the teacher's")
+    lr: float = setting(2.0e-6, gt=0, doc="AdamW's learning rate of every network")
+    lr_generator: float = setting("${.lr}", gt=0, doc="the generator's learning rate (default: lr)")
+    lr_fake_score: float = setting("${.lr}", gt=0,
+        doc="the fake score's (and the GAN head's) learning rate (default: lr)")
+    betas: list[float] = setting([0.9, 0.999], ge=0, lt=1, length=2, doc="AdamW's betas of every network")
+    betas_generator: list[float] = setting("${.betas}", ge=0, lt=1, length=2,
+        doc="the generator's AdamW betas (default: betas)")
+    betas_fake_score: list[float] = setting("${.betas}", ge=0, lt=1, length=2,
+        doc="the fake score's (and GAN head's) AdamW betas (default: betas)")
+    weight_decay: float = setting(0.01, ge=0, doc="AdamW's weight decay")
+    # 500 / 7: diffusers' 500-step linear warm-up, then constant (main/edm/train_edm.py:111-123), and
+    # accelerate steps a prepared schedule once per process per call, 7 GPUs (the authors' note,
+    # train_edm.py:110): full LR from iteration 72. Both schedules advance every iteration.
+    warmup_iterations: float = setting(500 / 7, ge=0,
+        doc="iterations of linear LR warm-up (may be fractional: the factor is min(t / warmup, 1))")
+    clip_grad_norm: float | None = setting(10.0, gt=0, doc="gradient-norm clip of every update; null: none")
+    ttur: int = setting(5, ge=1,
+        doc="two time-scale update rule: the generator steps every ttur-th iteration, the fake score every one")
+    grid_points: int = setting(1000, ge=2, doc="the Karras grid (0.002..80, rho 7) every noise level is drawn from")
+    dm_index_min: int = setting(20, ge=0, doc="the distribution-matching loss draws its grid index in [min, max]")
+    dm_index_max: int = setting(980, ge=0, doc="the distribution-matching loss draws its grid index in [min, max]")
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        m = cfg.method
+        if not int(m.dm_index_min) <= int(m.dm_index_max) < int(m.grid_points):
+            raise ConfigError(f"method.dm_index_min={m.dm_index_min}, dm_index_max={m.dm_index_max}: need "
+                              f"0 <= min <= max < method.grid_points={m.grid_points}")
+
+
+@dataclass
+class GANSettings:
+    enabled: bool = setting(False,
+        doc="the GAN head on the fake score's bottleneck (reads real images); false: the data-free TTUR-only run")
+    generator_weight: float = setting(3.0e-3, ge=0, doc="L_G = L_DM + generator_weight * L_GAN_G")
+    discriminator_weight: float = setting(1.0e-2, ge=0, doc="L_fake = L_fs + discriminator_weight * L_GAN_D")
+
+
+@dataclass
+class DMD2Settings(DistributionMatchingSettings):
+    """DMD2 (Yin et al. 2024, arXiv 2405.14867) in the authors' EDM (ImageNet 64) form."""
+
+    gan: GANSettings = setting(GANSettings, doc="DMD2's optional GAN head")
+
+
+@dataclass
+class RegressionSettings:
+    weight: float = setting(0.25, ge=0, doc="lambda_reg of the paper: L_G = L_DM + weight * d(G(z_ref), y_ref)")
+    distance: str = setting("l2", choices=_distances,
+        doc="d: l2 | lpips (the paper's; needs the lpips package and its weights)")
+    lpips_adapt_gray: bool = setting(False,
+        doc="LPIPS on 1-channel images: repeat them to RGB (a change of metric you must opt into)")
+
+
+@dataclass
+class DMDSettings(TeacherSampleSettings, DistributionMatchingSettings):
+    """DMD (Yin et al. 2023, arXiv 2311.18828): distribution matching plus a regression onto
+    (noise, teacher ODE sample) pairs, the teacher samples made before training."""
+
+    ttur: int = override(DistributionMatchingSettings, "ttur", 1,
+        doc="the generator steps every ttur-th iteration (DMD has no TTUR: 1)")
+    num_teacher_samples: int = override(TeacherSampleSettings, "num_teacher_samples", 10000,
+        doc="(noise, teacher sample) pairs made before training; not published")
+    teacher_sample_batch: int = override(TeacherSampleSettings, "teacher_sample_batch", 500)
+    teacher_sample_seed: int = override(TeacherSampleSettings, "teacher_sample_seed", 0)
+    teacher_samples_file: str | None = setting(None, exists=True,
+        doc="pairs made earlier (a sidbench teacher-samples file); they must be this teacher's")
+    regression: RegressionSettings = setting(RegressionSettings, doc="DMD's regression onto the teacher's ODE pairs")
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        super().check(cfg)
+        reg = cfg.method.regression
+        if reg.distance == "lpips" and int(cfg.dataset.channels) == 1 and not reg.lpips_adapt_gray:
+            raise ConfigError("method.regression.distance=lpips on a 1-channel teacher needs an adaptation: set "
+                              "method.regression.lpips_adapt_gray=true (the channel is repeated to RGB) or use distance=l2")
