@@ -66,7 +66,7 @@ class Method(ABC):
     May provide: `schedulers()` (LR schedules, stepped once per iteration), `frozen_networks()`
     (networks called but not trained: counted, and checkpointed unless it is the loaded teacher),
     `averages()` (EMA copies of its own), `stages()` and `enter_stage()`, `prepare(ctx)` (work
-    before the first iteration, charged to the run's compute), `plan_networks()` (for the dry run
+    before the first iteration of a fresh or resumed run, charged once), `plan_networks()` (for the dry run
     and the saved generator's constructor), `state_dict()` for any other state.
     Its settings (`cfg.method`) are one dataclass, `settings` (see `sidbench.schema.setting`).
     A method that trains on real images too (SiDA, progressive distillation's data mode) says so
@@ -128,7 +128,12 @@ class Method(ABC):
         stage 0 at the start, and never again on resume)."""
 
     def prepare(self, ctx: StepContext) -> None:
-        """Work before the first iteration of a fresh run; wrap network calls in `ctx.precompute()`."""
+        """Work before the first iteration, on a fresh run and on a resumed one alike (after
+        `load_state_dict`), e.g. making or loading teacher samples. The trainer calls it inside
+        `ctx.precompute()`: on a fresh run every network call and `ctx.counter.charge` is charged
+        to the run's compute; on a resume the checkpoint's counters already hold that charge, so
+        the trainer drops what the call costs again. State that only this work rebuilds therefore
+        needs no checkpoint and no lazy rebuild in `train_step`."""
 
     @classmethod
     def uses_real_data(cls, cfg: DictConfig) -> bool:

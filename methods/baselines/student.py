@@ -39,9 +39,8 @@ class DenoiserStudent(Method):
         self.images.prepare(ctx)
 
     def update(self, ctx: StepContext, loss) -> dict[str, torch.Tensor]:  # noqa: ANN001 - ctx.update's loss function
-        """The student's update on this iteration's x (a resumed run skipped `prepare`: the samples
-        are loaded first), with the configured clip; logs whether x was real data."""
-        self.images.ensure(ctx)
+        """The student's update on this iteration's x, with the configured clip; logs whether x
+        was real data."""
         clip = self.cfg.get("clip_grad_norm")
         logs = ctx.update(self.generator_name, loss, clip_grad_norm=None if clip is None else float(clip))
         ctx.log("real_data", float(self.images.mode == "real"))

@@ -26,10 +26,9 @@ before training: the trainer runs `Method.prepare` inside `ctx.precompute()`, so
 is counted (count x (2 steps - 1) teacher passes, and their FLOPs). The cost is also measured on
 its own and recorded in the cache file; a run that *reuses* the cache is charged that recorded
 cost once (`ComputeCounter.charge`), so a run costs the same with a cold or a warm cache and two
-runs given the same budget stop at the same point. A resumed run does not call `prepare` (its
-progress already holds the charge): it loads the cache before its first update, without a new
-charge; if the cache is gone, it remakes the identical samples and that work is counted in the
-iteration that does it.
+runs given the same budget stop at the same point. A resumed run calls `prepare` too (the method
+contract): it loads the cache (or, if the cache is gone, remakes the identical samples), and the
+trainer drops that second charge, since the checkpoint's counters already hold the first.
 """
 from __future__ import annotations
 
@@ -282,13 +281,12 @@ def charge_recorded(ctx: StepContext, samples: TeacherSamples) -> None:
         ctx.counter.charge(Cost(cost.passes, cost.teacher_passes, cost.flops if ctx.counter.count_flops else 0.0))
 
 
-def samples_for_training(teacher: Teacher, spec: SampleSpec, device: torch.device, ctx: StepContext, *,
-                         before_training: bool) -> tuple[TeacherSamples, bool]:
-    """The samples of `spec` and whether the cache held them. Made now, they are counted as they
-    are made; taken from the cache before training, they are charged their recorded cost; after a
-    resume (the checkpoint's counter holds the charge) they are not charged again."""
+def samples_for_training(teacher: Teacher, spec: SampleSpec, device: torch.device,
+                         ctx: StepContext) -> tuple[TeacherSamples, bool]:
+    """The samples of `spec` and whether the cache held them (call it from `prepare`). Made now,
+    they are counted as they are made; taken from the cache, they are charged their recorded cost."""
     samples, hit = obtain_teacher_samples(teacher.net, spec, device, ctx.rank, ctx.world_size)
-    if hit and before_training:
+    if hit:
         charge_recorded(ctx, samples)
     return samples, hit
 
@@ -311,11 +309,11 @@ class TrainingImages:
                           teacher.label_dim, label_freq(teacher, full_cfg))
 
     def prepare(self, ctx: StepContext) -> bool:
-        """Make or load the teacher samples before training (call it where the trainer calls
-        `prepare`: inside `ctx.precompute()`). Returns whether the cache was used."""
+        """Make or load the teacher samples (from the method's `prepare`, on a fresh or resumed
+        run). Returns whether the cache was used."""
         if self.spec is None:
             return False
-        self.samples, hit = samples_for_training(self.teacher, self.spec, self.device, ctx, before_training=True)
+        self.samples, hit = samples_for_training(self.teacher, self.spec, self.device, ctx)
         return hit
 
     def ensure(self, ctx: StepContext) -> None:
@@ -328,7 +326,7 @@ class TrainingImages:
         if self.mode == "real":
             return ctx.real(n)
         if self.samples is None:
-            raise RuntimeError("teacher samples are not loaded: call prepare(ctx) or ensure(ctx) before the update")
+            raise RuntimeError("teacher samples are not loaded: call prepare(ctx) before the update")
         return self.samples.draw(n, self.device)
 
     def describe(self) -> dict[str, Any]:

@@ -69,7 +69,6 @@ class SiDA(SiD):
         if cfg.get("generator_init"):
             self._load_generator(Path(str(cfg.generator_init)))
         self.phase = 0
-        self._micro_batch_checked = False
 
     def _load_generator(self, path: Path) -> None:
         """SiD²A: G's weights from a trained SiD generator of this teacher's architecture."""
@@ -99,13 +98,14 @@ class SiDA(SiD):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.phase = int(state["phase"])
 
+    def prepare(self, ctx: StepContext) -> None:
+        # before the first iteration of a fresh or resumed run: the micro-batch is part of the signal
+        note = micro_batch_warning(ctx.micro_batches, self.cfg.get("published_batch_gpu"))
+        if note:
+            ctx.warn(note)
+
     # -- one iteration -------------------------------------------------------------------------
     def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        if not self._micro_batch_checked:  # once, at the first iteration (of a fresh or resumed run)
-            self._micro_batch_checked = True
-            note = micro_batch_warning(ctx.micro_batches, self.cfg.get("published_batch_gpu"))
-            if note:
-                ctx.warn(note)
         clip = self.cfg.get("clip_grad_value_fake_score")
         # The loss scalings are inside the loss (L_fs's and L_D's apart, as published): loss_scale 1.
         logs = ctx.update("fake_score", lambda n: self._fake_score_loss(ctx, n),

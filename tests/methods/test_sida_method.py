@@ -159,6 +159,7 @@ def test_a_run_whose_micro_batch_differs_from_the_published_one_warns_once(
     real = open_real_images(sida.full_cfg.dataset, sida.teacher.shape, sida.teacher.label_dim)
     ctx = StepContext(sida.networks(), sida.optimizers(), CPU, batch=4, batch_gpu=batch_gpu, real_data=real, rank=rank)
     capsys.readouterr()
+    sida.prepare(ctx)  # before the first iteration of a fresh or resumed run
     sida.train_step(ctx)
     sida.train_step(ctx)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

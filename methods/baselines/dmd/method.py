@@ -262,12 +262,7 @@ class DMD(DistributionMatching):
         if self.pairs is not None:  # a file the user gave: charged what it recorded
             charge_recorded(ctx, self.pairs)
         else:
-            self.pairs, _ = samples_for_training(self.teacher, self.spec, self.device, ctx, before_training=True)
-
-    def train_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        if self.pairs is None:  # a resumed run skips prepare
-            self.pairs, _ = samples_for_training(self.teacher, self.spec, self.device, ctx, before_training=False)
-        return super().train_step(ctx)
+            self.pairs, _ = samples_for_training(self.teacher, self.spec, self.device, ctx)
 
     def _generator_terms(self, ctx: StepContext, generator: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor | None,
                          total: torch.Tensor, logs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
