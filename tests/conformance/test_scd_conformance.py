@@ -28,7 +28,7 @@ from draws import Replay
 from make_consistency import unpack
 
 from sidbench.methods.baselines.consistency import rng
-from sidbench.methods.baselines.consistency.scd_loss import (
+from sidbench.methods.baselines.scd.loss import (
     LogVarianceHead, denoiser_F, normalize_tangent, sample_sigma, scd_loss, tangent, tangent_jvp, teacher_velocity,
     trigflow_noise, trigflow_time, warmup_ratio,
 )

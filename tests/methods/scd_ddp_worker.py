@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from sidbench.distributed import wrap_ddp
 from sidbench.methods.baselines.consistency import rng
-from sidbench.methods.baselines.consistency.scd_loss import (
+from sidbench.methods.baselines.scd.loss import (
     LogVarianceHead, denoiser_F, normalize_tangent, scd_loss, tangent, tangent_jvp, teacher_velocity, trigflow_noise,
     trigflow_time,
 )

@@ -1,4 +1,4 @@
-"""Easy consistency tuning's pure functions (methods/baselines/consistency/ect_loss.py, arXiv
+"""Easy consistency tuning's pure functions (methods/baselines/ect/loss.py, arXiv
 2406.14548) against values worked out by hand, and on the analytic Gaussian test bed.
 
 On a Gaussian, ECT's loss is NOT zero at the exact consistency function: x + t e and x + r e with
@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from sidbench.eval.frechet import frechet_distance
-from sidbench.methods.baselines.consistency.ect_loss import (
-    decay, ect_loss, ect_sample, sample_t, stage_of, stage_starts, t_to_r,
+from sidbench.methods.baselines.ect.loss import (
+    ECT_SIGMA_MIN, decay, ect_loss, sample_t, stage_of, stage_starts, t_to_r,
 )
 from sidbench.testing.gaussian import random_gaussian
 from sidbench.testing.gaussian_consistency import GaussianConsistency
@@ -135,15 +135,19 @@ def test_both_calls_drop_the_same_units() -> None:
     assert float(ect_loss(f, x, t, r, torch.randn_like(x), shared_dropout=False).min()) > 0
 
 
-def test_sampler_steps() -> None:
-    """x = f(80 z, 80); x = f(x + s e, s): with f(x, s) = x / (1 + s) by hand."""
+def test_sampler_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ECT's recipe through the registry: x = f(80 z, 80); x = f(x + sqrt(s^2 - s_min^2) e, s), with
+    f(x, s) = x / (1 + s) by hand (a function that is not an EDM network is f as it is)."""
+    from sidbench import diffusion
+
     f = Scaled()
     z = torch.ones(1, 1, 1, 2, dtype=torch.float64)
     e = torch.full_like(z, 2.0)
-    one = ect_sample(f, z, None, [80.0])
+    monkeypatch.setattr(diffusion, "per_sample_noise", lambda noise, steps: e[None].expand(steps, *e.shape))
+    one = diffusion.sample(f, z, None, {"sampler": "consistency", "sigmas": [80.0], "sigma_min": ECT_SIGMA_MIN})
     torch.testing.assert_close(one, z * 80 / 81)
-    two = ect_sample(f, z, None, [80.0, 0.821], noises=[e])
-    torch.testing.assert_close(two, (z * 80 / 81 + 0.821 * e) / 1.821)
+    two = diffusion.sample(f, z, None, {"sampler": "consistency", "sigmas": [80.0, 0.821], "sigma_min": ECT_SIGMA_MIN})
+    torch.testing.assert_close(two, (z * 80 / 81 + math.sqrt(0.821**2 - ECT_SIGMA_MIN**2) * e) / 1.821)
 
 
 # -- the analytic test bed ------------------------------------------------------------------------

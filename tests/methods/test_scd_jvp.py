@@ -28,7 +28,7 @@ import torch
 from torch.autograd import forward_ad
 from torch.utils.flop_counter import FlopCounterMode
 
-from sidbench.methods.baselines.consistency.scd_loss import denoiser_F, tangent_jvp, trigflow_time
+from sidbench.methods.baselines.scd.loss import denoiser_F, tangent_jvp, trigflow_time
 from sidbench.teachers.networks import build_edm_network
 from sidbench.testing.tiny import TINY_CONSTRUCTOR
 

@@ -1,5 +1,5 @@
-"""Continuous-time consistency distillation's pure functions (methods/baselines/consistency/
-scd_loss.py, arXiv 2410.11081): the EDM <-> TrigFlow conversion, the tangent and its JVP, the
+"""Continuous-time consistency distillation's pure functions (methods/baselines/scd/loss.py,
+arXiv 2410.11081): the EDM <-> TrigFlow conversion, the tangent and its JVP, the
 normalisation, the weighting and the log-variance head, against values worked out by hand, finite
 differences and the analytic Gaussian test bed.
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sidbench.methods.baselines.consistency import rng
-from sidbench.methods.baselines.consistency.scd_loss import (
+from sidbench.methods.baselines.scd.loss import (
     LogVarianceHead, consistency_from_F, denoiser_F, edm_from_trigflow, edm_sigma, normalize_tangent, sample_sigma,
     scd_loss, tangent, tangent_jvp, teacher_velocity, trigflow_from_edm, trigflow_noise, trigflow_time,
     warmup_ratio,

@@ -38,7 +38,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from sidbench.diffusion import SIGMA_DATA
 from sidbench.methods.baselines.consistency import rng
+from sidbench.methods.baselines.scd.settings import TANGENT_NORMS  # rms: ||g|| / sqrt(D) (FastGen) | l2 (the paper)
 from sidbench.teachers.networks.layers import FourierEmbedding, Linear, PositionalEmbedding
 
 __all__ = [
@@ -48,10 +50,6 @@ __all__ = [
 ]
 
 Denoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
-SIGMA_DATA = 0.5
-#: the tangent normalisations: "rms" divides by ||g|| / sqrt(D) (FastGen's default,
-#: `g_norm_spatial_invariance`), "l2" by ||g|| (the paper's Algorithm 1)
-TANGENT_NORMS = ("rms", "l2")
 
 
 def _col(v: Tensor, like: Tensor) -> Tensor:

@@ -19,27 +19,29 @@ per-sample loss the plain L2 distance over (t - r).
 The functions take the network as a callable `f(x, sigma [n], labels)` (an EDM denoiser, or the
 analytic test bed's); they hold no state. `stage_starts` turns the doubling period into the starts of
 the contract's stages (`sidbench.methods.base.Stage`), so a resumed run keeps the boundaries.
+Sampling is the registered "consistency" sampler (`sidbench.diffusion.sample_consistency`) with
+sigma_min = ECT_SIGMA_MIN; the plugin is `method.py`, its settings `settings.py`.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from sidbench.methods.baselines.consistency import rng
+from sidbench.methods.baselines.ect.settings import MAPPINGS
 
 __all__ = [
-    "MAPPINGS", "ECT_SIGMA_MIN", "sample_t", "decay", "t_to_r", "stage_of", "stage_starts",
-    "ect_loss", "ect_sample",
+    "MAPPINGS", "ECT_SIGMA_MIN", "sample_t", "decay", "t_to_r", "stage_of", "stage_starts", "stage_count",
+    "ect_loss",
 ]
 
 Denoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
-#: the r(t, s) mappings of the reference (`--mapping`)
-MAPPINGS = ("sigmoid", "const")
-#: the boundary of the reference's sampling-time parameterisation (ECMPrecond's sigma_min)
+#: the boundary of the reference's sampling-time parameterisation (ECMPrecond's sigma_min): the
+#: sampler's `ConsistencyParam(net, ECT_SIGMA_MIN)` computes the reference's eval-mode function
 ECT_SIGMA_MIN = 0.003
 
 
@@ -73,6 +75,15 @@ def stage_of(kimg: float, period_kimg: float) -> int:
     if period_kimg <= 0:
         raise ValueError(f"the stage period must be > 0 kimg, got {period_kimg}")
     return int(math.floor(kimg / period_kimg + 1e-9))
+
+
+def stage_count(q: float = 2.0) -> int:
+    """How many stages change anything in float32: from stage s on, t - r = q^-(s+1) n(t) t falls
+    below float32's resolution of t (2^-24 relative) once s + 1 > 24 / log2(q); 24 stages at q = 2.
+    A run lists these as its stages whatever its budget, so a resumed or extended run keeps them."""
+    if q <= 1:
+        raise ValueError(f"q must be > 1, got {q}")
+    return max(1, math.ceil(24 / math.log2(q)))
 
 
 def stage_starts(total_kimg: float, period_kimg: float) -> list[float]:
@@ -126,27 +137,3 @@ def ect_loss(
     d2 = (online - target).square().reshape(len(x), -1).sum(dim=1)
     distance = (d2 + c**2).sqrt() - c if c > 0 else d2.sqrt()
     return distance / (t - r).flatten().float()
-
-
-@torch.no_grad()
-def ect_sample(f: Denoiser, z: Tensor, labels: Tensor | None, sigmas: Sequence[float],
-               noises: Sequence[Tensor] = ()) -> Tensor:
-    """The reference's few-step sampler: x = f(s_0 z, s_0), then x = f(x + s e_k, s) for each
-    further s with fresh e_k ~ N(0, I) (`noises[k]`, drawn from torch's generator if not given).
-
-    One sigma [80] is one-step sampling; the published two-step sampler is [80, 0.821]. The noise
-    is scaled by s, not sqrt(s^2 - sigma_min^2) as in Song et al.'s Algorithm 1. `f` is the
-    sampling-time function (the reference's ECMPrecond in eval mode: consistency c_skip, c_out
-    with sigma_min = ECT_SIGMA_MIN; `ConsistencyParam(net, ECT_SIGMA_MIN)` in sidbench)."""
-    s = [float(v) for v in sigmas]
-    if not s:
-        raise ValueError("sigmas is empty")
-
-    def level(v: float) -> Tensor:
-        return torch.full((z.shape[0],), v, dtype=z.dtype, device=z.device)
-
-    x = f(z * s[0], level(s[0]), labels)
-    for k, v in enumerate(s[1:]):
-        e = noises[k] if k < len(noises) else torch.randn_like(x)
-        x = f(x + v * e.to(x.dtype), level(v), labels)
-    return x
