@@ -103,3 +103,51 @@ def test_two_step_sampling_matches_the_reference(fixture: dict, monkeypatch: pyt
     recipe = {"sampler": "consistency", "sigmas": [80.0, *sample["mid_t"]], "sigma_min": ECT_SIGMA_MIN}
     images = diffusion.sample(net, z, None, recipe)
     torch.testing.assert_close(images, sample["images"], rtol=RTOL, atol=1e-5)
+
+
+# -- the plugin: one update through a StepContext sees the reference's gradients ---------------------
+def run_plugin(fixture: dict, name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict]:
+    """`method=ect`'s own iteration (`ECT.train_step` -> `ctx.update`: sum over the batch, divided
+    by it, sanitised, RAdam) on the fixture's network, images and draws; the random state the
+    reference's loss started from is the micro-batch's (the dropout masks come from it)."""
+    from draws import step_gradients
+
+    from sidbench.config import compose
+    from sidbench.methods.baselines.ect.method import ECT
+    from sidbench.teachers.teacher import Teacher
+    from sidbench.trainer.context import StepContext
+
+    case = fixture["cases"][name]
+    s = case["settings"]
+    net = network(fixture, s["label_dim"], s["dropout"])
+    teacher = Teacher(net.eval().requires_grad_(False), {"precond": "EDMPrecond", "label_dim": s["label_dim"],
+                                                         "dropout": s["dropout"], **fixture["network"]}, "fixture")
+    overrides = {"p_mean": s["P_mean"], "p_std": s["P_std"], "q": s["q"], "k": s["k"], "b": s["b"], "mapping": s["adj"],
+                 "c": s["c"], "dropout": s["dropout"]}
+    cfg = compose(["method=ect", "dataset=digits", *[f"method.{k}={v}" for k, v in overrides.items()]])
+    ect = ECT(teacher, cfg.method, torch.device("cpu"), cfg)
+    if s["stage"]:
+        ect.enter_stage(s["stage"], ect.stages()[s["stage"]])
+    x = fixture["x"]
+    labels = torch.nn.functional.one_hot(fixture["classes"], fixture["label_dim"]).float() if s["label_dim"] else None
+    ctx = StepContext(ect.networks(), ect.optimizers(), torch.device("cpu"), batch=len(x))
+    monkeypatch.setattr(ctx, "real", lambda n: (x[:n], None if labels is None else labels[:n]))
+    monkeypatch.setattr(ctx, "_seed_micro_batch", lambda update, micro: torch.set_rng_state(case["rng_state"]))
+    seen = step_gradients(ect.opt, {p: k for k, p in ect.generator.named_parameters()})
+    with Replay(case["draws"]) as replay:
+        logs = ect.train_step(ctx)
+    replay.assert_exhausted()
+    return logs, seen
+
+
+@pytest.mark.parametrize("name", ["stage0", "stage3_huber", "dropout", "data_target", "const_cond"])
+def test_the_plugins_update_sees_the_references_gradients(fixture: dict, name: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    case = fixture["cases"][name]
+    logs, seen = run_plugin(fixture, name, monkeypatch)
+    assert float(logs["ect"]) == pytest.approx(float(case["loss_per_sample"].mean()), rel=RTOL)
+    expected = unpack(case["grads"])
+    assert seen.keys() == expected.keys()
+    scale = max(float(g.abs().max()) for g in expected.values())
+    for key, g in expected.items():
+        torch.testing.assert_close(seen[key], g, rtol=RTOL, atol=ATOL * scale, msg=lambda m, k=key: f"{name} {k}: {m}")

@@ -117,3 +117,59 @@ def test_the_cases_cover_what_they_claim(fixture: dict) -> None:
     assert cases["cifar10"]["outputs"]["warmup_ratio"] < 1 and cases["imagenet64"]["outputs"]["warmup_ratio"] == 1
     assert float(cases["high_noise"]["outputs"]["sigma_t"].max()) > 10
     assert float(cases["imagenet64"]["outputs"]["sigma_t"].min()) < 0.05
+
+
+# -- the plugin: one update through a StepContext sees FastGen's gradients ----------------------------
+def run_plugin(fixture: dict, name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict]:
+    """`method=scd`'s own iteration (`SCD.train_step` -> `ctx.update` over the student and the
+    log-variance head: sum over the batch, divided by it, sanitised, RAdam each) on the fixture's
+    networks, images and draws, at the fixture's iteration."""
+    from draws import step_gradients
+
+    from sidbench.config import compose
+    from sidbench.methods.baselines.scd.method import SCD
+    from sidbench.teachers.teacher import Teacher
+    from sidbench.trainer.context import StepContext
+
+    case = fixture["cases"][name]
+    st, lc = case["settings"]["sample_t"], case["settings"]["loss"]
+    student, head, teacher_net = networks(fixture, case["settings"]["nets"])
+    constructor = {"precond": "EDMPrecond", **fixture["networks"][case["settings"]["nets"]]}
+    teacher = Teacher(teacher_net, constructor, "fixture")
+    overrides = {"p_mean": st["train_p_mean"], "p_std": st["train_p_std"], "sigma_min": st["min_t"],
+                 "sigma_max": st["max_t"], "tangent_warmup_iterations": lc["tangent_warmup_steps"],
+                 "tangent_c": lc["tangent_warmup_const"], "tangent_norm": "rms" if lc["g_norm_spatial_invariance"] else "l2",
+                 "prior_weighting": lc["prior_weighting_enabled"], "divide_by_dim": lc["divide_x_0_spatial_dim"],
+                 "dropout": constructor.get("dropout", 0.0)}
+    cfg = compose(["method=scd", "dataset=digits", *[f"method.{k}={v}" for k, v in overrides.items()]])
+    scd = SCD(teacher, cfg.method, torch.device("cpu"), cfg)
+    scd.generator.load_state_dict(student.state_dict())
+    scd.logvar.load_state_dict(head.state_dict())
+    x0 = fixture["x"]
+    labels = None
+    if constructor["label_dim"]:
+        labels = torch.nn.functional.one_hot(fixture["classes"], fixture["label_dim"]).float()
+    ctx = StepContext(scd.networks(), scd.optimizers(), torch.device("cpu"), batch=len(x0))
+    ctx.iteration = case["settings"]["iteration"] - 1  # FastGen counts from 1, the trainer from 0
+    monkeypatch.setattr(ctx, "real", lambda n: (x0[:n], None if labels is None else labels[:n]))
+    head_names = {v: k for k, v in HEAD_KEYS.items()}
+    seen = step_gradients(scd.opts["generator"], {p: k for k, p in scd.generator.named_parameters()})
+    seen_head = step_gradients(scd.opts["logvar"], {p: head_names[k] for k, p in scd.logvar.named_parameters()
+                                                    if k in head_names})
+    with Replay(case["draws"]) as replay:
+        logs = scd.train_step(ctx)
+    replay.assert_exhausted()
+    return {**logs, **ctx.take_logs()}, {**seen, **seen_head}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_plugins_update_sees_fastgens_gradients(fixture: dict, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    case = fixture["cases"][name]
+    logs, seen = run_plugin(fixture, name, monkeypatch)
+    assert logs["tangent_ratio"] == case["outputs"]["warmup_ratio"]  # exactly: the iteration FastGen counts
+    assert float(logs["scd"]) == pytest.approx(float(case["loss_per_sample"].double().mean()), rel=RTOL)
+    expected = unpack(case["grads"])
+    assert seen.keys() == expected.keys()
+    scale = max(float(g.abs().max()) for g in expected.values())
+    for key, g in expected.items():
+        torch.testing.assert_close(seen[key], g, rtol=RTOL, atol=1e-4 * scale, msg=lambda m, k=key: f"{name} {k}: {m}")

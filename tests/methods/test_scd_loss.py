@@ -254,3 +254,40 @@ def test_log_variance_head(model: str) -> None:
     assert float(head.linear.bias.abs().max()) == 0.0 and head.linear.weight.shape == (1, net.model.map_noise.num_channels)
     with pytest.raises(ValueError, match="noise embedding"):
         LogVarianceHead.for_network(torch.nn.Linear(2, 2))
+
+
+# -- the analytic test bed: sCD converges toward the exact consistency function ----------------------
+def test_gaussian_distillation_converges_to_the_exact_consistency_function() -> None:
+    """sCD's whole training signal (truncated-lognormal sigma, the teacher's velocity, the JVP
+    tangent with its warm-up and normalisation, the adaptive weight learnt by a log-variance head)
+    on N(mu, S) in 4-D, from a family that holds f*, started with the mean off by 0.3 per coordinate
+    and the variances doubled: 100 Adam steps end near f*'s parameters. The exact teacher and float64 JVP keep
+    round-off out of it. (The head here is a free logvar per noise level bucket: the analytic
+    family has no noise embedding.)"""
+    teacher, exact = gaussian()
+    student = GaussianConsistency(exact.mean + 0.3, exact.log_var.exp() * 2, exact.axes)
+    edges = torch.linspace(-6, 5, 12, dtype=torch.float64)
+    logvar = torch.nn.Parameter(torch.zeros(len(edges) + 1, dtype=torch.float64))
+    opt = torch.optim.Adam([*student.parameters(), logvar], lr=2e-2)
+    mu, factor = teacher.mean.reshape(-1), teacher.factor
+    start_mean = float((student.mean - exact.mean).detach().norm())
+    start_var = float((student.log_var - exact.log_var).detach().abs().max())
+    torch.manual_seed(0)
+    n, steps = 128, 100
+    for i in range(steps):
+        x0 = (mu + torch.randn(n, 4, dtype=torch.float64) @ factor.T).reshape(n, 1, 2, 2)
+        sigma = sample_sigma(n)
+        t = trigflow_time(sigma, SD)
+        x_t = trigflow_noise(x0, SD * torch.randn_like(x0), t)
+        dxdt = teacher_velocity(teacher, x_t, t)
+        F = denoiser_F(student, x_t, t)
+        F_dot = tangent_jvp(lambda x, s: denoiser_F(student, x, s), x_t, t, dxdt, precision=torch.float64)
+        g = normalize_tangent(tangent(F.detach(), F_dot, x_t, t, dxdt, warmup_ratio(i + 1, 50)))
+        lv = logvar[torch.bucketize(sigma.log(), edges)]
+        loss = scd_loss(F, g, lv, sigma).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # measured: 0.0022 and 0.0089 after 100 steps (0.0053 and 0.0017 after 250)
+    assert float((student.mean - exact.mean).detach().norm()) < start_mean / 20  # from 0.6
+    assert float((student.log_var - exact.log_var).detach().abs().max()) < start_var / 10  # from ln 2 = 0.69
