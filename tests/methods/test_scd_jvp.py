@@ -1,13 +1,12 @@
-"""What sCD's forward-mode JVP costs and how it runs under DDP (methods/baselines/consistency/
-scd_loss.py `tangent_jvp`).
+"""What sCD's forward-mode JVP costs and how it runs under DDP (methods/baselines/scd/loss.py
+`tangent_jvp`).
 
 Cost: `torch.utils.flop_counter.FlopCounterMode` sees the operations a `torch.func.jvp` executes,
 primal and tangent. On sidbench's EDM networks it counts 3 forwards' FLOPs (PyTorch 2.14): the
 primal forward, the tangent through each layer, and a product of each layer's input with a zero
 tangent of its weight, which the forward-AD rules of mm/addmm/convolution materialise (the weights
-are no JVP inputs). The necessary work is 2 forwards; the proposed pass rule charges that (docs in
-the plugin round). A forward hook sees a JVP call's output as a dual tensor, which is how the
-counter can tell one.
+are no JVP inputs). The necessary work is 2 forwards, which the pass rule charges (docs/compute.md):
+the compute counter's forward hook sees the call made inside the JVP transform.
 
 DDP: the student's forward must go through its DDP wrapper (the gradient reduction); the JVP runs
 without a graph and may use the bare module or the wrapper, provided the wrapper does not sync
@@ -72,6 +71,25 @@ def test_a_forward_hook_sees_a_jvp_call() -> None:
         denoiser_F(net, x_t, t)
     tangent_jvp(lambda x, s: denoiser_F(net, x, s), x_t, t, dxdt)
     assert seen == [False, True]
+
+
+def test_the_counter_charges_a_jvp_two_passes_and_its_flops() -> None:
+    from sidbench.trainer.compute import JVP, ComputeCounter
+
+    net = tiny()
+    x_t, t, dxdt = inputs()
+    with torch.no_grad(), FlopCounterMode(display=False) as forward:
+        denoiser_F(net, x_t, t)
+    counter = ComputeCounter()
+    counter.attach({"generator": net})
+    with counter.iteration():
+        with torch.no_grad():
+            denoiser_F(net, x_t, t)
+        tangent_jvp(lambda x, s: denoiser_F(net, x, s), x_t, t, dxdt)
+    assert counter.calls == [("generator", 4, True, False), ("generator", 4, True, JVP)]
+    cost = counter.take()
+    assert cost.passes == 4 + 2 * 4
+    assert cost.flops == pytest.approx(4 * forward.get_total_flops(), rel=1e-6)  # 1 forward + the JVP's 3
 
 
 @pytest.mark.slow
