@@ -137,9 +137,9 @@ def test_scd_recipe_samples_the_denoiser_itself(tiny_teacher: Path) -> None:
 
 
 def test_ect_recipe(tiny_teacher: Path) -> None:
-    ect, _, _, _, _ = make(tiny_teacher, "ect", sampling_sigmas="[80.0,0.821]")
+    ect, _, _, _, _ = make(tiny_teacher, "ect", sampling_sigmas="[80.0,0.821]", dropout=0.3)
     assert ect.sampling() == {"sampler": "consistency", "sigmas": [80.0, 0.821], "sigma_min": 0.003, "nfe": 2}
-    assert ect.frozen_networks() == {} and ect.plan_networks(ect.cfg, ect.teacher.constructor)["generator"]["dropout"] == 0.2
+    assert ect.frozen_networks() == {} and ect.plan_networks(ect.cfg, ect.teacher.constructor)["generator"]["dropout"] == 0.3
 
 
 # -- sCD's update ----------------------------------------------------------------------------------
