@@ -44,11 +44,19 @@ def forward_flops(net: torch.nn.Module, n: int = 4) -> float:
 
 
 # -- counted compute --------------------------------------------------------------------------------
-def test_ect_passes_by_hand(tiny_teacher: Path) -> None:
-    ect, ctx, counter, _, _ = make(tiny_teacher, "ect", dropout=0.0)
+def trainer_step(m, cfg, real, tmp_path: Path) -> ComputeCounter:  # noqa: ANN001
+    """One iteration as the trainer runs it (its StepContext, its counter attached to the method's
+    networks); returns the trainer's counter."""
+    trainer_cfg = OmegaConf.merge(cfg.trainer, {"kimg": 1, "batch": 4, "batch_gpu": None})
+    trainer = Trainer(trainer_cfg, m, tmp_path, CPU, real_data=real)
+    trainer.step()
+    return trainer.counter
+
+
+def test_ect_passes_by_hand(tiny_teacher: Path, tmp_path: Path) -> None:
+    ect, _, _, cfg, real = make(tiny_teacher, "ect", dropout=0.0)
     ect.enter_stage(2, ect.stages()[2])  # from stage 2 on r > 0 for every t: the target call always runs
-    with counter.iteration():
-        ect.train_step(ctx)
+    counter = trainer_step(ect, cfg, real, tmp_path)
     # By hand, per image: the online call forward and backward to its weights (1 + 2), the target
     # call without a graph (1). No teacher call.
     assert counter.calls == [("generator", 4, True, True), ("generator", 4, True, False)]
@@ -58,10 +66,9 @@ def test_ect_passes_by_hand(tiny_teacher: Path) -> None:
     assert cost.flops == pytest.approx(4 * forward_flops(ect.generator), rel=0.05)
 
 
-def test_scd_passes_by_hand(tiny_teacher: Path) -> None:
-    scd, ctx, counter, _, _ = make(tiny_teacher, "scd")
-    with counter.iteration():
-        scd.train_step(ctx)
+def test_scd_passes_by_hand(tiny_teacher: Path, tmp_path: Path) -> None:
+    scd, _, _, cfg, real = make(tiny_teacher, "scd")
+    counter = trainer_step(scd, cfg, real, tmp_path)
     # By hand, per image: the teacher's velocity (1, no graph); the student's F forward and
     # backward (1 + 2); the log-variance head forward and backward (1 + 2: a network call is a pass
     # whatever its size); the student's JVP (2: primal and tangent).
