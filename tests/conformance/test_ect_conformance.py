@@ -1,7 +1,7 @@
 """ECT's loss and sampler against the authors' code (locuslab/ect, arXiv 2406.14548;
 fixtures/ect.json says what make_ect.py recorded, from which commit).
 
-Each case runs sidbench's pure functions (`ect_loss.sample_t`, `t_to_r`, `ect_loss`) on sidbench's
+Each case runs sidbench's pure functions (methods/baselines/ect/loss.py: `sample_t`, `t_to_r`, `ect_loss`) on sidbench's
 EDMPrecond with the fixture's weights, the reference's draws replayed (ln t, the shared noise) and
 the random state the reference started from (dropout masks come from it), then takes the batch
 mean and backpropagates as the reference's loop does. It compares t and r, the per-sample losses

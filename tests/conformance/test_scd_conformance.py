@@ -1,14 +1,16 @@
 """sCD's loss against NVIDIA FastGen's sCM (fastgen/methods/consistency_model/sCM.py, arXiv
 2410.11081; fixtures/scd.json says what make_scd.py recorded, from which commit).
 
-Each case runs sidbench's pure functions (`scd_loss.sample_sigma`, `trigflow_time`,
+Each case runs sidbench's pure functions (methods/baselines/scd/loss.py: `sample_sigma`, `trigflow_time`,
 `trigflow_noise`, `teacher_velocity`, `denoiser_F`, `tangent_jvp`, `tangent`, `normalize_tangent`,
 `scd_loss`, the `LogVarianceHead`) on sidbench's EDMPrecond student and teacher loaded with
 FastGen's weights (FastGen's `model.logvar_linear` goes to the separate head), the reference's
 draws replayed (the uniform behind the truncated lognormal sigma, z), then `loss.mean()` backward
 as FastGen's step does. It compares every intermediate FastGen hands its `_scm_pred_to_loss` (sigma,
 t, x_t, dx_t/dt, F, logvar, the scaled JVP), the per-sample losses and the gradients per student
-parameter and of the head.
+parameter and of the head. The same cases then run `method=scd`'s own iteration (`SCD.train_step`
+through a `StepContext`, the student and the head updated together) and compare what its two
+optimisers see, and the warm-up ratio exactly.
 
 Tolerances (float32 networks; FastGen computes the TrigFlow <-> EDM coefficients and the network's
 c_in, c_noise, c_skip, c_out in float64, sidbench's EDMPrecond in float32, so outputs differ by
