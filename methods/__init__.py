@@ -39,6 +39,12 @@ METHODS.register_lazy("progressive", "sidbench.methods.baselines.progressive.met
 METHODS.register_lazy("consistency", "sidbench.methods.baselines.consistency.method:ConsistencyDistillation",
                       "Consistency distillation (Song et al. 2023): one- or few-step consistency function",
                       settings="sidbench.methods.baselines.consistency.settings:ConsistencySettings")
+METHODS.register_lazy("ect", "sidbench.methods.baselines.ect.method:ECT",
+                      "Easy consistency tuning (Geng et al. 2024): a consistency model tuned from the teacher on real images",
+                      settings="sidbench.methods.baselines.ect.settings:ECTSettings")
+METHODS.register_lazy("scd", "sidbench.methods.baselines.scd.method:SCD",
+                      "sCD (Lu & Song 2024): continuous-time consistency distillation, TrigFlow over the EDM teacher",
+                      settings="sidbench.methods.baselines.scd.settings:SCDSettings")
 
 _FROM_BASE = ("Method", "Recipe", "Stage")
 

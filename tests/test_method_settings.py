@@ -16,7 +16,7 @@ from sidbench.config import RENAMED, ConfigError, compose, renamed_message
 from sidbench.methods import METHODS
 from sidbench.schema import check, defaults, docs, method_settings, override, setting
 
-BUILTINS = ("sid", "sida", "dmd", "dmd2", "progressive", "consistency")
+BUILTINS = ("sid", "sida", "dmd", "dmd2", "progressive", "consistency", "ect", "scd")
 DATASETS = ("digits", "digits-cond", "cifar10", "cifar10-cond", "ffhq64", "afhqv2-64", "imagenet64")
 
 
@@ -184,6 +184,10 @@ def test_dmd_presets_inherit_dmd2s(dataset: str) -> None:
     (["method=dmd", "dataset=digits"], {"method.lr": 1e-4, "method.lr_fake_score": 1e-4, "method.warmup_iterations": 20}),
     (["method=progressive", "dataset=imagenet64"], {"method.warmup_iterations": 0, "method.betas": [0.9, 0.999],
                                                     "method.start_steps": 1024, "method.final_zero": True}),
+    (["method=ect", "dataset=cifar10"], {"method.lr": 1e-4, "method.dropout": 0.2, "method.stage_kimg": 3200,
+                                         "trainer.batch": 128, "trainer.ema_beta": 0.9999, "trainer.kimg": 25600}),
+    (["method=scd", "dataset=imagenet64"], {"method.p_std": 1.6, "method.clip_grad_norm": 10.0, "trainer.batch": 1024,
+                                            "method.betas": [0.9, 0.99], "method.data": "real"}),
     (["method=consistency", "dataset=imagenet64"], {"method.betas": [0.9, 0.999], "method.eps": 1e-8, "method.mu": 0.95,
                                                     "method.teacher_sampler_steps": 40, "method.teacher_sample_seed": 0}),
 ])

@@ -5,7 +5,9 @@ Two counters, both charged only while the trainer runs an iteration or a method'
   the network's weights are trained (gradients to the weights and through the activations) and 1
   when only the input needs a gradient (a frozen teacher or fake score that passes the generator's
   gradient through: no weight-gradient convolutions). Forward hooks on every network see each call;
-  a hook on the call's outputs sees whether a backward reached it.
+  a hook on the call's outputs sees whether a backward reached it. A forward-mode JVP of one image
+  (`torch.func.jvp`, as sCD's tangent) is 2: the primal forward and the tangent's, which runs the
+  same layers once more (docs/compute.md); the hook sees it called inside the JVP transform.
 - **FLOPs**, as `torch.utils.flop_counter.FlopCounterMode` counts them from the operations executed
   (matrix multiplies and convolutions, forward and backward, 2 per multiply-add; elementwise
   operations are not counted, as is usual). Running every iteration under the counter would slow
@@ -29,7 +31,11 @@ from torch.utils.flop_counter import FlopCounterMode
 #: the name under which the frozen teacher's passes are also reported on their own
 TEACHER = "teacher"
 
-Call = tuple[str, int, bool, bool]  # (network, images, weights trained, backward happened)
+#: the "differentiated" slot of a JVP call (forward mode: no backward, the tangent's pass instead)
+JVP = "jvp"
+
+# (network, images, weights trained, differentiated: True once a backward reached the call, or JVP)
+Call = tuple[str, int, bool, "bool | str"]
 
 
 @dataclass
@@ -59,12 +65,21 @@ def _grad_tensors(output: object) -> list[torch.Tensor]:
     return []
 
 
+def in_jvp() -> bool:
+    """Whether the current call runs inside a forward-mode JVP: `torch.func.jvp`'s transform, or
+    `torch.autograd.forward_ad`'s dual level."""
+    interpreter = torch._C._functorch.peek_interpreter_stack()
+    if interpreter is not None and interpreter.key() == torch._C._functorch.TransformType.Jvp:
+        return True
+    return torch.autograd.forward_ad._current_level >= 0
+
+
 @dataclass
 class _Record:
     network: str
     images: int
     trained: bool
-    backward: bool = False
+    backward: bool | str = False
 
 
 @dataclass
@@ -107,6 +122,10 @@ class ComputeCounter:
             param = next(module.parameters(), None)
             record = _Record(name, _batch_size(args), bool(param is not None and param.requires_grad))
             self._calls.append(record)
+            if in_jvp():  # the primal and the tangent: 2 passes, no backward (the JVP keeps no graph)
+                record.backward = JVP
+                self._charge_passes(name, 2 * record.images)
+                return
             self._charge_passes(name, record.images)
             outputs = _grad_tensors(output) if torch.is_grad_enabled() else []
             if outputs:
@@ -163,7 +182,8 @@ class ComputeCounter:
 
     @staticmethod
     def _passes_of(kind: tuple[Call, ...]) -> float:
-        return sum(images * (1 + (2 if trained else 1) * backward) for _, images, trained, backward in kind)
+        return sum(images * (2 if backward == JVP else 1 + (2 if trained else 1) * backward)
+                   for _, images, trained, backward in kind)
 
     def finish(self) -> None:
         """Charge iterations still owed (a kind that never recurred) at the FLOPs per pass measured

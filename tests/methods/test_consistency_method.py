@@ -92,7 +92,7 @@ def test_target_sees_the_online_networks_dropout_mask(tiny_teacher: Path, monkey
         cd.prepare(ctx)
     assert float(cd.train_step(ctx)["consistency"]) == 0.0
     # ...and without restoring the random state the masks differ: dropout is really on
-    monkeypatch.setattr(cd_module, "set_rng_state", lambda state, device: None)
+    monkeypatch.setattr(cd_module.rng, "restore", lambda state: None)
     cd, ctx, _, _ = make(tiny_teacher, dropout=0.5)
     with ctx.precompute():
         cd.prepare(ctx)

@@ -44,6 +44,7 @@ from torch import Tensor
 from sidbench.config import ConfigError
 from sidbench.diffusion import adjacent_points, consistency_function, heun_step
 from sidbench.methods.base import Recipe, register_method
+from sidbench.methods.baselines.consistency import rng
 from sidbench.methods.baselines.consistency.settings import ConsistencySettings
 from sidbench.methods.baselines.distance import LPIPSUnavailableError, image_distance, load_lpips
 from sidbench.methods.baselines.student import DenoiserStudent
@@ -51,17 +52,6 @@ from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
 from sidbench.trainer.ema import EMA
 
-
-
-
-def rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
 
 
 @register_method("consistency")
@@ -127,12 +117,12 @@ class ConsistencyDistillation(DenoiserStudent):
         x_t = x + t * torch.randn_like(x)
         with torch.no_grad():  # the target is stop-gradient; the teacher is frozen
             x_t2 = heun_step(self.teacher.net, x_t, t, t2, labels)  # 2 teacher calls
-        state = rng_state(self.device) if self.dropout > 0 else None
+        state = rng.capture(self.device) if self.dropout > 0 else None
         online = ctx.net("generator").train()(x_t, t.flatten(), labels).float()
         with torch.no_grad():
             target_net = self.target.module.train(state is not None)
             if state is not None:
-                set_rng_state(state, self.device)  # the online call's dropout mask
+                rng.restore(state)  # the online call's dropout mask
             target = target_net(x_t2, t2.flatten(), labels).float()
         # The distance in float32 outside autocast: the authors' LPIPS network runs in float32 on
         # the float32 outputs (only the UNet is half precision); l2 is float32 either way.
