@@ -1,0 +1,109 @@
+"""Uni-Instruct's generator loss against the authors' code where the code matches the paper
+(fixtures/uni_instruct.pt, made by make_uni_instruct.py; fixtures/uni_instruct.json says which
+commit): the forward-KL branch of its training loop.
+
+sidbench's EDM networks are built from the fixture's weights; sigma and the noise are the draws the
+code made (sigma from u by SiD's `sigma_from_u`, as the code maps it); the denoised outputs and the
+encoder's logits are compared with the code's. Then sidbench's `uni_instruct_loss.generator_loss`
+(forward KL) is given the code's density ratio and `ratio_gradient=False`, the one point where the
+code departs from the derived gradient but that is a choice of the ratio, not of the loss: with a
+ratio treated as a constant of x, forward KL's Fisher-type term is 0 and its SiD-type term must be
+the code's `loss * density_ratio`. Its gradient w.r.t. the generated images, times 100 / batch, is
+compared with the code's, and with SiDA's adversarial term (weight 0.01, unmixed, as the code's
+forward-KL branch adds it) the whole generator gradient is.
+
+What the code does that sidbench does not (docs/frontier.md#uni-instruct): its ratio is
+-L / (1 - L) of the per-sample adversarial loss L (about 1.003 here, where exp(logit) is 1.03-1.3),
+and it drops the DMD-type term of the ratio's gradient.
+
+Tolerance: rtol 1e-4, atol 1e-6 times the largest gradient (float32; sidbench's and the code's
+networks agree to about 1e-6 on the same input, as for SiD and SiDA).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sidbench.methods.sid.loss import normaliser, sigma_from_u
+from sidbench.methods.sid.sida_loss import adversarial_generator_loss, discriminator_logits
+from sidbench.methods.sid.uni_instruct_loss import density_ratio, generator_loss
+from sidbench.teachers.networks import build_edm_network
+
+FIXTURE = Path(__file__).parent / "fixtures" / "uni_instruct.pt"
+RTOL, ATOL = 1e-4, 1e-6
+
+
+def load() -> dict[str, Any]:
+    if not FIXTURE.is_file():
+        pytest.fail(f"{FIXTURE} missing: run tests/conformance/make_uni_instruct.py --reference <Uni_Instruct checkout>")
+    return torch.load(FIXTURE, weights_only=False)
+
+
+FIX = load()
+SETTINGS = FIX["info"]["settings"]
+
+
+def network(case: dict[str, Any], name: str) -> torch.nn.Module:
+    net = build_edm_network(case["constructor"])
+    net.load_state_dict(case["weights"][name], strict=True)
+    return net.eval().requires_grad_(False)
+
+
+def forward(case: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """x_g (a leaf), sigma, y_real, y_fake and the logits, as the code computed them."""
+    (u,), (noise,) = case["draws"]["rand"], case["draws"]["randn_like"]
+    sigma = sigma_from_u(u * SETTINGS["t_max"] / 1000)
+    x_g = case["images"].clone().requires_grad_(True)
+    x_t = x_g + noise * sigma
+    labels = case["labels"]
+    y_real = network(case, "teacher")(x_t, sigma.flatten(), labels)
+    y_fake, bottleneck = network(case, "fake_score")(x_t, sigma.flatten(), labels, return_bottleneck=True)
+    return {"x_g": x_g, "sigma": sigma, "y_real": y_real, "y_fake": y_fake, "logits": discriminator_logits(bottleneck)}
+
+
+def close(seen: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    scale = expected.abs().max().item()
+    assert scale > 0, f"{what}: the code's value is zero; the fixture pins nothing"
+    torch.testing.assert_close(seen, expected, rtol=RTOL, atol=ATOL * scale, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("name", list(FIX["cases"]))
+def test_networks_give_the_codes_outputs(name: str) -> None:
+    case = FIX["cases"][name]
+    out = forward(case)
+    for key in ("y_real", "y_fake", "logits"):
+        close(out[key].detach(), case[key], f"{name} {key}")
+
+
+@pytest.mark.parametrize("name", list(FIX["cases"]))
+def test_forward_kl_sid_type_term_is_the_codes(name: str) -> None:
+    case = FIX["cases"][name]
+    out = forward(case)
+    x_g, batch = out["x_g"], out["x_g"].shape[0]
+    per_element = generator_loss(x_g, out["y_real"], out["y_fake"], case["density_ratio"], out["sigma"], "forward_kl",
+                                 ratio_gradient=False)
+    close(per_element.detach(), case["loss"] * case["density_ratio"], f"{name} per-element loss")
+    divergence_term = per_element.sum() * SETTINGS["loss_scale_generator"] / batch
+    (grad,) = torch.autograd.grad(divergence_term, x_g, retain_graph=True)
+    close(grad, case["grad_divergence"], f"{name} gradient of the divergence term")
+    numel = x_g[0].numel()
+    adversarial = adversarial_generator_loss(out["logits"], normaliser(x_g, out["y_real"]), numel)
+    adversarial_term = adversarial * SETTINGS["adversarial_scale"] / batch
+    close(adversarial_term.detach(), case["adversarial_term"], f"{name} adversarial term")
+    (grad_total,) = torch.autograd.grad(divergence_term + adversarial_term, x_g)
+    close(grad_total, case["grad_total"], f"{name} generator gradient")
+
+
+def test_the_fixture_pins_the_ratio_weight() -> None:
+    """Unweighted SiD (or the paper's exp(logit) in place of the code's ratio) gives another
+    gradient: the comparison above sees the weight."""
+    case = FIX["cases"]["cond"]
+    out = forward(case)
+    r = density_ratio(out["logits"])
+    assert not torch.allclose(r, case["density_ratio"], rtol=0.01)
+    loss = generator_loss(out["x_g"], out["y_real"], out["y_fake"], r, out["sigma"], "forward_kl", ratio_gradient=False)
+    (grad,) = torch.autograd.grad(loss.sum() * SETTINGS["loss_scale_generator"] / out["x_g"].shape[0], out["x_g"])
+    assert not torch.allclose(grad, case["grad_divergence"], rtol=0.01)
