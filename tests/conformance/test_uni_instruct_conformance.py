@@ -3,7 +3,7 @@
 commit): the forward-KL branch of its training loop.
 
 sidbench's EDM networks are built from the fixture's weights; sigma and the noise are the draws the
-code made (sigma from u by SiD's `sigma_from_u`, as the code maps it); the denoised outputs and the
+code made (sigma from u on Karras' schedule read backwards, as SiD's `generator_sigma` and the code map it); the denoised outputs and the
 encoder's logits are compared with the code's. Then sidbench's `uni_instruct_loss.generator_loss`
 (forward KL) is given the code's density ratio and `ratio_gradient=False`, the one point where the
 code departs from the derived gradient but that is a choice of the ratio, not of the loss: with a
@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 import torch
 
-from sidbench.methods.sid.loss import normaliser, sigma_from_u
+from sidbench.diffusion import karras_sigma
+from sidbench.methods.sid.loss import normaliser
 from sidbench.methods.sid.sida_loss import adversarial_generator_loss, discriminator_logits
 from sidbench.methods.sid.uni_instruct_loss import density_ratio, generator_loss
 from sidbench.teachers.networks import build_edm_network
@@ -55,7 +56,7 @@ def network(case: dict[str, Any], name: str) -> torch.nn.Module:
 def forward(case: dict[str, Any]) -> dict[str, torch.Tensor]:
     """x_g (a leaf), sigma, y_real, y_fake and the logits, as the code computed them."""
     (u,), (noise,) = case["draws"]["rand"], case["draws"]["randn_like"]
-    sigma = sigma_from_u(u * SETTINGS["t_max"] / 1000)
+    sigma = karras_sigma(1 - u * SETTINGS["t_max"] / 1000)
     x_g = case["images"].clone().requires_grad_(True)
     x_t = x_g + noise * sigma
     labels = case["labels"]
