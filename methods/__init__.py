@@ -33,6 +33,9 @@ METHODS.register_lazy("dmd2", "sidbench.methods.baselines.dmd.method:DMD2",
 METHODS.register_lazy("dmd", "sidbench.methods.baselines.dmd.method:DMD",
                       "DMD (Yin et al. 2023): distribution matching plus regression on teacher ODE pairs",
                       settings="sidbench.methods.baselines.dmd.settings:DMDSettings")
+METHODS.register_lazy("f_distill", "sidbench.methods.baselines.dmd.f_distill:FDistill",
+                      "f-distill (Xu et al. 2025): DMD2 with the DM gradient weighted by h(r) of an f-divergence",
+                      settings="sidbench.methods.baselines.dmd.settings:FDistillSettings")
 METHODS.register_lazy("progressive", "sidbench.methods.baselines.progressive.method:ProgressiveDistillation",
                       "Progressive distillation (Salimans & Ho 2022): halve the student's Euler steps stage by stage",
                       settings="sidbench.methods.baselines.progressive.settings:ProgressiveSettings")
