@@ -7,8 +7,12 @@ draws them. Every divergence must bring (m, a) to (MU, S).
 The plugins' own networks cannot run here (the GAN head and SiDA's discriminator need an EDM
 network's bottleneck); what is tested is that the gradient the plugins form (the weights of
 `f_distill_weights` on DMD's gradient; `uni_instruct_loss.generator_loss`) leads to the target.
-Monte Carlo with a fixed seed; the tolerance (0.03 on m and a, from 0.5 and 0.3 away) leaves room
-for the last steps' noise: measured in the comments below."""
+DMD's and SiD's per-sample normalisers (a mean of |x - D_real(x_t)| over the pixels) are degenerate
+in one dimension: |x - D_real| has a density at 0, so its inverse has no mean, and Adam, which follows
+the sign of heavy-tailed noise more than its mean, settles off the target (Uni-Instruct's Jeffreys
+stopped at a = 0.551 with them). The tests replace them by 1 (the normaliser of images, a mean over
+many pixels, has no such tail). Monte Carlo with a fixed seed; tolerance 0.03 on m and a, which
+start 0.5 and 0.3 away."""
 from __future__ import annotations
 
 import math
@@ -27,7 +31,7 @@ from sidbench.testing.gaussian_1d import denoiser, log_ratio
 
 MU, S = 0.3, 0.5
 START = (-0.2, 0.8)
-BATCH, STEPS, LR = 1024, 400, 0.02
+BATCH, STEPS, LR = 1024, 300, 0.02
 TOLERANCE = 0.03
 
 
@@ -43,7 +47,7 @@ def train(step_loss) -> tuple[float, float]:  # noqa: ANN001 - loss(m, a) -> sca
         opt.zero_grad()
         step_loss(m, log_a.exp()).backward()
         opt.step()
-    return float(m), float(log_a.exp())
+    return float(m.detach()), float(log_a.detach().exp())
 
 
 @pytest.mark.parametrize("name", F_DISTILL_DIVERGENCES)
@@ -59,6 +63,7 @@ def test_f_distill_brings_the_generator_to_the_data(name: str) -> None:
         mu_fake = denoiser(x_t, m.detach(), a.detach() ** 2, sigma)
         logits = log_ratio(x_t, MU, S**2, m.detach(), a.detach() ** 2, sigma).reshape(-1)
         weights = f_distill_weights(logits, sigma, name, normaliser)
+        weights = weights * (x.detach() - mu_real).abs().reshape(-1).clamp(min=1e-5)  # undo DMD's normaliser (docstring)
         dm, keep = weighted_distribution_matching_loss(x, mu_real, mu_fake, weights)
         assert keep.all()
         return dm
@@ -76,7 +81,7 @@ def test_uni_instruct_brings_the_generator_to_the_data(name: str) -> None:
         y_real = denoiser(x_t, MU, S**2, sigma)
         y_fake = denoiser(x_t, m.detach(), a.detach() ** 2, sigma)  # frozen, differentiated through x_t
         ratio = density_ratio(log_ratio(x_t, MU, S**2, m.detach(), a.detach() ** 2, sigma)).double()
-        return generator_loss(x_g, y_real, y_fake, ratio, sigma, name).sum() / BATCH
+        return generator_loss(x_g, y_real, y_fake, ratio, sigma, name, wf=torch.ones_like(sigma)).sum() / BATCH
 
     m, a = train(loss)
     assert abs(m - MU) < TOLERANCE and abs(a - S) < TOLERANCE, f"{name}: (m, a) = ({m:.4f}, {a:.4f})"
