@@ -12,6 +12,10 @@ the code's `loss * density_ratio`. Its gradient w.r.t. the generated images, tim
 compared with the code's, and with SiDA's adversarial term (weight 0.01, unmixed, as the code's
 forward-KL branch adds it) the whole generator gradient is.
 
+Last, sidbench's plugin itself runs its last phase's generator update (its `_generator_loss` through
+`StepContext.update`, under `Replay` of the code's draws, a generator fixed to the fixture's images)
+and its optimiser must see the code's gradient w.r.t. the images (halved: the 0.5 / 0.5 mix).
+
 What the code does that sidbench does not (docs/frontier.md#uni-instruct): its ratio is
 -L / (1 - L) of the per-sample adversarial loss L (about 1.003 here, where exp(logit) is 1.03-1.3),
 and it drops the DMD-type term of the ratio's gradient.
@@ -108,3 +112,66 @@ def test_the_fixture_pins_the_ratio_weight() -> None:
     loss = generator_loss(out["x_g"], out["y_real"], out["y_fake"], r, out["sigma"], "forward_kl", ratio_gradient=False)
     (grad,) = torch.autograd.grad(loss.sum() * SETTINGS["loss_scale_generator"] / out["x_g"].shape[0], out["x_g"])
     assert not torch.allclose(grad, case["grad_divergence"], rtol=0.01)
+
+
+# -- the plugin's own generator update --------------------------------------------------------------
+class FixedImages(torch.nn.Module):
+    """A generator whose output is the fixture's generated images whatever its input: the gradient
+    its optimiser sees is the gradient of the update's loss w.r.t. the images, averaged as the
+    update averages it."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        super().__init__()
+        self.images = torch.nn.Parameter(images.clone())
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        return self.images + 0 * x
+
+
+class LabelsOnly:
+    """Real data for the generator's update, which reads only the labels of a real batch."""
+
+    def __init__(self, labels: torch.Tensor | None) -> None:
+        self.labels = labels
+
+    def draw(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return torch.zeros(n), self.labels
+
+
+@pytest.mark.parametrize("name", list(FIX["cases"]))
+def test_the_plugins_generator_update_is_the_codes_forward_kl_step(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sidbench's `uni_instruct` plugin, in its last phase, with forward KL, `ratio_gradient=false`
+    and the code's ratio in place of exp(logit) (the one documented difference): its generator
+    update through `StepContext.update`, under `Replay` of the code's sigma and noise, gives the
+    optimiser the code's gradient w.r.t. the images, halved: sidbench mixes the divergence and
+    adversarial terms 0.5 / 0.5 (SiDA's `adversarial_mix`), the code adds them (1 / 1)."""
+    from draws import Replay, step_gradients
+
+    from sidbench.config import compose
+    from sidbench.methods import METHODS
+    from sidbench.teachers.teacher import Teacher
+    from sidbench.trainer.context import StepContext
+
+    case = FIX["cases"][name]
+    cfg = compose(["method=uni_instruct", "method.dropout=0.0", "method.augment_p=0", "method.divergence=forward_kl",
+                   "method.ratio_gradient=false", f"method.t_max={SETTINGS['t_max']}",
+                   f"method.loss_scale_generator={SETTINGS['loss_scale_generator']}",
+                   f"method.adversarial_scale={SETTINGS['adversarial_scale']}", "method.adversarial_mix=0.5"])
+    teacher = Teacher(net=network(case, "teacher"), constructor=dict(case["constructor"]), source="fixture")
+    ui = METHODS.get("uni_instruct")(teacher, cfg.method, torch.device("cpu"), cfg)
+    ui.fake_score.load_state_dict(case["weights"]["fake_score"], strict=True)
+    ui.generator = FixedImages(case["images"])
+    ui._optimizers["generator"] = torch.optim.SGD(ui.generator.parameters(), lr=0.0)
+    for i in (1, 2):
+        ui.enter_stage(i, ui.stages()[i])
+    monkeypatch.setattr("sidbench.methods.sid.uni_instruct.density_ratio", lambda logits: case["density_ratio"])
+    batch = case["images"].shape[0]
+    ctx = StepContext(ui.networks(), ui.optimizers(), torch.device("cpu"), batch=batch, real_data=LabelsOnly(case["labels"]))
+    seen = step_gradients(ui.optimizers()["generator"], {ui.generator.images: "images"})
+    z = torch.zeros_like(case["images"])  # the generator's z: FixedImages ignores it
+    with Replay({"randn": [z], **case["draws"]}) as replay:
+        logs = ctx.update("generator", lambda n: ui._generator_loss(ctx, n))
+    replay.assert_exhausted()
+    close(2 * seen["images"], case["grad_total"], f"{name} the generator optimiser's gradient, doubled")
+    close(torch.as_tensor(float(logs["adversarial"])) * SETTINGS["adversarial_scale"], case["adversarial_term"].detach(),
+          f"{name} adversarial term")
