@@ -125,3 +125,22 @@ def test_every_divergence_runs_a_finite_iteration(tiny_teacher: Path, divergence
     fd, ctx, _, _ = make(tiny_teacher, "f_distill", f"method.divergence={divergence}")
     logs = run(fd, ctx, 1)[0]
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in logs.values())
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_ratio_normaliser(tiny_teacher: Path, run_env: Path) -> None:
+    """Under DDP (2 processes, gloo) the bin averages and the weights' mean are all-reduced in every
+    generator update: the run finishes (the ranks' collectives pair up) and its checkpoint holds
+    moved, finite averages. (One process with the same micro-batches normalises each micro-batch
+    alone: docs/frontier.md#f-distill; no 1-vs-2-process comparison here.)"""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
+    from test_ddp import common_overrides, launch
+
+    launch([*common_overrides(tiny_teacher), "method=f_distill", "method.ttur=1", "method.lr=1e-4",
+            "method.warmup_iterations=0", "trainer.count_flops=false"], run_env, nproc=2)
+    (run,) = [p for p in (run_env / "runs" / "digits").iterdir()]
+    state = torch.load(run / "checkpoint.pt", weights_only=True)["method"]["ratio_normaliser"]
+    means = state["means"]
+    assert torch.isfinite(means).all() and not torch.equal(means, torch.ones_like(means))
