@@ -27,12 +27,18 @@ METHODS.register_lazy("sid", "sidbench.methods.sid.method:SiD",
 METHODS.register_lazy("sida", "sidbench.methods.sid.sida:SiDA",
                       "SiDA / SiD²A (Zhou et al. 2024): SiD plus an adversarial term, the fake score's encoder as discriminator",
                       settings="sidbench.methods.sid.settings:SiDASettings")
+METHODS.register_lazy("uni_instruct", "sidbench.methods.sid.uni_instruct:UniInstruct",
+                      "Uni-Instruct (Wang et al. 2025): SiDA with the gradient of an expanded f-divergence, the ratio from its discriminator",
+                      settings="sidbench.methods.sid.settings:UniInstructSettings")
 METHODS.register_lazy("dmd2", "sidbench.methods.baselines.dmd.method:DMD2",
                       "DMD2 (Yin et al. 2024): distribution matching, two time-scale updates, optional GAN head",
                       settings="sidbench.methods.baselines.dmd.settings:DMD2Settings")
 METHODS.register_lazy("dmd", "sidbench.methods.baselines.dmd.method:DMD",
                       "DMD (Yin et al. 2023): distribution matching plus regression on teacher ODE pairs",
                       settings="sidbench.methods.baselines.dmd.settings:DMDSettings")
+METHODS.register_lazy("f_distill", "sidbench.methods.baselines.dmd.f_distill:FDistill",
+                      "f-distill (Xu et al. 2025): DMD2 with the DM gradient weighted by h(r) of an f-divergence",
+                      settings="sidbench.methods.baselines.dmd.settings:FDistillSettings")
 METHODS.register_lazy("progressive", "sidbench.methods.baselines.progressive.method:ProgressiveDistillation",
                       "Progressive distillation (Salimans & Ho 2022): halve the student's Euler steps stage by stage",
                       settings="sidbench.methods.baselines.progressive.settings:ProgressiveSettings")

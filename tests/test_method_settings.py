@@ -16,7 +16,7 @@ from sidbench.config import RENAMED, ConfigError, compose, renamed_message
 from sidbench.methods import METHODS
 from sidbench.schema import check, defaults, docs, method_settings, override, setting
 
-BUILTINS = ("sid", "sida", "dmd", "dmd2", "progressive", "consistency", "ect", "scd")
+BUILTINS = ("sid", "sida", "dmd", "dmd2", "progressive", "consistency", "f_distill", "uni_instruct", "ect", "scd")
 DATASETS = ("digits", "digits-cond", "cifar10", "cifar10-cond", "ffhq64", "afhqv2-64", "imagenet64")
 
 
@@ -190,6 +190,19 @@ def test_dmd_presets_inherit_dmd2s(dataset: str) -> None:
                                             "method.betas": [0.9, 0.99], "method.data": "real"}),
     (["method=consistency", "dataset=imagenet64"], {"method.betas": [0.9, 0.999], "method.eps": 1e-8, "method.mu": 0.95,
                                                     "method.teacher_sampler_steps": 40, "method.teacher_sample_seed": 0}),
+    (["method=f_distill", "dataset=imagenet64"], {"method.divergence": "jensen_shannon", "method.ratio_ema": 0.5,
+                                                  "method.lr": 2e-6, "method.gan.enabled": True, "method.dm_index_min": 2,
+                                                  "method.dm_index_max": 998, "trainer.batch": 512, "trainer.ema_beta": 0.9999}),
+    (["method=f_distill", "dataset=cifar10-cond"], {"method.divergence": "forward_kl", "method.ratio_ema": 0.0,
+                                                    "method.lr": 1e-4, "method.gan.generator_weight": 1e-3,
+                                                    "trainer.batch": 2048}),
+    (["method=f_distill", "dataset=digits"], {"method.lr": 1e-4, "method.gan.enabled": True, "trainer.batch": 128}),
+    (["method=uni_instruct", "dataset=imagenet64"], {"method.divergence": "forward_kl", "method.lr": 4e-6, "method.eps": 1e-6,
+                                                     "method.published_batch_gpu": 8, "trainer.batch": 8192,
+                                                     "trainer.ema_halflife_kimg": 2000}),
+    (["method=uni_instruct", "dataset=cifar10"], {"method.generator_start_kimg": 100, "method.adversarial_start_kimg": 200,
+                                                  "method.published_batch_gpu": 128, "trainer.batch_gpu": 128}),
+    (["method=uni_instruct", "dataset=digits-cond"], {"method.generator_start_kimg": 4, "method.adversarial_start_kimg": 8}),
 ])
 def test_pinned_preset_values(overrides: list[str], pinned: dict[str, object]) -> None:
     cfg = compose(overrides)
@@ -202,5 +215,6 @@ def test_settings_classes_share_their_fields_with_their_siblings() -> None:
     def names(m: str) -> set[str]:
         return {f.name for f in dataclasses.fields(method_settings(m))}
 
-    assert names("sid") < names("sida") and names("dmd2") - {"gan"} < names("dmd")
+    assert names("sid") < names("sida") < names("uni_instruct") and names("dmd2") - {"gan"} < names("dmd")
+    assert names("dmd2") < names("f_distill")
     assert issubclass(method_settings("sida"), method_settings("sid"))

@@ -8,7 +8,7 @@ One iteration, in the published order (docs/sid.md#iteration):
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from omegaconf import DictConfig
@@ -21,6 +21,17 @@ from sidbench.methods.sid.loss import fake_score_loss, generator_loss, generator
 from sidbench.methods.sid.settings import SiDSettings
 from sidbench.teachers.teacher import Teacher
 from sidbench.trainer.context import StepContext
+
+
+class GeneratorPass(NamedTuple):
+    """What the generator update's network calls give: x_g (with G's graph), the two denoisers at
+    x_t = x_g + sigma n (graphs through their input), the fake score's bottleneck if asked, sigma."""
+
+    x_g: torch.Tensor
+    y_real: torch.Tensor
+    y_fake: torch.Tensor
+    bottleneck: torch.Tensor | None
+    sigma: torch.Tensor
 
 
 @register_method("sid")
@@ -92,9 +103,9 @@ class SiD(Method):
         return total, {"fake_score": total.detach() / n}
 
     def _generator_forward(self, ctx: StepContext, n: int, labels: torch.Tensor | None, *,
-                           bottleneck: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(x_g, y_real, y_fake, the fake score's bottleneck or None) of the generator update: G in
-        train mode, the fake score in eval mode (no dropout inside the generator's loss)."""
+                           bottleneck: bool = False) -> GeneratorPass:
+        """The generator update's x_g, y_real, y_fake (the fake score's bottleneck or None, sigma):
+        G in train mode, the fake score in eval mode (no dropout inside the generator's loss)."""
         generator = ctx.net("generator").train()
         self.fake_score.eval()
         x_g = self._generate(generator, n, labels).float()
@@ -105,7 +116,7 @@ class SiD(Method):
             y_fake, features = self.fake_score(x_t, sigma.flatten(), labels, return_bottleneck=True)
         else:  # the plain call: a fake score need not know the keyword (e.g. sidbench.testing's)
             y_fake, features = self.fake_score(x_t, sigma.flatten(), labels), None
-        return x_g, y_real, y_fake.float(), features
+        return GeneratorPass(x_g, y_real, y_fake.float(), features, sigma)
 
     def _kept_generator_loss(self, ctx: StepContext, x_g: torch.Tensor, y_real: torch.Tensor,
                              y_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,6 +131,6 @@ class SiD(Method):
         return total, keep, value
 
     def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x_g, y_real, y_fake, _ = self._generator_forward(ctx, n, ctx.labels(n))
+        x_g, y_real, y_fake, _, _ = self._generator_forward(ctx, n, ctx.labels(n))
         total, _, value = self._kept_generator_loss(ctx, x_g, y_real, y_fake)
         return total, {"generator": value}

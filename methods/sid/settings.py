@@ -84,3 +84,23 @@ class SiDASettings(SiDSettings):
             raise ConfigError(f"method.adversarial_start_kimg={m.adversarial_start_kimg} is before "
                               f"method.generator_start_kimg={m.generator_start_kimg}: the adversarial term is a "
                               "term of the generator's loss")
+
+
+#: Uni-Instruct's divergences (`sidbench.methods.f_divergence` has each one's f, h, h', h''; a test checks the names)
+UNI_INSTRUCT_DIVERGENCES = ("forward_kl", "reverse_kl", "jensen_shannon", "squared_hellinger", "jeffreys", "chi_square")
+
+
+@dataclass
+class UniInstructSettings(SiDASettings):
+    """Uni-Instruct (Wang et al. 2025, arXiv 2505.20755), docs/frontier.md#uni-instruct: SiDA's
+    networks and phases, the last phase's SiD loss replaced by the gradient of the expanded
+    f-divergence, the density ratio from SiDA's discriminator. Needs the dataset's real images."""
+
+    divergence: str = setting("forward_kl", choices=UNI_INSTRUCT_DIVERGENCES,
+        doc="the f-divergence: forward_kl (the headline runs) | reverse_kl | jensen_shannon | squared_hellinger | jeffreys | chi_square")
+    ratio_gradient: bool = setting(False,
+        doc="true: add the DMD-type term (the gradient through the density ratio, derived here); false: r a constant of x, as the authors' code")
+    adversarial_start_kimg: float = override(SiDASettings, "adversarial_start_kimg", 200,
+        doc="from it the generator's loss is the f-divergence's (mixed with the adversarial term); before it SiD's, the warm start")
+    generator_init: str | None = override(SiDASettings, "generator_init", None,
+        doc="start G from a trained SiD generator, as the headline forward-KL runs did (SiD alpha 1.2); null: the teacher")

@@ -33,7 +33,7 @@ from sidbench.config import ConfigError
 from sidbench.diffusion import edm_training_sigma, edm_weight, sigma_data_of
 from sidbench.methods.base import Stage, register_method
 from sidbench.methods.sid.loss import normaliser
-from sidbench.methods.sid.method import SiD
+from sidbench.methods.sid.method import GeneratorPass, SiD
 from sidbench.methods.sid.settings import SiDASettings
 from sidbench.methods.sid.sida_loss import adversarial_generator_loss, discriminator_logits, discriminator_loss
 from sidbench.teachers.teacher import Teacher
@@ -139,11 +139,18 @@ class SiDA(SiD):
         total = float(self.cfg.loss_scale_fake_score) * fs + float(self.cfg.discriminator_weight) * d
         return total, {"fake_score": fs.detach() / n, "discriminator": d.detach() / n}
 
+    def _kept_score_loss(self, ctx: StepContext, passed: GeneratorPass) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the generator's score term summed over the kept samples, the kept mask, the value to
+        log) before its loss scale and the adversarial mix: SiD's loss (Uni-Instruct's divergence
+        replaces it)."""
+        return self._kept_generator_loss(ctx, passed.x_g, passed.y_real, passed.y_fake)
+
     def _generator_loss(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         _, labels = ctx.real(n)  # the labels of a fresh real batch; its images are not used
         adversarial = self.phase >= 2
-        x_g, y_real, y_fake, bottleneck = self._generator_forward(ctx, n, labels, bottleneck=adversarial)
-        sid, keep, value = self._kept_generator_loss(ctx, x_g, y_real, y_fake)
+        passed = self._generator_forward(ctx, n, labels, bottleneck=adversarial)
+        x_g, y_real, bottleneck = passed.x_g, passed.y_real, passed.bottleneck
+        sid, keep, value = self._kept_score_loss(ctx, passed)
         total = float(self.cfg.loss_scale_generator) * sid
         logs = {"generator": value}
         if adversarial:

@@ -44,6 +44,7 @@ from sidbench.methods.baselines.dmd.settings import DMD2Settings, DMDSettings
 from sidbench.methods.baselines.teacher_samples import (
     SampleSpec, TeacherSamples, charge_recorded, label_freq, load_teacher_samples, samples_for_training, teacher_identity,
 )
+from sidbench.methods.baselines.dmd.f_distill_loss import weighted_distribution_matching_loss
 from sidbench.methods.baselines.dmd.loss import (
     distribution_matching_loss, dmd_fake_score_loss, gan_discriminator_loss, gan_generator_loss, sample_grid_sigma,
 )
@@ -179,10 +180,19 @@ class DistributionMatching(Method):
         x_t = x.detach() + sigma * torch.randn_like(x)
         with torch.no_grad():
             mu_real = self.teacher.net(x_t, sigma.flatten(), labels).float()
-            mu_fake = self.fake_score(x_t, sigma.flatten(), labels).float()
-        dm, keep = distribution_matching_loss(x, mu_real, mu_fake)
+            mu_fake, weights = self._dm_fake_score(ctx, x_t, sigma, labels)
+        if weights is None:
+            dm, keep = distribution_matching_loss(x, mu_real, mu_fake)
+        else:
+            dm, keep = weighted_distribution_matching_loss(x, mu_real, mu_fake, weights)
         ctx.log("dropped_dm", (~keep).sum())
         return dm, torch.where(keep.any(), dm.detach(), torch.full_like(dm, float("nan")))
+
+    def _dm_fake_score(self, ctx: StepContext, x_t: torch.Tensor, sigma: torch.Tensor,
+                       labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mu_fake at the DM term's x_t, per-sample weights of the DM gradient or None: DMD's
+        unweighted gradient). Called without a graph; f-distill weighs each sample by h(r)."""
+        return self.fake_score(x_t, sigma.flatten(), labels).float(), None
 
     def _fake_inputs(self, ctx: StepContext, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This micro-batch's x and labels: the generator update's, detached, or new ones."""

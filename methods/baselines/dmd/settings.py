@@ -105,3 +105,40 @@ class DMDSettings(TeacherSampleSettings, DistributionMatchingSettings):
         if reg.distance == "lpips" and int(cfg.dataset.channels) == 1 and not reg.lpips_adapt_gray:
             raise ConfigError("method.regression.distance=lpips on a 1-channel teacher needs an adaptation: set "
                               "method.regression.lpips_adapt_gray=true (the channel is repeated to RGB) or use distance=l2")
+
+
+#: f-distill's divergences (`sidbench.methods.f_divergence` has each one's f and h; a test checks the names)
+F_DISTILL_DIVERGENCES = ("reverse_kl", "forward_kl", "jensen_shannon", "squared_hellinger", "jeffreys")
+
+
+@dataclass
+class FDistillGANSettings(GANSettings):
+    enabled: bool = override(GANSettings, "enabled", True,
+        doc="the GAN head on the fake score's bottleneck: f-distill's density ratio comes from its logits (reads real images)")
+
+
+@dataclass
+class FDistillSettings(DMD2Settings):
+    """f-distill (Xu et al. 2025, arXiv 2502.15681): DMD2 with each sample's distribution-matching
+    gradient weighted by h(r) = r^2 f''(r), r = exp(logit) of the GAN head at the DM term's x_t.
+    Defaults: the ImageNet 64 run of NVIDIA FastGen's f-distill configs (docs/frontier.md#f-distill)."""
+
+    gan: FDistillGANSettings = setting(FDistillGANSettings, doc="DMD2's GAN head, whose logits give the density ratio")
+    divergence: str = setting("jensen_shannon", choices=F_DISTILL_DIVERGENCES,
+        doc="the f-divergence: reverse_kl (h = 1, DMD2) | forward_kl | jensen_shannon | squared_hellinger | jeffreys")
+    ratio_min: float = setting(0.1, gt=0, doc="the density ratio exp(logit) is clamped to [ratio_min, ratio_max]")
+    ratio_max: float = setting(20.0, gt=0, doc="the density ratio exp(logit) is clamped to [ratio_min, ratio_max]")
+    ratio_bins: int = setting(10, ge=0,
+        doc="r is divided by a running mean of r in its sigma bin (equal widths over [0.002, 80]); 0: not binned")
+    ratio_ema: float = setting(0.5, ge=0, lt=1,
+        doc="EMA rate of those per-bin means (0: this micro-batch's means alone)")
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        super().check(cfg)
+        m = cfg.method
+        if float(m.ratio_min) >= float(m.ratio_max):
+            raise ConfigError(f"method.ratio_min={m.ratio_min} must be below method.ratio_max={m.ratio_max}")
+        if m.divergence != "reverse_kl" and not m.gan.enabled:
+            raise ConfigError(f"method.divergence={m.divergence} weighs by the density ratio, which comes from the GAN head: "
+                              "set method.gan.enabled=true (or method.divergence=reverse_kl, which is DMD2)")
