@@ -316,11 +316,6 @@ class TrainingImages:
         self.samples, hit = samples_for_training(self.teacher, self.spec, self.device, ctx)
         return hit
 
-    def ensure(self, ctx: StepContext) -> None:
-        """Before an iteration's first update: the samples of a resumed run (which skipped `prepare`)."""
-        if self.spec is not None and self.samples is None:
-            self.samples, _ = samples_for_training(self.teacher, self.spec, self.device, ctx, before_training=False)
-
     def draw(self, ctx: StepContext, n: int) -> tuple[Tensor, Tensor | None]:
         """n images x and their labels; call inside an update's loss function (seeded draws)."""
         if self.mode == "real":
