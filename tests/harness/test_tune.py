@@ -172,3 +172,83 @@ def test_two_parallel_trials_on_sqlite_lose_no_metric_line(tiny_teacher: Path, r
         assert [t.intermediate_values[i] for i in sorted(t.intermediate_values)] == evals  # the study's curve, whole
     logs = (run_env / "runs" / "tune" / "par" / "logs").glob("*.log")
     assert not any("database is locked" in p.read_text() for p in logs)
+
+
+# -- the preset file, and the leaderboard's provenance ---------------------------------------------
+def write_preset(path: Path, defaults: list[str] | None = None, **extra: object) -> Path:
+    body = {**({"defaults": defaults} if defaults is not None else {}), "settings_source": "tuned:x", "tuning_flops": 3e12,
+            "method": {"alpha": 0.9, "lr": 2e-4}, "trainer": {"ema_rampup": 0.3}, **extra}
+    path.write_text("# @package _global_\n" + yaml.safe_dump(body))
+    return path
+
+
+def test_a_preset_file_comes_after_the_dataset_preset_and_before_the_command_line(tmp_path: Path) -> None:
+    from sidbench.config import compose
+
+    for f in (write_preset(tmp_path / "a.yaml", ["sid_digits", "_self_"]), write_preset(tmp_path / "b.yaml")):
+        cfg = compose([f"preset_file={f}"])
+        assert (cfg.method.alpha, cfg.method.lr, cfg.trainer.ema_rampup) == (0.9, 2e-4, 0.3)
+        assert cfg.trainer.batch == 128 and cfg.method.dropout == 0.0  # the digits preset's, kept
+        assert cfg.settings_source == "tuned:x" and cfg.tuning_flops == 3e12 and cfg.preset_file == str(f)
+    cfg = compose([f"preset_file={f}", "trainer.ema_rampup=0.1"])
+    assert cfg.trainer.ema_rampup == 0.1 and cfg.settings_source == "tuned:x"
+    cfg = compose([f"preset_file={f}", "method.lr=1e-3"])  # a method setting changed by hand: no longer the tuned one
+    assert cfg.method.lr == 1e-3 and cfg.settings_source == "derived"
+    # the source is a label, not a setting: the hash of what the run computes ignores it
+    from sidbench.tracking import settings_hash
+
+    assert settings_hash(compose([f"preset_file={f}"])) == settings_hash(
+        compose(["method.alpha=0.9", "method.lr=2e-4", "trainer.ema_rampup=0.3"]))
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    (["method=dmd2"], "builds on preset sid_digits, not this run's dmd2_digits"),
+    (["preset=sid_cifar10"], "cannot both be given"),
+])
+def test_a_preset_file_for_another_run_is_one_line(tmp_path: Path, overrides: list[str], fragment: str) -> None:
+    from sidbench.config import ConfigError, compose
+
+    f = write_preset(tmp_path / "a.yaml", ["sid_digits", "_self_"])
+    with pytest.raises(ConfigError, match=fragment):
+        compose([f"preset_file={f}", *overrides])
+    with pytest.raises(ConfigError, match="cannot read it"):
+        compose([f"preset_file={tmp_path / 'missing.yaml'}"])
+
+
+@pytest.mark.parametrize("method,dataset,source", [
+    ("sid", "cifar10", "published"), ("sid", "digits", "derived"), ("dmd2", "imagenet64", "published"),
+    ("dmd", "imagenet64", "derived"), ("consistency", "cifar10", "published"), ("progressive", "digits", "derived"),
+])
+def test_presets_say_where_their_settings_come_from(method: str, dataset: str, source: str) -> None:
+    from sidbench.config import compose
+
+    assert compose([f"method={method}", f"dataset={dataset}"]).settings_source == source
+
+
+def test_a_bench_cell_takes_a_tuned_preset(tmp_path: Path, tiny_teacher: Path, run_env: Path) -> None:
+    from sidbench.config import compose
+    from sidbench.harness.bench import parse_args as bench_args
+    from sidbench.harness.bench import plan
+
+    f = write_preset(tmp_path / "best.yaml", ["sid_digits", "_self_"])
+    settings, run, _ = bench_args(["methods=[sid,dmd2]", f"overrides.sid=[preset_file={f}]", *BUDGET,
+                                   f"dataset.teacher.path={tiny_teacher}", *TINY])
+    cells = {c.method: compose(list(c.overrides)) for c in plan(settings, run).cells}
+    assert cells["sid"].settings_source == "tuned:x" and cells["sid"].method.alpha == 0.9
+    assert cells["dmd2"].settings_source == "derived"
+
+
+def test_rows_of_one_method_with_different_sources_are_side_by_side() -> None:
+    from sidbench.harness.leaderboard import CURVE_COLUMNS, aggregate, run_summary
+
+    def run(run_id: str, source: str, flops: float, seed: int) -> dict:
+        info = {"run_id": run_id, "dataset": "digits", "method": "sid", "settings": "abc", "seed": seed, "metric": "fd_pixel",
+                "nfe": "1", "teacher": "t", "teacher_metric": 0.1, "teacher_metric_source": "measured", "code_version": "x",
+                "budget": "flops 4e+12", "bench": "b", "stopped_by": None, "run_dir": "", "settings_source": source,
+                "tuning_flops": flops}
+        return run_summary(info, pd.DataFrame(columns=CURVE_COLUMNS))
+
+    board = aggregate(pd.DataFrame([run("a", "derived", 0.0, 0), run("b", "derived", 0.0, 1), run("c", "tuned:s", 2e13, 0)]))
+    assert sorted(zip(board["settings_source"], board["n_seeds"], board["tuning_flops"])) == [
+        ("derived", 2, 0.0), ("tuned:s", 1, 2e13)]
+    assert list(board.columns[:6]) == ["source", "dataset", "method", "settings", "settings_source", "tuning_flops"]
