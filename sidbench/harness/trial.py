@@ -88,7 +88,8 @@ def run_trial(plan_path: Path, number: int) -> dict[str, Any]:
     log = root / "logs" / f"t{number:04d}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     metric = plan["metric"]
-    reported = set(study._storage.get_trial(int(spec["trial_id"])).intermediate_values)
+    (frozen,) = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    reported = set(frozen.intermediate_values)  # a resumed trial's curve so far
     started = time.time()
     pruned = False
     with open(log, "a") as f:
@@ -103,6 +104,12 @@ def run_trial(plan_path: Path, number: int) -> dict[str, Any]:
                     pruned = True
                     proc.send_signal(signal.SIGTERM)  # the run checkpoints this iteration and stops
             rc = proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the run too: let it checkpoint and stop on its own
+            try:
+                proc.wait(timeout=120)
+            except BaseException:
+                proc.kill()
+            raise
         except BaseException:
             proc.kill()
             raise
@@ -115,7 +122,7 @@ def run_trial(plan_path: Path, number: int) -> dict[str, Any]:
              "final": final_value(lines, metric), "log_area": objective_value(lines, metric, "area"),
              "mlflow_run_id": recorded_run_id(run_dir) or "", "log": str(log)}
     for k, v in attrs.items():
-        study._storage.set_trial_user_attr(int(spec["trial_id"]), k, v)
+        trial.set_user_attr(k, v)
     if pruned:
         state = TrialState.PRUNED
     elif rc == 0 and value == value:  # not NaN

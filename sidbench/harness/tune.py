@@ -288,6 +288,7 @@ def spec_of(study: Any, p: TunePlan, trial: Any) -> dict[str, Any] | None:
     """A trial's spec: the one planned before (kept in the plan), else made from its parameters.
     None when the run refuses the drawn settings (a relation between them, say): the trial is told
     failed, with the one-line reason, and costs nothing."""
+    import optuna
     from optuna.trial import TrialState
 
     old = p.specs.get(str(trial.number))
@@ -296,11 +297,12 @@ def spec_of(study: Any, p: TunePlan, trial: Any) -> dict[str, Any] | None:
     try:
         spec = trial_spec(p, trial.number, trial._trial_id, dict(trial.params))
     except ConfigError as e:
-        study._storage.set_trial_user_attr(trial._trial_id, "error", str(e))
-        study._storage.set_trial_user_attr(trial._trial_id, "flops", 0.0)
+        live = optuna.trial.Trial(study, trial._trial_id)
+        live.set_user_attr("error", str(e))
+        live.set_user_attr("flops", 0.0)
         study.tell(trial.number, state=TrialState.FAIL)
         return None
-    study._storage.set_trial_user_attr(trial._trial_id, "run_dir", spec["run_dir"])
+    optuna.trial.Trial(study, trial._trial_id).set_user_attr("run_dir", spec["run_dir"])
     return spec
 
 
@@ -353,7 +355,8 @@ def run_tune(args: list[str], console: Console, dry_run: bool = False) -> int:
             write_plan(p)
             since = time.time()
             rc = launch(p, [s["number"] for s in batch], hydra_overrides)
-            left = [s["number"] for s in batch if study._storage.get_trial(s["trial_id"]).state == TrialState.RUNNING]
+            running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            left = [s["number"] for s in batch if s["number"] in running]
             if left:
                 interrupted = left
                 if rc != 0 and not any((p.root / "trials" / f"t{n:04d}.json").is_file()

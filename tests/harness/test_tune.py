@@ -252,3 +252,40 @@ def test_rows_of_one_method_with_different_sources_are_side_by_side() -> None:
     assert sorted(zip(board["settings_source"], board["n_seeds"], board["tuning_flops"])) == [
         ("derived", 2, 0.0), ("tuned:s", 1, 2e13)]
     assert list(board.columns[:6]) == ["source", "dataset", "method", "settings", "settings_source", "tuning_flops"]
+
+
+# -- what a trial reads from its run ----------------------------------------------------------------
+def lines_of(values: list[float], flops_per_line: float = 1e9) -> list[dict]:
+    return [{"kimg": i * 0.01, "budget/fraction": i / max(len(values) - 1, 1), "eval/fd_pixel": v,
+             "compute/flops": i * flops_per_line} for i, v in enumerate(values)]
+
+
+def test_the_median_pruner_stops_a_trial_worse_than_the_others_at_an_evaluation_point() -> None:
+    from sidbench.harness.trial import report_points
+
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1))
+    good = study.ask()
+    assert not report_points(good, lines_of([3.0, 1.0, 0.5]), "fd_pixel", set())
+    study.tell(good, 0.5)
+    bad, reported = study.ask(), set()
+    assert not report_points(bad, lines_of([3.0]), "fd_pixel", reported)  # the warm-up step: never pruned
+    assert report_points(bad, lines_of([3.0, 2.0]), "fd_pixel", reported)  # 2.0 > the median 1.0 at step 1
+    assert reported == {0, 1} and bad.storage.get_trial(bad._trial_id).intermediate_values == {0: 3.0, 1: 2.0}
+
+
+def test_the_objectives_and_the_counted_compute(tmp_path: Path) -> None:
+    import torch
+
+    from sidbench.harness.leaderboard import log_metric_area
+    from sidbench.harness.objective import counted_flops, evaluation_points, objective_value
+
+    lines = lines_of([4.0, 2.0, 1.0])
+    lines.append({**lines[-1], "eval/fd_pixel_final": 0.9})
+    assert objective_value(lines, "fd_pixel", "final") == 0.9
+    # (ln 4 + ln 2) / 2 * 0.5 + (ln 2 + ln 1) / 2 * 0.5: the leaderboard's log_area
+    assert objective_value(lines, "fd_pixel", "area") == pytest.approx((math.log(4) + 2 * math.log(2)) / 4)
+    assert objective_value(lines, "fd_pixel", "area") == log_metric_area(evaluation_points(lines, "fd_pixel"))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert counted_flops(tmp_path) == 2e9
+    torch.save({"progress": {"flops": 2.5e9}}, tmp_path / "checkpoint.pt")  # a run stopped after its last line
+    assert counted_flops(tmp_path) == 2.5e9
