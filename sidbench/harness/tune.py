@@ -33,7 +33,7 @@ from rich.table import Table
 
 from sidbench.config import ConfigError
 from sidbench.errors import InputError
-from sidbench.harness.bench import HYDRA_PREFIXES, budget_overrides, check_store_reach, points_overrides, write_json_atomic
+from sidbench.harness.bench import HYDRA_PREFIXES, budget_overrides, points_overrides, write_json_atomic
 from sidbench.harness.objective import OBJECTIVES
 from sidbench.search_space import Param, SearchSpace, parse_param, value_override
 

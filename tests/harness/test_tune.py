@@ -133,6 +133,9 @@ def test_a_three_trial_study_writes_a_preset_whose_run_reproduces_the_best_trial
 def test_a_study_killed_mid_trial_resumes_and_ends_with_its_trials(
         tiny_teacher: Path, run_env: Path, kill_env, monkeypatch: pytest.MonkeyPatch) -> None:
     args = tune_args(tiny_teacher, "trials=2", "study=k")
+    # the registries look for plugins once per process: here, before the test plugin is named
+    # (only the runs, in their own processes, load it)
+    assert main([*args, "--dry-run"]) == 0
     for k, v in kill_env(5).items():  # every run SIGKILLs itself at iteration 5 (a checkpoint at 4)
         monkeypatch.setenv(k, v)
     assert main(args) == 1
