@@ -169,6 +169,7 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         if name not in valid:
             raise ConfigError(f"unknown {group} {name!r}; choose one of: {', '.join(valid)}")
     store_method_config(_choice(overrides, "method", "sid"))
+    overrides = preset_file_overrides(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
@@ -180,8 +181,57 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
             raise ConfigError(_unknown_key_message(unknown.group(1), overrides)) from e
         raise ConfigError("; ".join(line.strip() for line in lines if line.strip())) from e
     _refuse_old_names(cfg)
+    _mark_changed_settings(cfg, overrides)
     OmegaConf.resolve(cfg)
     return cfg
+
+
+# -- a preset from a file, and where a run's settings come from ----------------------------------------
+def preset_file_overrides(overrides: list[str]) -> list[str]:
+    """`preset_file=<path>` (a `sidbench tune` study's best.yaml, or any preset YAML) as Hydra sees it:
+    the file stored in Hydra's ConfigStore as a preset that builds on the run's own preset
+    (`<method>_<dataset>`, through the file's defaults list, added when it has none) and chosen with
+    `preset=`. So the file's values replace the dataset preset's, and the command line wins over both."""
+    import hashlib
+
+    import yaml
+    from hydra.core.config_store import ConfigStore
+
+    given = [o for o in overrides if o.partition("=")[0].lstrip("+~") == "preset_file"]
+    value = given[-1].partition("=")[2] if given else ""
+    if value in ("", "null"):
+        return overrides
+    path = Path(value).expanduser().resolve()
+    try:
+        node = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"preset_file={value}: cannot read it ({type(e).__name__}); give a preset YAML such as the "
+                          "best.yaml of a `sidbench tune` study") from None
+    if not isinstance(node, dict):
+        raise ConfigError(f"preset_file={value}: not a preset (a YAML mapping of settings)")
+    if any(o.partition("=")[0].lstrip("+~") == "preset" for o in overrides):
+        raise ConfigError(f"preset_file={value} and preset= cannot both be given: the file builds on the run's preset")
+    own = f"{_choice(overrides, 'method', 'sid')}_{_choice(overrides, 'dataset', 'digits')}"
+    names = [d for d in node.get("defaults") or [] if isinstance(d, str) and d != "_self_"]
+    if any(n != own for n in names):
+        raise ConfigError(f"preset_file={value} builds on preset {names[0]}, not this run's {own}: it was made for "
+                          "another method or dataset")
+    if "defaults" not in node and own in group_files("preset"):
+        node = {"defaults": [own, "_self_"], **node}
+    name = "file-" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    ConfigStore.instance().store(group="preset", name=name, node=node, package="_global_")
+    rest = [o for o in overrides if o.partition("=")[0].lstrip("+~") != "preset_file"]
+    return [*rest, f"preset={name}", f"preset_file={path}"]
+
+
+def _mark_changed_settings(cfg: DictConfig, overrides: list[str]) -> None:
+    """A published or tuned run whose method settings the command line changes is no longer the
+    published or tuned one: its `settings_source` becomes `derived` (unless the command line says)."""
+    keys = [o.partition("=")[0].lstrip("+~") for o in overrides]
+    if "settings_source" in keys or str(cfg.get("settings_source", "derived")) == "derived":
+        return
+    if any(k.startswith("method.") for k in keys):
+        cfg.settings_source = "derived"
 
 
 def _refuse_old_names(cfg: DictConfig) -> None:

@@ -41,6 +41,7 @@ METRICS_NAME = "metrics.jsonl"
 #: run computes. A key stands for every setting under it.
 RESUMABLE = (
     "output_root", "run_name", "resume", "dry_run", "tracking", "device", "threads", "processes",
+    "settings_source", "tuning_flops", "preset_file",
     "trainer.batch_gpu", "trainer.budget", "trainer.kimg", "trainer.max_seconds", "trainer.count_flops",
     "trainer.tick_kimg", "trainer.eval_every_kimg", "trainer.eval_at_kimg", "trainer.eval_at_fraction",
     "trainer.eval_log_points", "trainer.checkpoint_every_kimg", "trainer.sample_grids",

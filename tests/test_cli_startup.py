@@ -21,7 +21,8 @@ print(json.dumps(heavy), file=sys.stderr)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["bench", "--help"], ["leaderboard", "--help"],
-                                  ["fid", "--help"], ["stats", "--help"], ["ui", "--help"], ["teacher", "train", "--help"]])
+                                  ["fid", "--help"], ["stats", "--help"], ["ui", "--help"], ["teacher", "train", "--help"],
+                                  ["tune", "--help"]])
 def test_help_imports_nothing_heavy(args: list[str]) -> None:
     done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60)
     assert "usage: sidbench" in done.stdout

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from omegaconf import DictConfig
 
 from sidbench.config import ConfigError
 from sidbench.schema import override, setting
+from sidbench.search_space import SearchSpace, log_uniform, uniform
 
 #: Adam's betas of a SiD network unless a preset says otherwise (beta1 0; the FFHQ generator's is 0.9)
 BETAS = [0.0, 0.999]
@@ -52,6 +54,15 @@ class SiDSettings:
     p_mean: float = setting(-1.2, doc="fake-score noise: ln sigma ~ N(p_mean, p_std^2)")
     p_std: float = setting(1.2, gt=0, doc="fake-score noise: ln sigma ~ N(p_mean, p_std^2)")
 
+    #: `sidbench tune`'s ranges (sidbench.search_space): alpha around the paper's 0.5 (Fisher) to 1.5
+    #: (arXiv 2404.04057 reports 1.0 and 1.2 best), the LR over the published 4e-6..1e-5 and the
+    #: digits preset's 1e-4, the EMA ramp-up over the published 0.05 and the digits 0.15-0.25.
+    search_space: ClassVar[SearchSpace] = {
+        "method.alpha": uniform(0.5, 1.5),
+        "method.lr": log_uniform(1e-6, 1e-3),
+        "trainer.ema_rampup": uniform(0.02, 0.5),
+    }
+
 
 @dataclass
 class SiDASettings(SiDSettings):
@@ -76,6 +87,13 @@ class SiDASettings(SiDSettings):
         doc="SiD²A: start G from a trained SiD generator (generator.safetensors or an EDM pickle)")
     published_batch_gpu: int | None = setting(None, ge=1,
         doc="the published runs' micro-batch, over which the adversarial BCE is averaged (another one is warned); null: none")
+
+    #: SiD's ranges plus the adversarial term's weight (published 0.01) and mix (published 0.5)
+    search_space: ClassVar[SearchSpace] = {
+        **SiDSettings.search_space,
+        "method.adversarial_scale": log_uniform(1e-3, 1e-1),
+        "method.adversarial_mix": uniform(0.1, 0.9),
+    }
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:

@@ -151,6 +151,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(_overrides(args), console, dry_run=args.dry_run)
 
 
+TUNE_HELP = """Tune a method's settings: an Optuna study of ordinary `sidbench run`s at one budget (docs/tuning.md).
+
+  sidbench tune method=dmd2 dataset=digits trials=12 budget.unit=flops budget.value=2e12 seed=0
+  sidbench tune method=sid ... objective=final                   # the final metric, not the log-area of the curve
+  sidbench tune method=sid ... pruner=median                     # stop trials below the median at evaluation points
+  sidbench tune method=sid ... space.method.lr=log(1e-5,1e-3) space.method.alpha=null   # change the declared ranges
+  sidbench tune method=sid ... parallel=2 hydra/launcher=joblib  # two trials at once on this machine
+  sidbench tune method=sid ... storage=postgresql://host/optuna hydra/launcher=submitit_slurm   # on Slurm
+  sidbench tune method=sid ... --dry-run                         # the study and its search space; runs nothing
+
+The study (name: study=, default <method>-<dataset>-<budget>-s<seed>) lives in storage= (default
+sqlite beside the MLflow store). The same command again resumes an interrupted study, or adds
+`trials` more to a finished one. It ends with <output_root>/tune/<study>/best.yaml, a preset that
+`sidbench run preset_file=<it>` takes, and a table of the trials. Any other key=value is a run
+override for every trial; hydra... keys go to Hydra (the trials' launcher)."""
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from sidbench.harness.tune import run_tune
+
+    return run_tune(_overrides(args), console, dry_run=args.dry_run)
+
+
 LEADERBOARD_HELP = """Build the leaderboard from MLflow: leaderboard.csv, plots and a table.
 
   sidbench leaderboard                                  # every experiment of the store -> runs/leaderboard/
@@ -247,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="bench keys, run overrides for every cell, hydra... keys")
     p.add_argument("--dry-run", action="store_true", help="show the cells and whether each is finished, to resume or new")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tune", help="tune a method's settings: an Optuna study of runs at one budget, best.yaml at the end",
+                       description=TUNE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="tune keys, space.<key>=..., run overrides, hydra... keys")
+    p.add_argument("--dry-run", action="store_true", help="show the study and its search space; run nothing")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("leaderboard", help="leaderboard CSV, plots and table from the MLflow store",
                        description=LEADERBOARD_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)

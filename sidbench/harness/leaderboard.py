@@ -29,6 +29,11 @@ that carry `eval/<metric>`, and then summarised over the seeds of a row:
 - teacher: `teacher/<metric>` (measured) or else `teacher/<metric>_published` (the published
   figure, labelled `published` in `teacher_metric_source`, never as measured).
 
+Where settings came from: `settings_source` is `published` (the paper's, for that dataset),
+`derived` (adapted by hand) or `tuned:<study>` (a `sidbench tune` study's best.yaml), and
+`tuning_flops` the compute its study spent (0 for the others). Runs of one method with different
+sources are different rows, side by side. A tuning study's own trials are not rows.
+
 Published reference figures (`published.csv` beside this file, from the papers) are written to
 their own CSV and printed in their own table, never as rows of the measured one: they share
 almost none of its columns (no curve, no compute, other sample sizes), and a reader who averages
@@ -37,6 +42,7 @@ or sorts `leaderboard.csv` cannot mix them in by accident. Both tables carry a `
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -80,8 +86,11 @@ def _factor(factor: float) -> str:
     return f"{factor:g}x" if factor != int(factor) else f"{int(factor)}.0x"
 
 
+#: where a row's settings came from (see "where settings came from" below): its own row for each
+PROVENANCE_COLUMNS = ["settings_source", "tuning_flops"]
+
 COLUMNS = [
-    "source", "dataset", "method", "settings", "metric", "n_seeds", "seeds",
+    "source", "dataset", "method", "settings", *PROVENANCE_COLUMNS, "metric", "n_seeds", "seeds",
     "final_mean", "final_std", "final_min", "final_max", "final_vs_teacher",
     *[f"metric_at_{_pct(f)}" for f in FRACTIONS],
     *[c for k in FACTORS for c in (f"flops_to_{_factor(k)}", f"passes_to_{_factor(k)}", f"kimg_to_{_factor(k)}", f"seeds_reached_{_factor(k)}")],
@@ -236,12 +245,13 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
-    for (dataset, method, settings), g in runs.groupby(["dataset", "method", "settings"], sort=False):
+    for (dataset, method, _, settings), g in runs.groupby(["dataset", "method", *PROVENANCE_COLUMNS[:1], "settings"], sort=False):
         g = g.iloc[sorted(range(len(g)), key=lambda i: _seed_key(g["seed"].iloc[i]))]
         final = g["final"].astype(float)
         teacher = g["teacher_metric"].astype(float)
         row: dict[str, Any] = {
-            "source": MEASURED, "dataset": dataset, "method": method, "settings": settings, "metric": _join(g["metric"]),
+            "source": MEASURED, "dataset": dataset, "method": method, "settings": settings, **provenance_of_row(g),
+            "metric": _join(g["metric"]),
             "n_seeds": len(g), "seeds": _join(g["seed"]),
             "final_mean": final.mean(), "final_std": final.std(ddof=1) if len(g) > 1 else math.nan,
             "final_min": final.min(), "final_max": final.max(),
@@ -289,6 +299,44 @@ def load_published(datasets: Iterable[str] | None = None) -> pd.DataFrame:
     return df[PUBLISHED_COLUMNS].reset_index(drop=True)
 
 
+# -- where settings came from (sidbench tune, issue 26) -----------------------------------------------
+def settings_provenance(run: Run) -> dict[str, Any]:
+    """A run's `settings_source` (published, derived or tuned:<study>) and `tuning_flops`, from its
+    params (the config keys of those names). A run from before they existed: the source its
+    method's preset for the dataset declares (derived when there is none), no tuning compute."""
+    params, tags = run.data.params, run.data.tags
+    source = params.get("settings_source")
+    if source is None:
+        source = preset_source(tags.get("method", ""), tags.get("dataset", ""))
+    try:
+        flops = float(params.get("tuning_flops", 0.0))
+    except ValueError:
+        flops = math.nan
+    return {"settings_source": source, "tuning_flops": flops}
+
+
+@functools.lru_cache(maxsize=None)
+def preset_source(method: str, dataset: str) -> str:
+    """The `settings_source` that preset/<method>_<dataset>.yaml (or the preset it builds on) sets."""
+    from sidbench.config import compose
+
+    try:
+        return str(compose([f"method={method}", f"dataset={dataset}"]).get("settings_source", "derived"))
+    except Exception:  # noqa: BLE001 - a method or dataset this install no longer has
+        return "derived"
+
+
+def provenance_of_row(g: pd.DataFrame) -> dict[str, Any]:
+    """The provenance columns of one row (its runs share the source: it is part of the row's key)."""
+    flops = g["tuning_flops"].astype(float)
+    return {"settings_source": _join(g["settings_source"]), "tuning_flops": float(flops.max()) if len(flops) else 0.0}
+
+
+def is_tuning_trial(run: Run) -> bool:
+    """A `sidbench tune` trial (tag sidbench.tune): its settings are a draw of a study, not a row."""
+    return "sidbench.tune" in run.data.tags
+
+
 # -- reading MLflow ------------------------------------------------------------------------------
 def _metric_name(run: Run) -> str | None:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
@@ -316,6 +364,7 @@ def run_info(run: Run, experiment_name: str) -> dict[str, Any]:
         "teacher": tags.get("teacher"), "teacher_metric": teacher_value, "teacher_metric_source": teacher_source,
         "code_version": tags.get("code_version"), "budget": budget, "bench": tags.get("sidbench.bench"),
         "stopped_by": tags.get("stopped_by"), "run_dir": tags.get("sidbench.run_dir"),
+        **settings_provenance(run),
     }
 
 
@@ -358,7 +407,7 @@ def read_runs(client: MlflowClient, experiments: Sequence[str] | None = None, be
     for run in runs:
         # A teacher's measurement (sidbench.eval.teacher_metrics) shares the experiment but is no
         # training run; filtered here, since a `!=` filter in the store drops runs without the tag.
-        if run.data.tags.get("sidbench.kind") == "teacher_measurement":
+        if run.data.tags.get("sidbench.kind") == "teacher_measurement" or is_tuning_trial(run):
             continue
         if run.info.status != "FINISHED":
             skipped.append(run.info.run_id)
@@ -495,14 +544,14 @@ def print_leaderboard(board: Leaderboard, console: Console) -> None:
                             rows.dropna(subset=["teacher_metric"]).drop_duplicates(["teacher_metric"]).itertuples()) or "unknown"
         table = Table(title=f"{dataset}: {metric}, lower is better (measured, FINISHED runs)",
                       caption=f"teacher {teacher}; kimg to k x teacher: mean over seeds (seeds that got there / seeds)")
-        for col in ("method", "settings", "seeds", "final (mean ± std)", "min-max", "x teacher", "@25%", "@50%", "@100%",
+        for col in ("method", "settings", "source", "seeds", "final (mean ± std)", "min-max", "x teacher", "@25%", "@50%", "@100%",
                     "kimg to 1.5x", "kimg to 1.0x", "log-area", "NFE", "img/s", "budget"):
-            table.add_column(col, justify="left" if col in ("method", "settings", "budget") else "right")
+            table.add_column(col, justify="left" if col in ("method", "settings", "source", "budget") else "right")
         for _, r in rows.iterrows():
             std = f" ± {_fmt(r['final_std'], '.2g')}" if _fmt(r["final_std"]) else ""
             reach = [f"{_fmt(r[f'kimg_to_{t}'], '.4g') or '-'} ({_fmt(r[f'seeds_reached_{t}'], 'd') or '?'}/{r['n_seeds']})"
                      for t in ("1.5x", "1.0x")]
-            table.add_row(str(r["method"]), str(r["settings"])[:8], f"{r['n_seeds']} ({r['seeds']})", f"{_fmt(r['final_mean'])}{std}",
+            table.add_row(str(r["method"]), str(r["settings"])[:8], str(r["settings_source"]), f"{r['n_seeds']} ({r['seeds']})", f"{_fmt(r['final_mean'])}{std}",
                           f"{_fmt(r['final_min'])}-{_fmt(r['final_max'])}", _fmt(r["final_vs_teacher"], ".3g"),
                           *(_fmt(r[f"metric_at_{p}"]) for p in ("25", "50", "100")), *reach,
                           _fmt(r["log_area"], ".3f"), _fmt(r["nfe"]), _fmt_rate(r["images_per_s"]), str(r["budget"]))

@@ -34,7 +34,7 @@ DMD = {
 }
 
 COLUMNS = [
-    "source", "dataset", "method", "settings", "metric", "n_seeds", "seeds",
+    "source", "dataset", "method", "settings", "settings_source", "tuning_flops", "metric", "n_seeds", "seeds",
     "final_mean", "final_std", "final_min", "final_max", "final_vs_teacher",
     "metric_at_25", "metric_at_50", "metric_at_100",
     "flops_to_1.5x", "passes_to_1.5x", "kimg_to_1.5x", "seeds_reached_1.5x",

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from omegaconf import DictConfig
 
 from sidbench.config import ConfigError
 from sidbench.methods.baselines.settings import TrainingImagesSettings
 from sidbench.schema import setting
+from sidbench.search_space import SearchSpace, integer, log_uniform, uniform
 
 def _distances() -> Sequence[str]:
     from sidbench.methods.baselines.distance import DISTANCES  # imports torch: only when checking
@@ -62,6 +64,16 @@ class ConsistencySettings(TrainingImagesSettings):
     sigma_min: float = setting(0.002, gt=0, doc="the boundary: f(x, sigma_min) = x")
     sigma_max: float = setting(80.0, gt=0, doc="the largest sigma of the Karras grid")
     rho: float = setting(7.0, gt=0, doc="the Karras grid's rho")
+
+    #: `sidbench tune`'s ranges (sidbench.search_space): the target EMA rate mu over the published 0
+    #: (CIFAR-10) and 0.95 (ImageNet 64), N over the published 18 and 40, the LR over the published
+    #: 8e-6..4e-4, the EMA ramp-up as SiD's
+    search_space: ClassVar[SearchSpace] = {
+        "method.lr": log_uniform(1e-6, 2e-3),
+        "method.mu": uniform(0.0, 0.99),
+        "method.num_points": integer(8, 80),
+        "trainer.ema_rampup": uniform(0.02, 0.5),
+    }
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from omegaconf import DictConfig
 
 from sidbench.config import ConfigError
 from sidbench.methods.baselines.settings import TrainingImagesSettings
 from sidbench.schema import setting
+from sidbench.search_space import SearchSpace, integer, log_uniform
 
 
 def _annealing() -> Sequence[str]:
@@ -60,6 +62,14 @@ class ProgressiveSettings(TrainingImagesSettings):
     sigma_min: float = setting(0.002, gt=0, doc="the smallest sigma of the Karras grid")
     sigma_max: float = setting(80.0, gt=0, doc="the largest sigma of the Karras grid")
     rho: float = setting(7.0, gt=0, doc="the Karras grid's rho")
+
+    #: `sidbench tune`'s ranges (sidbench.search_space): the LR over the published 5e-5..1e-4 and the
+    #: digits 2e-4; the stage length K log-uniform from a few dozen updates to the published 50k (a K
+    #: tuned at one budget fits that budget: stages of K updates must all fit in it, docs/tuning.md)
+    search_space: ClassVar[SearchSpace] = {
+        "method.lr": log_uniform(1e-5, 1e-3),
+        "method.stage_iterations": integer(16, 65536, log=True),
+    }
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
