@@ -12,11 +12,11 @@ from sidbench.search_space import (
     Param, active, apply_changes, check_space, choice, declared_space, integer, log_uniform, parse_param, uniform,
 )
 
-BUILTINS = ("sid", "sida", "dmd", "dmd2", "progressive", "consistency")
+BUILTINS = ("sid", "sida", "dmd", "dmd2", "progressive", "consistency", "f_distill", "uni_instruct", "ect", "scd")
 
 
 def presets_of(method: str) -> list[str]:
-    return sorted(p.name.removesuffix(".yaml").split("_", 1)[1] for p in (files("sidbench.conf") / "preset").iterdir()
+    return sorted(p.name.removesuffix(".yaml").removeprefix(f"{method}_") for p in (files("sidbench.conf") / "preset").iterdir()
                   if p.name.startswith(f"{method}_"))
 
 

@@ -5,11 +5,13 @@ sizes each dataset. No torch here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from omegaconf import DictConfig
 
 from sidbench.config import ConfigError
 from sidbench.schema import setting
+from sidbench.search_space import SearchSpace, log_uniform, uniform
 
 #: the r(t, s) mappings of the reference (`--mapping`): n(t) = 1 + k sigmoid(-b t), or 1
 MAPPINGS = ("sigmoid", "const")
@@ -39,6 +41,17 @@ class ECTSettings:
         doc="the sampler's sigmas: [80.0] one step; [80.0, 0.821] the published two steps")
     sigma_min: float = setting(0.003, gt=0,
         doc="the sampling boundary f(x, sigma_min) = x of the reference's eval-mode network (published: 0.003)")
+
+    #: `sidbench tune`'s ranges (sidbench.search_space): the LR around the published 1e-4 and the
+    #: digits 4e-4; the stage length (the doubling period) from a tenth to twice the digits preset's
+    #: share of its budget, inside the published 3200 kimg's proportion; ln t's mean and spread
+    #: around the published -1.1 and 2.0.
+    search_space: ClassVar[SearchSpace] = {
+        "method.lr": log_uniform(1e-5, 1e-3),
+        "method.stage_kimg": uniform(4.0, 6400.0),
+        "method.p_mean": uniform(-2.0, 0.0),
+        "method.p_std": uniform(1.0, 2.5),
+    }
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:

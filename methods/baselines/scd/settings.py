@@ -6,12 +6,14 @@ hyperparameters, arranged by FastGen), preset/scd_<dataset>.yaml sizes each data
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from omegaconf import DictConfig
 
 from sidbench.config import ConfigError
 from sidbench.methods.baselines.settings import TrainingImagesSettings
 from sidbench.schema import override, setting
+from sidbench.search_space import SearchSpace, integer, log_uniform, uniform
 
 #: the tangent normalisations: rms (FastGen's default) | l2 (the paper's Algorithm 1)
 TANGENT_NORMS = ("rms", "l2")
@@ -43,6 +45,17 @@ class SCDSettings(TrainingImagesSettings):
         doc="the student's dropout, the same mask in forward and JVP (derived: FastGen's 0); null: the teacher's")
     sampling_sigmas: list[float] = setting([80.0], gt=0,
         doc="the sampler's sigmas: [80.0] one step; [80.0, 0.821] two (derived: FastGen's CIFAR-10 recommendation)")
+
+    #: `sidbench tune`'s ranges (sidbench.search_space): the LR over the derived 7e-5..4e-4, the
+    #: tangent's warm-up from none to the paper's 10k iterations, ln sigma's mean and spread around
+    #: the paper's -1.0 / 1.4 and FastGen's ImageNet 64 1.6, the tangent normalisation's c.
+    search_space: ClassVar[SearchSpace] = {
+        "method.lr": log_uniform(1e-5, 1e-3),
+        "method.tangent_warmup_iterations": integer(0, 10000),
+        "method.p_mean": uniform(-2.0, 0.0),
+        "method.p_std": uniform(1.0, 2.0),
+        "method.tangent_c": log_uniform(0.01, 1.0),
+    }
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
