@@ -145,6 +145,7 @@ class TrainerSchema:
     optimizer_kernel: str = setting(choices=_optimizer_kernels)
     compile: bool = setting()
     channels_last: bool = setting()
+    edm_fp16: bool = setting()
     ema_halflife_kimg: float = setting(ge=0)
     ema_rampup: float | None = setting(ge=0)
     ema_beta: float | None = setting(ge=0, lt=1)

@@ -33,7 +33,7 @@ from sidbench.trainer.ema import EMA
 from sidbench.trainer.interrupt import TrainingInterrupted, stop_requests
 from sidbench.trainer.progress import Progress, ProgressDisplay
 from sidbench.trainer.schedule import restart
-from sidbench.trainer.speed import compile_networks, set_optimizer_kernel, to_channels_last
+from sidbench.trainer.speed import compile_networks, compile_seconds, set_edm_fp16, set_optimizer_kernel, to_channels_last
 from sidbench.trainer.tally import DeviceTally
 from sidbench.tracking import NullTracker
 
@@ -132,6 +132,8 @@ class Trainer:
         nets = {**m.frozen_networks(), **{k: a.module for k, a in m.averages().items()}, **m.networks()}
         self.counter.attach(nets)
         set_optimizer_kernel(m.optimizers().values(), str(self.cfg.get("optimizer_kernel") or "as_built"))
+        if self.cfg.get("edm_fp16"):
+            set_edm_fp16([*nets.values(), self.ema.module], True)
         if self.cfg.get("channels_last"):
             to_channels_last([*nets.values(), self.ema.module])
         if self.cfg.get("compile"):
@@ -224,6 +226,8 @@ class Trainer:
         line = {**metrics, "kimg": p.kimg, "compute/passes": p.passes, "compute/teacher_passes": p.teacher_passes,
                 "compute/flops": p.flops, "budget/fraction": self.budget.fraction(p.counters()),
                 "seconds": p.seconds, "eval/seconds_total": p.eval_seconds}
+        if self.cfg.get("compile"):  # included in `seconds` (the first calls compile), and apart here
+            line["compile_seconds"] = compile_seconds()
         # step = images seen: unique per line (several evaluations can fall in one kimg early on)
         # and the same axis for every method, so MLflow's charts line runs up by images.
         self.tracker.log_metrics(line, step=p.images_seen)

@@ -12,6 +12,11 @@ and the tolerances the tests hold them to):
   calls of each shape compile; that time is reported apart (`compile_seconds`).
 - `trainer.channels_last`: the networks' 4-D weights in channels-last memory format (the
   convolutions then pick NHWC kernels).
+- `trainer.edm_fp16`: half precision the way EDM's and SiD's published fp16 runs do it: every
+  EDM network runs its UNet on float16 activations throughout (`use_fp16`; GroupNorm included,
+  weights cast per layer, the preconditioning and the losses in float32), instead of autocast's
+  per-operation choice (which keeps GroupNorm's outputs in float32). CUDA only: on the CPU the
+  networks stay float32 (EDM's own rule). Use it with `trainer.precision=fp32` (no autocast).
 """
 from __future__ import annotations
 
@@ -79,3 +84,10 @@ def compile_seconds() -> float:
     # the outermost timers only: one per compiled frame, and one per backward graph compiled lazily
     keys = ("_compile.compile_inner", "compile_fx.<locals>.bw_compiler")
     return float(sum(sum(compilation_time_metrics.get(k, [])) for k in keys))
+
+
+def set_edm_fp16(networks: Iterable[torch.nn.Module], on: bool) -> None:
+    """EDM's `use_fp16` on every network that has it (EDM's preconditioning wrappers)."""
+    for net in networks:
+        if hasattr(net, "use_fp16"):
+            net.use_fp16 = on
