@@ -45,6 +45,7 @@ def _worker(rank: int, port: int, url: str, sha: str, cache: str, out: str, fail
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fail", [False, True])
 def test_rank_zero_downloads_the_teacher_others_wait_and_load_it(tmp_path: Path, fail: bool) -> None:
     data = make_tiny_teacher(tmp_path / "t.safetensors").read_bytes()

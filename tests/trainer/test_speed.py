@@ -74,6 +74,7 @@ def test_channels_last_matches_within_round_off(teacher_file: Path, tmp_path: Pa
         torch.testing.assert_close(weights[k], baseline[1][k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_networks_match(teacher_file: Path, tmp_path: Path, baseline, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     # Graph capture (TorchDynamo + AOTAutograd) of every network's UNet, run without inductor's
     # code generation (minutes of C++ builds on a small CPU; the GPU script measures inductor).
