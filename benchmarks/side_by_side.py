@@ -39,7 +39,6 @@ from statistics import mean
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
