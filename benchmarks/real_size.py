@@ -194,8 +194,9 @@ def synchronize(device: torch.device) -> None:
 
 
 # -- one row --------------------------------------------------------------------------------------------
-def measure(row: Row, cfg: DictConfig, teacher: Any, device: torch.device, warmup: int, iterations: int) -> None:
-    """Build the method and its trainer as `sidbench run` does and time `iterations` of its last stage."""
+def make_trainer(cfg: DictConfig, teacher: Any, device: torch.device, run_dir: Path | None = None) -> tuple[Any, str]:
+    """(the method's `Trainer`, built as `sidbench run` builds it, put in its last stage; that stage's
+    description, empty for a one-stage method). Precomputation is done, as `Trainer.train` does it."""
     from sidbench.labels import label_frequencies, label_sampler
     from sidbench.methods import METHODS as REGISTRY
     from sidbench.trainer.context import configure_cuda_math
@@ -210,20 +211,25 @@ def measure(row: Row, cfg: DictConfig, teacher: Any, device: torch.device, warmu
         sampler = label_sampler(teacher.label_dim, freq, device)
     real = random_images(teacher.shape, teacher.label_dim) if method.uses_real_data(cfg.method) else None
     # The trainer writes into its run folder only when it checkpoints or logs, which nothing here does.
-    trainer = Trainer(cfg.trainer, method, Path(tempfile.gettempdir()) / "real_size-run", device, label_sampler=sampler,
-                      real_data=real)
-    try:
-        with trainer.ctx.precompute():  # as `Trainer.train` does before the first iteration
-            method.prepare(trainer.ctx)
-        p, last = trainer.progress, trainer.stages[-1]
-        if last.unit == "kimg":
-            p.images_seen = math.ceil(last.start * 1000)
-        else:
-            p.iteration = int(last.start)
-        trainer._enter_stages()  # noqa: SLF001 - the trainer's own stage entry (resets, enter_stage, counter)
-        if len(trainer.stages) > 1:
-            row.stage = f"{last.name} (last of {len(trainer.stages)})"
+    trainer = Trainer(cfg.trainer, method, run_dir or Path(tempfile.gettempdir()) / "real_size-run", device,
+                      label_sampler=sampler, real_data=real)
+    with trainer.ctx.precompute():  # as `Trainer.train` does before the first iteration
+        method.prepare(trainer.ctx)
+    p, last = trainer.progress, trainer.stages[-1]
+    if last.unit == "kimg":
+        p.images_seen = math.ceil(last.start * 1000)
+    else:
+        p.iteration = int(last.start)
+    trainer._enter_stages()  # noqa: SLF001 - the trainer's own stage entry (resets, enter_stage, counter)
+    stage = f"{last.name} (last of {len(trainer.stages)})" if len(trainer.stages) > 1 else ""
+    return trainer, stage
 
+
+def measure(row: Row, cfg: DictConfig, teacher: Any, device: torch.device, warmup: int, iterations: int) -> None:
+    """Build the method and its trainer as `sidbench run` does and time `iterations` of its last stage."""
+    trainer, row.stage = make_trainer(cfg, teacher, device)
+    p = trainer.progress
+    try:
         def step() -> None:
             trainer.step()
             p.iteration += 1

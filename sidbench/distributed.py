@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -77,6 +78,30 @@ def broadcast_object(obj: T) -> T:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class RankZeroError(RuntimeError):
+    """What another rank raises when rank 0 failed in `rank_zero_first`."""
+
+
+def rank_zero_first(fn: Callable[[], T]) -> T:
+    """`fn()` on rank 0 alone (a download and its checksum), then its result on every rank: the
+    others wait for it at the broadcast, which is the barrier. An error on rank 0 is raised there as
+    it is, and on the other ranks as `RankZeroError` with its message (no rank waits forever)."""
+    if not is_distributed():
+        return fn()
+    result, error = None, None
+    if dist.get_rank() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the others heard of it
+            error = e
+    box = broadcast_object((result, None if error is None else f"{type(error).__name__}: {error}"))
+    if error is not None:
+        raise error
+    if box[1] is not None:
+        raise RankZeroError(f"rank 0 failed: {box[1]}")
     return box[0]
 
 

@@ -13,13 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from sidbench.data.real import open_real_images
-from sidbench.distributed import broadcast_object, init_from_env, local_rank, pick_device, shutdown, wrap_ddp
+from sidbench.distributed import broadcast_object, init_from_env, local_rank, pick_device, rank_zero_first, shutdown, wrap_ddp
 from sidbench.eval.evaluator import Evaluator
 from sidbench.eval.generators import GENERATOR_FILENAME
 from sidbench.labels import label_frequencies, label_sampler
 from sidbench.methods import METHODS
 from sidbench.methods.base import Method
-from sidbench.teachers.load import load_teacher, save_native_teacher
+from sidbench.teachers.load import load_teacher, resolve_teacher_path, save_native_teacher
 from sidbench.run_folder import (
     CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RECORD_NAME, Start, claim, named_dir, new_folder, plan_start, record_mlflow_run, restart_records, resume_dir, write_records,
 )
@@ -174,6 +174,9 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
     run_dir, run_id = start.run_dir, start.mlflow_run_id if start.kind == "resume" else None
     torch.manual_seed(cfg.trainer.seed)
 
+    # One rank downloads and verifies the teacher into the cache; the others wait for it there (a
+    # broadcast, i.e. a barrier), then every rank loads it from the cache.
+    rank_zero_first(lambda: resolve_teacher_path(cfg.dataset.teacher))
     teacher = load_teacher(cfg.dataset.teacher, device)
     method = METHODS.get(cfg.method.name)(teacher, cfg.method, device, cfg)
     freq = label_frequencies(teacher.label_dim, cfg.dataset.get("label_freq"), cfg.dataset) if teacher.label_dim else None

@@ -96,6 +96,12 @@ def _precisions() -> Sequence[str]:
     return tuple(PRECISIONS)
 
 
+def _optimizer_kernels() -> Sequence[str]:
+    from sidbench.trainer.speed import OPTIMIZER_KERNELS
+
+    return OPTIMIZER_KERNELS
+
+
 def _metric_names() -> Sequence[str]:
     """The registered metrics, plugins included (`sidbench.eval.METRICS`; naming them imports none)."""
     from sidbench.eval import METRICS
@@ -136,6 +142,10 @@ class TrainerSchema:
     precision: str = setting(choices=_precisions)
     tf32: bool = setting()
     cudnn_benchmark: bool = setting()
+    optimizer_kernel: str = setting(choices=_optimizer_kernels)
+    compile: bool = setting()
+    channels_last: bool = setting()
+    edm_fp16: bool = setting()
     ema_halflife_kimg: float = setting(ge=0)
     ema_rampup: float | None = setting(ge=0)
     ema_beta: float | None = setting(ge=0, lt=1)

@@ -47,11 +47,15 @@ class EMA:
     @torch.no_grad()
     def blend(self, net: torch.nn.Module, beta: float) -> None:
         """average <- beta * average + (1 - beta) * net."""
-        for p_ema, p in zip(self.module.parameters(), net.parameters()):
-            p_ema.lerp_(p.detach(), 1 - beta)
+        # for-each kernels: one launch per group of tensors instead of one per parameter (the same
+        # numbers as a lerp_ per parameter, bit for bit)
+        ema, live = list(self.module.parameters()), [p.detach() for p in net.parameters()]
+        if ema:
+            torch._foreach_lerp_(ema, live, 1 - beta)
         # The networks' only buffers are constant resampling filters: copy, never average.
-        for b_ema, b in zip(self.module.buffers(), net.buffers()):
-            b_ema.copy_(b)
+        buffers = list(zip(self.module.buffers(), net.buffers()))
+        if buffers:
+            torch._foreach_copy_([b for b, _ in buffers], [b for _, b in buffers])
 
     @torch.no_grad()
     def reset(self, net: torch.nn.Module) -> None:

@@ -34,6 +34,8 @@ from sidbench.trainer.ema import EMA
 from sidbench.trainer.interrupt import TrainingInterrupted, stop_requests
 from sidbench.trainer.progress import Progress, ProgressDisplay
 from sidbench.trainer.schedule import restart
+from sidbench.trainer.speed import compile_networks, compile_seconds, set_edm_fp16, set_optimizer_kernel, to_channels_last
+from sidbench.trainer.tally import DeviceTally
 from sidbench.tracking import NullTracker
 
 # METRICS_NAME: every logged line, also kept beside the checkpoint: readable without MLflow (one
@@ -125,8 +127,18 @@ class Trainer:
                                       *log_fractions(int(log.get("count", 0) or 0), float(log.get("first", 0.01)))})
 
     def _attach_counter(self) -> None:
+        """Count the method's networks, and apply the speed options to them and to its optimisers
+        (again whenever they may have changed: a stage entry, a resumed state)."""
         m = self.method
-        self.counter.attach({**m.frozen_networks(), **{k: a.module for k, a in m.averages().items()}, **m.networks()})
+        nets = {**m.frozen_networks(), **{k: a.module for k, a in m.averages().items()}, **m.networks()}
+        self.counter.attach(nets)
+        set_optimizer_kernel(m.optimizers().values(), str(self.cfg.get("optimizer_kernel") or "as_built"))
+        if self.cfg.get("edm_fp16"):
+            set_edm_fp16([*nets.values(), self.ema.module], True)
+        if self.cfg.get("channels_last"):
+            to_channels_last([*nets.values(), self.ema.module])
+        if self.cfg.get("compile"):
+            compile_networks(nets.values())
 
     def _own_frozen(self) -> dict[str, torch.nn.Module]:
         """Frozen networks that are not the loaded teacher (a promoted student): checkpointed."""
@@ -215,6 +227,8 @@ class Trainer:
         line = {**metrics, "kimg": p.kimg, "compute/passes": p.passes, "compute/teacher_passes": p.teacher_passes,
                 "compute/flops": p.flops, "budget/fraction": self.budget.fraction(p.counters()),
                 "seconds": p.seconds, "eval/seconds_total": p.eval_seconds}
+        if self.cfg.get("compile"):  # included in `seconds` (the first calls compile), and apart here
+            line["compile_seconds"] = compile_seconds()
         # step = images seen: unique per line (several evaluations can fall in one kimg early on)
         # and the same axis for every method, so MLflow's charts line runs up by images.
         self.tracker.log_metrics(line, step=p.images_seen)
@@ -274,9 +288,10 @@ class Trainer:
             p.passes, p.teacher_passes, p.flops = cost["passes"], cost["teacher_passes"], cost["flops"]
             self.log({**{f"teacher/{k}": v for k, v in self.reference_metrics.items()}, **self.evaluate(),
                       "train/stage": float(p.stage)})
-        nonfinite = 0
-        sums: dict[str, float] = {}
-        count = 0
+        tally = DeviceTally(self.device)
+        nonfinite = 0  # the streak of non-finite iterations, as of the last reading
+        shown: dict[str, float] = {}  # the losses on the progress line, as of the last reading
+        waited = 0.0  # the last reading's wait for the device, charged to the next iteration's time
         max_seconds = cfg.get("max_seconds")
         done = self.budget.reached(p.counters())
         with display, stop_requests() as stop:
@@ -285,15 +300,16 @@ class Trainer:
                 before, fraction_before = p.images_seen, self.budget.fraction(p.counters())
                 t0 = time.perf_counter()
                 losses, logged = self.step()
-                elapsed = time.perf_counter() - t0
+                tally.add(losses, logged)  # on the device: nothing waits for the iteration's kernels
+                elapsed = time.perf_counter() - t0 + waited
                 over = bool(max_seconds) and p.seconds + elapsed + p.eval_seconds >= max_seconds
-                # One collective per iteration: the mean over ranks of the logs (they describe the
-                # global batch, and every rank takes the same decision on non-finite losses), the
-                # sum of the compute, and the time (mean: the ranks stay in step).
-                means, totals = reduce_values(
-                    {**{f"loss/{k}": v for k, v in losses.items()}, **{f"train/{k}": v for k, v in logged.items()},
-                     "_seconds": elapsed},
-                    {**asdict(self.counter.take()), "_over": float(over), "_stop": float(stop.signum or 0)}, self.device)
+                host = {**asdict(self.counter.take()), "_over": float(over), "_stop": float(stop.signum or 0)}
+                if self.world_size > 1:
+                    # One collective of host values per iteration: the sum of the compute, the time
+                    # (mean: the ranks stay in step), any rank's stop request or time cap.
+                    means, totals = reduce_values({"_seconds": elapsed}, host, self.device)
+                else:
+                    means, totals = {"_seconds": elapsed}, host
                 p.images_seen += cfg.batch
                 p.iteration += 1
                 p.passes += totals["passes"]
@@ -302,28 +318,30 @@ class Trainer:
                 p.seconds += means.pop("_seconds")
                 # A wall-clock cap (training plus evaluation); any rank over it stops them all.
                 self.stopped_by_time = totals["_over"] > 0
+                done = self.budget.reached(p.counters()) or self.stopped_by_time
+                tick = crossed(before, p.images_seen, cfg.tick_kimg) or done
+                checkpoint = crossed(before, p.images_seen, cfg.checkpoint_every_kimg) or done
 
-                loss_values = {k: v for k, v in means.items() if k.startswith("loss/")}
-                if all(math.isfinite(v) for v in loss_values.values()):
-                    nonfinite = 0
-                else:
-                    nonfinite += 1
+                # Device values (losses, logged values, the non-finite streak) are read only where a
+                # decision needs them: a tick, a checkpoint, a stop request, the end, and every
+                # `max_nonfinite` iterations (a failing run stops at most that many iterations late).
+                reading, waited = None, 0.0
+                if tick or checkpoint or totals["_stop"] > 0 or p.iteration % cfg.max_nonfinite == 0:
+                    r0 = time.perf_counter()
+                    reading = tally.read(tick=tick)
+                    waited = time.perf_counter() - r0
+                    nonfinite, shown = reading.streak, reading.last_losses
                     if nonfinite >= cfg.max_nonfinite:
-                        self._stop_nonfinite(loss_values, nonfinite)
+                        self._stop_nonfinite(shown, nonfinite)
                 if totals["_stop"] > 0:  # asked to stop (any rank): checkpoint this iteration, together
                     self._stop_requested(stop.signum or signal.SIGTERM, good=nonfinite == 0)
-                for k, v in means.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                done = self.budget.reached(p.counters()) or self.stopped_by_time
                 if done:  # iterations of a kind never measured: charged at an estimate, once
                     self.counter.finish()
                     p.flops += reduce_values({}, {"flops": self.counter.take().flops}, self.device)[1]["flops"]
 
                 metrics: dict[str, float] = dict(stage_logs)
-                if crossed(before, p.images_seen, cfg.tick_kimg) or done:
-                    metrics.update({k: v / count for k, v in sums.items()})
-                    sums, count = {}, 0
+                if reading is not None:
+                    metrics.update(reading.means)
                 fraction = self.budget.fraction(p.counters())
                 if (crossed(before, p.images_seen, cfg.eval_every_kimg)
                         or any(crossed_point(before, p.images_seen, k) for k in cfg.get("eval_at_kimg") or [])
@@ -332,9 +350,9 @@ class Trainer:
                 if metrics:
                     metrics["sec_per_kimg"] = p.seconds / max(p.kimg, 1e-9)
                     self.log(metrics)
-                display.update(p, {k.removeprefix("loss/"): v for k, v in loss_values.items()},
+                display.update(p, {k.removeprefix("loss/"): v for k, v in shown.items()},
                                {k: v for k, v in metrics.items() if k.startswith("eval/")})
-                if nonfinite == 0 and (crossed(before, p.images_seen, cfg.checkpoint_every_kimg) or done):
+                if nonfinite == 0 and checkpoint:
                     self.save_checkpoint()
         barrier()  # no rank leaves before rank 0's last checkpoint is on disk
         return p

@@ -63,7 +63,7 @@ class ProgressDisplay:
         self._bar.__exit__(*exc)
 
     def update(self, progress: Progress, losses: dict[str, float], evaluation: dict[str, float] | None = None) -> None:
-        """`losses` of this iteration; `evaluation` (the `eval/...` values) when one just ran."""
+        """`losses`: the last iteration's, as of the loop's last reading (at ticks, not every iteration); `evaluation` (the `eval/...` values) when one just ran."""
         if not self.enabled:
             return
         if evaluation:

@@ -1,0 +1,213 @@
+"""The GPU measurements of docs/speed.md in one call (a few minutes on one H100): SiD's real iteration
+(random weights, the preset's network, `Trainer.step`) at the CIFAR-10 configuration, per precision
+(fp32 with TF32 off as published, TF32, bf16 and fp16 autocast, EDM's fp16 form), at the largest
+micro-batch that fits: seconds per iteration, images/s, counted FLOPs per iteration and MFU (the
+achieved FLOP/s over the GPU's dense peak for that precision); FFHQ 64's peak memory with fp16
+autocast against EDM's fp16 form at the preset's micro-batch; `trainer.compile` off and on (compile
+time apart); and, given `--reference`, the official SiD iteration against sidbench's side by side.
+
+    python benchmarks/gpu_check.py --out "$OUT"                       # on the GPU machine (gpu_check.sh)
+    python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check      # on a CPU: every code path, tiny sizes
+
+Rows are appended to `<out>/gpu_check.jsonl` as soon as measured and written together to
+`<out>/gpu_check.csv` and `<out>/gpu_check.json` at the end; a failed row (out of memory, an
+unsupported option) is recorded with its error and the others go on. `--stop-after` starts no new
+row after that many seconds. `--smoke` runs the digits network at micro-batch 2 on the CPU, one
+timed iteration per row, compile with the "eager" backend (no code generation).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import real_size  # noqa: E402
+
+#: the overrides of each precision row
+PRECISIONS = {
+    "fp32": ["trainer.precision=fp32", "trainer.tf32=false"],
+    "tf32": ["trainer.precision=fp32", "trainer.tf32=true"],
+    "bf16": ["trainer.precision=bf16"],
+    "fp16": ["trainer.precision=fp16"],
+    "edm_fp16": ["trainer.precision=fp32", "trainer.edm_fp16=true"],
+}
+#: dense peak FLOP/s by GPU name fragment and precision (NVIDIA's data sheets, without sparsity)
+PEAKS = {
+    "H100": {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12, "edm_fp16": 989.4e12},
+    "H200": {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12, "edm_fp16": 989.4e12},
+    "A100": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12, "fp16": 312e12, "edm_fp16": 312e12},
+}
+GIB = 2**30
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAKS.items():
+        if key in name:
+            return peaks[precision]
+    return None
+
+
+def build(dataset: str, batch: int, precision: str, device: torch.device, extra: list[str]) -> Any:
+    from sidbench.config import compose
+    from sidbench.schema import validate_run_config
+
+    cfg = compose(["method=sid", f"dataset={dataset}", f"device={device}", f"trainer.batch={batch}", f"trainer.batch_gpu={batch}",
+                   *PRECISIONS[precision], *extra])
+    validate_run_config(cfg)
+    teacher = real_size.random_teacher(cfg, device)
+    trainer, _ = real_size.make_trainer(cfg, teacher, device)
+    return trainer
+
+
+def measure(dataset: str, batch: int, precision: str, device: torch.device, warmup: int, iterations: int,
+            compile_on: bool = False, extra: list[str] | None = None) -> dict[str, Any]:
+    from sidbench.trainer.speed import compile_seconds
+
+    row: dict[str, Any] = {"dataset": dataset, "micro_batch": batch, "precision": precision, "compile": compile_on,
+                           "device": real_size.device_name(device), "torch": torch.__version__}
+    start = time.perf_counter()
+    trainer = None
+    try:
+        compiled_before = compile_seconds()
+        trainer = build(dataset, batch, precision, device, [*(extra or []), f"trainer.compile={str(compile_on).lower()}"])
+        p = trainer.progress
+
+        def step() -> None:
+            trainer.step()
+            p.iteration += 1
+            p.images_seen += batch
+
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            step()
+        real_size.synchronize(device)
+        row["warmup_seconds"] = time.perf_counter() - t0
+        row["compile_seconds"] = compile_seconds() - compiled_before
+        trainer.counter.take()
+        real_size.reset_peak(device)
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            step()
+        real_size.synchronize(device)
+        seconds = (time.perf_counter() - t0) / iterations
+        cost = trainer.counter.take()
+        peak, reserved = real_size.read_peak(device)
+        flops = cost.flops / iterations
+        peak_rate = peak_flops(device, precision)
+        row.update(status="measured", iterations=iterations, seconds_per_iteration=seconds, images_per_second=batch / seconds,
+                   flops_per_iteration=flops, flops_per_second=flops / seconds,
+                   mfu=(flops / seconds / peak_rate) if peak_rate else None, peak_memory_gib=peak, peak_reserved_gib=reserved)
+    except torch.cuda.OutOfMemoryError:
+        row["status"] = "out of memory"
+    except Exception as e:  # noqa: BLE001 - one failed row must not cost the others
+        row["status"] = f"failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    finally:
+        if trainer is not None:
+            trainer.counter.detach()
+        del trainer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    row["row_seconds"] = time.perf_counter() - start
+    return row
+
+
+def largest_batch(dataset: str, precision: str, device: torch.device, candidates: list[int]) -> int:
+    """The largest candidate micro-batch whose iteration runs (one warm-up, one timed)."""
+    best = candidates[0]
+    for b in candidates:
+        if measure(dataset, b, precision, device, 1, 1)["status"] != "measured":
+            break
+        best = b
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--smoke", action="store_true", help="CPU, digits network, micro-batch 2: every code path in a minute")
+    parser.add_argument("--reference", type=Path, default=None, help="a checkout of the official SiD code: side-by-side rows")
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128, 256], help="micro-batches tried for the largest that fits")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--stop-after", type=float, default=480.0, help="start no row after this many seconds")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    jsonl = args.out / "gpu_check.jsonl"
+    jsonl.write_text("")
+    if args.smoke:
+        from sidbench.trainer import speed
+
+        device, cifar, ffhq, batches, warmup, iterations = torch.device("cpu"), "digits", "digits", [2], 1, 1
+        speed.COMPILE_OPTIONS = {"backend": "eager"}  # the option's path without code generation
+    else:
+        if not torch.cuda.is_available():
+            parser.error("no CUDA device: run with --smoke on a CPU")
+        device, cifar, ffhq, batches, warmup, iterations = torch.device("cuda"), "cifar10", "ffhq64", args.batches, args.warmup, args.iterations
+    begin = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+
+    def add(row: dict[str, Any], part: str) -> None:
+        row["part"] = part
+        rows.append(row)
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{part}: {row['dataset']} {row.get('precision', '')} b{row.get('micro_batch', '')} compile={row.get('compile', '')}: "
+              f"{row['status']} {row.get('seconds_per_iteration') or 0:.4g} s/it {row.get('images_per_second') or 0:.4g} img/s "
+              f"MFU {row.get('mfu') or 0:.3f} peak {row.get('peak_memory_gib') or 0:.2f} GiB", flush=True)
+
+    def time_left() -> bool:
+        return time.perf_counter() - begin < args.stop_after
+
+    # 1. precisions at the largest micro-batch fp32 fits (the most memory-hungry: every precision fits it)
+    batch = largest_batch(cifar, "fp32", device, batches)
+    for precision in PRECISIONS:
+        if time_left():
+            add(measure(cifar, batch, precision, device, warmup, iterations), "precision")
+    # 2. FFHQ 64 memory: fp16 autocast against EDM's fp16 form, the preset's micro-batch
+    ffhq_batch = 2 if args.smoke else 32
+    for precision in ("fp16", "edm_fp16"):
+        if time_left():
+            add(measure(ffhq, ffhq_batch, precision, device, warmup, iterations), "ffhq_memory")
+    # 3. compile off and on (bf16, the fastest precision expected)
+    for on in (False, True):
+        if time_left():
+            add(measure(cifar, batch, "bf16", device, warmup, iterations, compile_on=on), "compile")
+    # 4. official SiD against sidbench's, side by side (fp32, TF32 off as published)
+    if args.reference is not None and time_left():
+        import side_by_side
+
+        t0 = time.perf_counter()
+        try:
+            sbs = side_by_side.measure(args.reference, cifar, 2 if args.smoke else 32, rounds=iterations, warmup=1, device=device)
+            row = {"dataset": cifar, "micro_batch": sbs["setup"]["batch"], "precision": "fp32", "status": "measured",
+                   "official_over_sidbench": sbs.get("official_over_sidbench_wall" if device.type == "cuda" else "official_over_sidbench"),
+                   "sidbench_over_passes": sbs.get("sidbench_over_passes_wall" if device.type == "cuda" else "sidbench_over_passes"),
+                   "detail": sbs}
+        except Exception as e:  # noqa: BLE001
+            row = {"dataset": cifar, "status": f"failed: {type(e).__name__}: {e}"}
+        row["row_seconds"] = time.perf_counter() - t0
+        add(row, "side_by_side")
+    (args.out / "gpu_check.json").write_text(json.dumps(rows, indent=1) + "\n")
+    keys = sorted({k for r in rows for k in r if k != "detail"})
+    with open(args.out / "gpu_check.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Every built-in method's real iteration at the CIFAR-10 and FFHQ 64 configurations (random weights,
+the preset's network and settings, micro-batch 2, CPU, float32, one thread): seconds per iteration,
+images per second, peak memory, and the ratio of the iteration's time to its network passes timed
+alone in the same run (benchmarks/passes.py); for SiD also the official SiD iteration's time over
+sidbench's, when a checkout of the authors' code is named by SID_REFERENCE.
+
+    SID_REFERENCE=/path/to/SiD python -m pytest benchmarks/test_bench_methods.py -p no:xdist -o addopts="" \\
+        --benchmark-enable --benchmark-save=cpu -k "sid and cifar10"      # one row, a few minutes
+    python -m pytest benchmarks/test_bench_methods.py ... --benchmark-enable --benchmark-compare   # against the last saved
+    python -m pytest benchmarks/test_bench_methods.py ... --benchmark-enable --benchmark-compare-fail=min:10%
+
+docs/speed.md says how the saved baseline is used. Each round runs the passes alone (pytest-benchmark's
+untimed `setup`, timed here) and then the iteration (timed by pytest-benchmark), so the two alternate
+and share the machine's load. The ratio uses the process's CPU time (fastest round of each), which
+other jobs on shared cores barely move. Targets (docs/speed.md): iteration / passes <= 1.05, and
+official / sidbench >= 1.25, on the CPU at micro-batch 2. Nothing about time is asserted.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import passes as passes_mod  # noqa: E402
+import real_size  # noqa: E402
+
+BATCH = 2
+ROUNDS = 3
+METHOD_ROWS = ["sid", "sida", "dmd", "dmd2", "progressive", "consistency"]
+DATASETS = ["cifar10", "ffhq64"]
+RATIO_TARGET = 1.05
+OFFICIAL_TARGET = 1.25
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("method", METHOD_ROWS)
+def test_iteration(benchmark: Any, method: str, dataset: str, tmp_path: Path) -> None:
+    device = torch.device("cpu")
+    images = tmp_path / "images"
+    images.mkdir()
+    with real_size.scratch_folder():
+        cfg, overrides, notes = real_size.compose_row(method, dataset, device, BATCH, images)
+        teacher = real_size.random_teacher(cfg, device)
+        trainer, stage = real_size.make_trainer(cfg, teacher, device, tmp_path / "run")
+        p = trainer.progress
+
+        def iteration() -> None:
+            trainer.step()
+            p.iteration += 1
+            p.images_seen += BATCH
+
+        iteration()  # Adam's states exist; the compute counter has measured this kind
+        m = trainer.method
+        recorded = passes_mod.record_passes({**m.frozen_networks(), **{k: a.module for k, a in m.averages().items()},
+                                             **m.networks()}, iteration)
+        passes_cpu: list[float] = []
+        iteration_cpu: list[float] = []
+
+        def passes_alone() -> None:
+            c0 = time.process_time()
+            passes_mod.replay(recorded, trainer.ctx.autocast)
+            passes_cpu.append(time.process_time() - c0)
+
+        def timed_iteration() -> None:
+            c0 = time.process_time()
+            iteration()
+            iteration_cpu.append(time.process_time() - c0)
+
+        real_size.reset_peak(device)
+        rounds = 1 if benchmark.disabled else ROUNDS
+        benchmark.pedantic(timed_iteration, setup=passes_alone, rounds=rounds, warmup_rounds=0)
+        peak, _ = real_size.read_peak(device)
+        trainer.counter.detach()
+
+    ratio = min(iteration_cpu) / min(passes_cpu)
+    info: dict[str, Any] = {
+        "method": method, "dataset": dataset, "stage": stage, "batch": BATCH, "threads": 1, "overrides": overrides, "notes": notes,
+        "seconds_per_iteration_cpu_min": min(iteration_cpu), "passes_seconds_cpu_min": min(passes_cpu),
+        "images_per_second": BATCH / min(iteration_cpu), "peak_rss_gib": round(peak, 3),
+        "passes_per_iteration": passes_mod.passes_per_image(recorded),
+        "ratio_iteration_over_passes": round(ratio, 4), "ratio_target": RATIO_TARGET, "ratio_target_met": ratio <= RATIO_TARGET,
+        "loadavg": os.getloadavg(),
+    }
+    reference = os.environ.get("SID_REFERENCE")
+    if method == "sid" and dataset == "cifar10" and reference:
+        import side_by_side
+
+        sbs = side_by_side.measure(Path(reference), dataset, BATCH, rounds=rounds, warmup=1)
+        info.update(official_over_sidbench=round(sbs["official_over_sidbench"], 4), official_target=OFFICIAL_TARGET,
+                    official_side_by_side=sbs)
+    benchmark.extra_info.update(info)
+    print(f"\n{method} {dataset}: {min(iteration_cpu):.2f} s/iteration (CPU), passes alone {min(passes_cpu):.2f} s, "
+          f"ratio {ratio:.3f} (target <= {RATIO_TARGET}), peak RSS {peak:.2f} GiB"
+          + (f", official / sidbench {info['official_over_sidbench']:.3f}" if "official_over_sidbench" in info else ""))

@@ -1,0 +1,93 @@
+"""Speed options of the trainer, applied to whatever networks and optimisers a method built, none of
+which changes what an iteration computes beyond float round-off (docs/speed.md has the measurements
+and the tolerances the tests hold them to):
+
+- `trainer.optimizer_kernel`: `as_built` leaves each optimiser as the method built it (PyTorch
+  picks its for-each kernels on CUDA, one tensor at a time on the CPU); `foreach` asks for the
+  for-each kernels everywhere (the same numbers, bit for bit, as one tensor at a time); `fused`
+  asks for the fused kernel where the optimiser has one (Adam, AdamW: one pass over the
+  parameters instead of several; round-off differs in the last bit) and for-each elsewhere (RAdam).
+- `trainer.compile`: `torch.compile` of each network's UNet (the `model` inside EDM's
+  preconditioning; the wrapper, where the compute counter's hooks sit, stays eager). The first
+  calls of each shape compile; that time is reported apart (`compile_seconds`).
+- `trainer.channels_last`: the networks' 4-D weights in channels-last memory format (the
+  convolutions then pick NHWC kernels).
+- `trainer.edm_fp16`: half precision the way EDM's and SiD's published fp16 runs do it: every
+  EDM network runs its UNet on float16 activations throughout (`use_fp16`; GroupNorm included,
+  weights cast per layer, the preconditioning and the losses in float32), instead of autocast's
+  per-operation choice (which keeps GroupNorm's outputs in float32). CUDA only: on the CPU the
+  networks stay float32 (EDM's own rule). Use it with `trainer.precision=fp32` (no autocast).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+OPTIMIZER_KERNELS = ("as_built", "foreach", "fused")
+#: keyword arguments of `torch.compile` (tests trace with backend="aot_eager": inductor's C++
+#: build takes many minutes on a small CPU)
+COMPILE_OPTIONS: dict = {}
+
+
+def set_optimizer_kernel(optimizers: Iterable[torch.optim.Optimizer], kernel: str) -> None:
+    """Switch the optimisers' step kernel (idempotent; call again after `load_state_dict`, which
+    restores the flags saved with the state)."""
+    if kernel not in OPTIMIZER_KERNELS:
+        raise ValueError(f"unknown optimizer kernel {kernel!r}; use one of {', '.join(OPTIMIZER_KERNELS)}")
+    if kernel == "as_built":
+        return
+    for opt in optimizers:
+        for group in opt.param_groups:
+            if kernel == "fused" and "fused" in group and not group.get("differentiable", False):
+                group["fused"], group["foreach"] = True, False
+                # the fused kernel reads its step count from the parameter's device
+                for p in group["params"]:
+                    step = opt.state.get(p, {}).get("step")
+                    if isinstance(step, torch.Tensor) and step.device != p.device:
+                        opt.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
+            elif "foreach" in group:
+                group["foreach"] = True
+                if "fused" in group:
+                    group["fused"] = False
+
+
+def _unet(net: torch.nn.Module) -> torch.nn.Module:
+    """What to compile: EDM's UNet inside its preconditioning wrapper, else the network itself."""
+    inner = getattr(net, "model", None)
+    return inner if isinstance(inner, torch.nn.Module) else net
+
+
+def compile_networks(networks: Iterable[torch.nn.Module]) -> int:
+    """`torch.compile` each network's UNet in place, once (returns how many were newly compiled)."""
+    done = 0
+    for net in networks:
+        target = _unet(net)
+        if getattr(target, "_compiled_call_impl", None) is None:
+            target.compile(**COMPILE_OPTIONS)
+            done += 1
+    return done
+
+
+def to_channels_last(networks: Iterable[torch.nn.Module]) -> None:
+    for net in networks:
+        net.to(memory_format=torch.channels_last)
+
+
+def compile_seconds() -> float:
+    """Seconds spent compiling so far in this process (TorchDynamo's frames, forward and backward
+    graphs); 0 when nothing was compiled."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:  # pragma: no cover - a torch without dynamo
+        return 0.0
+    # the outermost timers only: one per compiled frame, and one per backward graph compiled lazily
+    keys = ("_compile.compile_inner", "compile_fx.<locals>.bw_compiler")
+    return float(sum(sum(compilation_time_metrics.get(k, [])) for k in keys))
+
+
+def set_edm_fp16(networks: Iterable[torch.nn.Module], on: bool) -> None:
+    """EDM's `use_fp16` on every network that has it (EDM's preconditioning wrappers)."""
+    for net in networks:
+        if hasattr(net, "use_fp16"):
+            net.use_fp16 = on

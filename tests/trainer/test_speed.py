@@ -1,0 +1,147 @@
+"""The trainer's speed options keep the result: the same losses and weights with and without each
+(bit for bit where the kernels compute the same thing, within a stated round-off otherwise), and
+the loop reads device values only at its decision points."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sidbench.config import compose
+from sidbench.methods import METHODS
+from sidbench.teachers.load import load_teacher
+from sidbench.testing.tiny import make_tiny_teacher, tiny_overrides
+from sidbench.trainer import speed
+from sidbench.trainer.loop import Trainer
+from sidbench.trainer.tally import DeviceTally
+
+CPU = torch.device("cpu")
+ITERATIONS = 3
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_teacher(tmp_path_factory.mktemp("teacher") / "tiny.safetensors")
+
+
+def run_iterations(teacher_file: Path, tmp_path: Path, method: str = "sid", *options: str) -> tuple[list[dict], dict]:
+    """(losses of each iteration, the generator's and the EMA's weights after them)."""
+    cfg = compose([f"method={method}", "dataset=digits", *tiny_overrides(teacher_file), "trainer.batch_gpu=4", *options])
+    torch.manual_seed(0)
+    teacher = load_teacher(cfg.dataset.teacher, CPU)
+    m = METHODS.get(method)(teacher, cfg.method, CPU, cfg)
+    trainer = Trainer(cfg.trainer, m, tmp_path, CPU)
+    p, losses = trainer.progress, []
+    for _ in range(ITERATIONS):
+        step_losses, _ = trainer.step()
+        losses.append({k: float(v) for k, v in step_losses.items()})
+        p.iteration += 1
+        p.images_seen += int(cfg.trainer.batch)
+    trainer.counter.detach()
+    weights = {f"g.{k}": v.detach().clone() for k, v in m.networks()[m.generator_name].state_dict().items()}
+    weights |= {f"ema.{k}": v.detach().clone() for k, v in trainer.ema.module.state_dict().items()}
+    return losses, weights
+
+
+@pytest.fixture(scope="module")
+def baseline(teacher_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict]:
+    return run_iterations(teacher_file, tmp_path_factory.mktemp("base"))
+
+
+def test_foreach_optimizer_kernel_is_bit_identical(teacher_file: Path, tmp_path: Path, baseline) -> None:  # noqa: ANN001
+    losses, weights = run_iterations(teacher_file, tmp_path, "sid", "trainer.optimizer_kernel=foreach")
+    assert losses == baseline[0]
+    assert all(torch.equal(weights[k], baseline[1][k]) for k in weights)
+
+
+def test_fused_adam_matches_within_round_off(teacher_file: Path, tmp_path: Path, baseline) -> None:  # noqa: ANN001
+    losses, weights = run_iterations(teacher_file, tmp_path, "sid", "trainer.optimizer_kernel=fused")
+    # The fused kernel computes Adam's update in one pass, rounding in another order: last-bit
+    # differences per step (measured: <= 2e-8 absolute after 5 steps of a 64x300 MLP).
+    for a, b in zip(losses, baseline[0]):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in a)
+    for k in weights:
+        torch.testing.assert_close(weights[k], baseline[1][k], rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_matches_within_round_off(teacher_file: Path, tmp_path: Path, baseline) -> None:  # noqa: ANN001
+    losses, weights = run_iterations(teacher_file, tmp_path, "sid", "trainer.channels_last=true")
+    # NHWC convolutions sum in another order: float32 round-off, amplified a little by 3 iterations
+    for a, b in zip(losses, baseline[0]):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5) for k in a)
+    for k in weights:
+        torch.testing.assert_close(weights[k], baseline[1][k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_networks_match(teacher_file: Path, tmp_path: Path, baseline, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    # Graph capture (TorchDynamo + AOTAutograd) of every network's UNet, run without inductor's
+    # code generation (minutes of C++ builds on a small CPU; the GPU script measures inductor).
+    monkeypatch.setattr(speed, "COMPILE_OPTIONS", {"backend": "aot_eager"})
+    torch._dynamo.reset()
+    losses, weights = run_iterations(teacher_file, tmp_path, "sid", "trainer.compile=true")
+    for a, b in zip(losses, baseline[0]):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in a)
+    for k in weights:
+        torch.testing.assert_close(weights[k], baseline[1][k], rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+
+
+def test_unknown_optimizer_kernel_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown optimizer kernel"):
+        speed.set_optimizer_kernel([], "turbo")
+
+
+def test_fused_kernel_survives_a_state_reload() -> None:
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    opt2 = torch.optim.Adam(net.parameters())
+    speed.set_optimizer_kernel([opt2], "fused")
+    opt2.load_state_dict(saved)  # restores the saved flags (fused=None)
+    assert not opt2.param_groups[0]["fused"]
+    speed.set_optimizer_kernel([opt2], "fused")  # what the trainer does after loading a state
+    assert opt2.param_groups[0]["fused"] and not opt2.param_groups[0]["foreach"]
+    opt2.step()
+    radam = torch.optim.RAdam(net.parameters())  # no fused kernel: for-each instead
+    speed.set_optimizer_kernel([radam], "fused")
+    assert radam.param_groups[0]["foreach"]
+
+
+def test_tally_means_match_host_sums_and_streak_counts_nonfinite() -> None:
+    tally = DeviceTally(CPU)
+    values = [1.5, float("nan"), 2.25, float("inf"), float("nan")]
+    host = 0.0
+    for i, v in enumerate(values):
+        tally.add({"g": torch.tensor(v)}, {"dropped": float(i)})
+        host += v
+    r = tally.read(tick=True)
+    assert r.streak == 2 and r.last_losses == {"loss/g": pytest.approx(float("nan"), nan_ok=True)}
+    assert r.means["train/dropped"] == sum(float(torch.tensor(float(i))) for i in range(5)) / 5
+    tally.add({"g": torch.tensor(0.1)}, {})
+    r = tally.read(tick=True)
+    assert r.streak == 0 and r.means == {"loss/g": float(torch.tensor(0.1, dtype=torch.float32).double())}
+
+
+def test_the_loop_reads_device_values_only_at_decision_points(teacher_file: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[bool] = []
+    original = DeviceTally.read
+
+    def counting(self: DeviceTally, tick: bool):  # noqa: ANN202
+        reads.append(tick)
+        return original(self, tick)
+
+    monkeypatch.setattr(DeviceTally, "read", counting)
+    # 16 iterations of batch 8, a tick every 8 iterations, max_nonfinite 5: reads after iterations
+    # 5, 8 (tick), 10, 15 and 16 (tick, end): 5 reads, not 16
+    cfg = compose(["method=sid", "dataset=digits", *tiny_overrides(teacher_file), "trainer.kimg=0.128", "trainer.tick_kimg=0.064",
+                   "trainer.checkpoint_every_kimg=0", "trainer.eval_every_kimg=0", "trainer.max_nonfinite=5", "eval.enabled=false",
+                   "trainer.sample_grids=false"])
+    teacher = load_teacher(cfg.dataset.teacher, CPU)
+    m = METHODS.get("sid")(teacher, cfg.method, CPU, cfg)
+    Trainer(cfg.trainer, m, tmp_path, CPU).train()
+    assert reads == [False, True, False, False, True]
