@@ -32,7 +32,9 @@ class DeviceTally:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        # iterations that logged each key: a value logged on some iterations only (DMD2's generator
+        # losses, every ttur-th) is the mean over those, not diluted by the others
+        self.counts: dict[str, int] = {}
         self.streak = torch.zeros((), dtype=torch.float64, device=device)
         self.last: dict[str, torch.Tensor] = {}
 
@@ -49,7 +51,7 @@ class DeviceTally:
                   **{f"train/{k}": self._f64(v) for k, v in logged.items()}}
         for k in sorted(values):  # the order the host-side loop added them in: the log lines' key order
             self.sums[k] = self.sums.get(k, 0.0) + values[k]
-        self.count += 1
+            self.counts[k] = self.counts.get(k, 0) + 1
         self.last = {k: v for k, v in values.items() if k.startswith("loss/")}
         if self.last:
             finite = torch.stack(list(self.last.values())).isfinite().all()
@@ -69,6 +71,6 @@ class DeviceTally:
         out, _ = reduce_values(values, {}, self.device)
         reading = Reading(int(out.pop("_streak")), {k.removeprefix("_last/"): v for k, v in out.items() if k.startswith("_last/")})
         if tick:
-            reading.means = {k: out[k] / self.count for k in self.sums} if self.count else {}
-            self.sums, self.count = {}, 0
+            reading.means = {k: out[k] / self.counts[k] for k in self.sums}
+            self.sums, self.counts = {}, {}
         return reading

@@ -126,6 +126,14 @@ def test_tally_means_match_host_sums_and_streak_counts_nonfinite() -> None:
     assert r.streak == 0 and r.means == {"loss/g": float(torch.tensor(0.1, dtype=torch.float32).double())}
 
 
+def test_a_value_logged_on_some_iterations_is_averaged_over_those() -> None:
+    # DMD2 logs its generator's losses every ttur-th iteration only: their tick mean is theirs
+    tally = DeviceTally(CPU)
+    for i in range(5):
+        tally.add({"fake_score": 1.0, **({"dm": 4.0} if i % 5 == 0 else {})}, {})
+    assert tally.read(tick=True).means == {"loss/fake_score": 1.0, "loss/dm": 4.0}
+
+
 def test_the_loop_reads_device_values_only_at_decision_points(teacher_file: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[bool] = []
