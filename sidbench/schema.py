@@ -136,6 +136,8 @@ class DatasetSchema:
 class EvalSchema:
     enabled: bool = setting()
     metric: str = setting(choices=_metric_names)
+    metrics: list[str] = setting(choices=_metric_names)
+    final_metrics: list[str] = setting(choices=_metric_names)
     num_samples: int = setting(ge=1)
     final_samples: int = setting(ge=1)
     batch_size: int = setting(ge=1)
@@ -143,6 +145,8 @@ class EvalSchema:
     seed: int = setting()
     fid_mode: str = setting(choices=_fid_modes)
     inception_path: str | None = setting(exists=True, allowed="an existing Inception-v3 TorchScript file")
+    dinov2_path: str | None = setting(exists=True, allowed="an existing DINOv2 ViT-L/14 checkpoint (dinov2_vitl14_pretrain.pth)")
+    vgg16_path: str | None = setting(exists=True, allowed="an existing VGG16 checkpoint (vgg16-397923af.pth)")
 
 
 @dataclass
@@ -182,9 +186,17 @@ def validate_run_config(cfg: DictConfig) -> None:
     if schema is not None:
         check(schema, cfg.method, "method")
     _check_real_images(cfg)
+    _check_metrics(cfg)
     _check_device(str(cfg.device))
     _check_batch_split(cfg)
     _check_run_folder(cfg)
+
+
+def _check_metrics(cfg: DictConfig) -> None:
+    if cfg.eval.enabled:
+        from sidbench.eval.factory import check_run_metrics
+
+        check_run_metrics(cfg)
 
 
 def _check_real_images(cfg: DictConfig) -> None:
