@@ -97,7 +97,8 @@ FID_HELP = """Score images, a saved generator or the teacher (FID, or the offlin
 
 Generated images: eval.final_samples of them by default, labels i mod num_classes, seed eval.seed.
 The reference defaults to the dataset's (dataset.ref_stats). The last line of standard output is
-machine-readable: `<metric> <value>`, e.g. `fid 2.3451`."""
+machine-readable: `<metric> <value>`, e.g. `fid 2.3451` (eval.metric=precision_recall:
+`precision <p> recall <r>`)."""
 
 
 def positive_int(text: str) -> int:
@@ -116,17 +117,36 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
     result = run_fid(args.source, _overrides(args), ref=args.ref, mode=args.mode, num=args.num, batch=args.batch,
                      device=args.device, inception=args.inception, console=console)
-    print(f"{result.metric} {result.value:.6g}", flush=True)
+    print(" ".join(f"{k} {v:.6g}" for k, v in (result.values or {result.metric: result.value}).items()), flush=True)
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from sidbench.cli.score import stats_command
+    from sidbench.cli.score import stats_command, stats_for_dataset
+    from sidbench.config import ConfigError
 
-    path = stats_command(args.source, args.out, mode=args.mode, num_samples=args.num, batch_size=args.batch,
-                         device=args.device, inception_path=args.inception, console=console)
+    overrides = _overrides(args)
+    options = dict(mode=args.mode, num_samples=args.num, batch_size=args.batch, device=args.device,
+                   inception_path=args.inception, console=console)
+    if args.metric == "fid" and not overrides:
+        if args.out is None:
+            raise ConfigError("name the FID statistics file to write: --out FILE.npz")
+        path = stats_command(args.source, args.out, **options)
+    else:
+        path = stats_for_dataset(args.source, overrides, metric=args.metric, out=args.out, weights=args.weights, **options)
     print(f"stats {path}", flush=True)
     return 0
+
+
+STATS_HELP = """Make a metric's reference from real images.
+
+  sidbench stats ffhq-64x64.zip --out my-ffhq.npz                                # FID statistics (EDM's format)
+  sidbench stats ffhq-64x64.zip dataset=ffhq64 --metric fd_dinov2                # FD-DINOv2 statistics
+  sidbench stats ffhq-64x64.zip dataset=ffhq64 --metric precision_recall --num 50000   # VGG16 features
+
+Without --out, an FD-DINOv2 or precision/recall reference goes where runs on the dataset look for it:
+eval.refs.<metric>, else <cache>/refs/<dataset>-<metric>.npz. The last line of standard output is
+`stats <path written>`."""
 
 
 BENCH_HELP = """Run every (method, dataset, seed) cell under one budget: a Hydra multirun of `sidbench run`s.
@@ -232,9 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local Inception-v3 TorchScript file (default: eval.inception_path, $SIDBENCH_INCEPTION, the cache)")
     p.set_defaults(func=cmd_fid)
 
-    p = sub.add_parser("stats", help="FID reference statistics of real images (EDM's .npz format)")
+    p = sub.add_parser("stats", help="a metric's reference from real images: FID or FD-DINOv2 statistics, precision/recall features",
+                       description=STATS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="SOURCE", help="a folder, zip or .npz of real images")
-    p.add_argument("--out", required=True, metavar="FILE.npz", help="the statistics file to write (mu, sigma)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. dataset=ffhq64 (where the file goes)")
+    p.add_argument("--metric", choices=("fid", "fd_dinov2", "precision_recall"), default="fid",
+                   help="whose reference to make (default: fid)")
+    p.add_argument("--out", default=None, metavar="FILE.npz",
+                   help="the file to write (default for fd_dinov2 and precision_recall: where runs on the dataset look)")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="local DINOv2 or VGG16 weights (default: eval.dinov2_path / eval.vgg16_path, $SIDBENCH_DINOV2 / "
+                        "$SIDBENCH_VGG16, the cache)")
     p.add_argument("--mode", choices=FID_MODES, default=FID_MODES[0], help="clean-fid mode (FIDs must use the same)")
     p.add_argument("--num", type=positive_int, default=None, help="use the first N images (default: all)")
     p.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH_SIZE)

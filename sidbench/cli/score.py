@@ -15,8 +15,8 @@ cyclic by default, docs/fid.md) on the configured device. The metric is the data
 registered metric), built from the config as a run builds it (`sidbench.eval.factory.build_metric`);
 the options `--ref`, `--mode` and `--inception` are settings of that config (`dataset.ref_stats`,
 `eval.fid_mode`, `eval.inception_path`), and an explicit `--ref` always means FID against that
-reference. `stats` writes reference statistics of real images in EDM's `.npz` format. The
-Inception detector is built by `sidbench.eval.fid.inception_extractor` (looked up at call time, so
+reference. `stats` writes the reference of real images for FID (statistics in EDM's `.npz`
+format), FD-DINOv2 (statistics) or precision/recall (features). The Inception detector is built by `sidbench.eval.fid.inception_extractor` (looked up at call time, so
 tests can replace it).
 """
 from __future__ import annotations
@@ -24,9 +24,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -48,9 +49,11 @@ from sidbench.eval.sources import accumulate_features, image_batches, image_file
 @dataclass
 class FidResult:
     metric: str
-    value: float
+    value: float  #: the first value (the only one of a distance)
     #: the MLflow run that records the value as the teacher's reference (teacher sources, tracking on)
     teacher_run_id: str | None = None
+    #: every value by name: {metric: value} for a distance, {precision: p, recall: r} for precision_recall
+    values: dict[str, float] = field(default_factory=dict)
 
 
 def source_kind(source: str) -> str:
@@ -169,11 +172,12 @@ def run_fid(
         notes.append(("labels", f"{cfg.eval.label_mode}, seed {cfg.eval.seed}" if label_dim else f"none, seed {cfg.eval.seed}"))
 
     metric = build_metric(metric_name, cfg, device=dev, progress=progress)
-    value = metric_command(sample_source, metric, num_samples=num, batch_size=batch, console=console, progress=progress,
-                           source_name=source_name, extra_rows=notes, **gen_kwargs)
+    values = metric_values_command(sample_source, metric, num_samples=num, batch_size=batch, console=console,
+                                   progress=progress, source_name=source_name, extra_rows=notes, **gen_kwargs)
+    value = next(iter(values.values()))
 
     run_id = None
-    if teacher is not None and ref is None:
+    if teacher is not None and ref is None and len(values) == 1:
         from sidbench.eval.teacher_metrics import record_teacher_metric
 
         run_id = record_teacher_metric(cfg, teacher.source, metric=metric.name, value=value, num_samples=int(num),
@@ -181,7 +185,7 @@ def run_fid(
         if run_id is not None:
             console.print(f"recorded as the teacher's {metric.name} ({int(num):,} images) for runs on {cfg.dataset.name}: "
                           f"MLflow run {run_id}")
-    return FidResult(metric.name, float(value), run_id)
+    return FidResult(metric.name, float(value), run_id, values)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,21 +240,43 @@ def metric_command(
     """`metric` (FID, `fd_pixel`, ...) of a file or generator source (`sources.image_batches`);
     printed under the metric's own title, so a distance that is not FID is never shown as one,
     with its reference, its details and its caveats."""
+    values = metric_values_command(source, metric, num_samples=num_samples, batch_size=batch_size, console=console,
+                                   progress=progress, source_name=source_name, extra_rows=extra_rows, **generator_kwargs)
+    return next(iter(values.values()))
+
+
+def metric_values_command(
+    source: str | os.PathLike | SampleFn,
+    metric: Metric,
+    *,
+    num_samples: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    console: Console | None = None,
+    progress: bool = True,
+    source_name: str | None = None,
+    extra_rows: Sequence[tuple[str, str]] = (),
+    **generator_kwargs,
+) -> dict[str, float]:
+    """Every value of `metric` (precision and recall: two) of a source, printed as `metric_command`
+    prints one; {value name: value}."""
     console = console or Console()
     batches = image_batches(source, batch_size=batch_size, num_samples=num_samples, **generator_kwargs)
     seen = [0]
-    value = float(metric.compute(_counted(batches, console, progress, metric.name,
-                                          _count_images(source, num_samples), seen)))
+    values = {k: float(v) for k, v in metric.compute_values(
+        _counted(batches, console, progress, metric.name, _count_images(source, num_samples), seen)).items()}
     table = Table(title=metric.title or metric.name, show_header=False)
     table.add_row("source", _source_name(source, source_name))
     for key, text in [*extra_rows, *metric.details()]:
         table.add_row(key, text)
     table.add_row("images", f"{seen[0]:,}")
-    table.add_row(table.title, f"[bold]{value:.4f}[/]")
+    for key, value in values.items():
+        label = table.title if len(values) == 1 else key
+        better = " (higher is better)" if key in metric.higher_is_better else ""
+        table.add_row(label, f"[bold]{value:.4f}[/]{better}")
     console.print(table)
     for note in metric.caveats(seen[0]):
         console.print(f"[yellow]note:[/] {note}")
-    return value
+    return values
 
 
 def fid_command(
@@ -279,36 +305,89 @@ def fid_command(
     return metric_command(source, metric, console=console, progress=progress, **score_kwargs)
 
 
+#: The metrics whose reference `sidbench stats` makes, and what it keeps of the features.
+STATS_METRICS = {"fid": "statistics (mu, sigma) of Inception-v3 features, EDM's .npz",
+                 "fd_dinov2": "statistics (mu, sigma) of DINOv2 ViT-L/14 features",
+                 "precision_recall": "VGG16 features [N, 4096] themselves (float32)"}
+
+
 def stats_command(
     source: str | os.PathLike,
     out: str | os.PathLike,
     *,
+    metric: str = "fid",
     mode: str = "legacy_tensorflow",
     num_samples: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: torch.device | str | None = None,
     inception_path: str | os.PathLike | None = None,
+    weights_path: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     feature_extractor: FeatureExtractor | None = None,
     console: Console | None = None,
     progress: bool = True,
 ) -> Path:
-    """Reference statistics of real images (folder, zip or `.npz`) written as EDM's `.npz`; only
-    comparable with FIDs computed in the same `mode`. Returns the path written (`.npz` appended
-    when `out` lacks it)."""
+    """The reference of `metric` made from real images (folder, zip or `.npz`): FID's statistics in
+    EDM's `.npz` (only comparable with FIDs computed in the same `mode`), FD-DINOv2's statistics, or
+    precision/recall's features (`STATS_METRICS`). `weights_path`: the DINOv2 or VGG16 file (else
+    its environment variable, else the cache). Returns the path written (`.npz` appended when `out`
+    lacks it)."""
     console = console or Console()
-    check_mode(mode)
+    if metric not in STATS_METRICS:
+        raise ConfigError(f"sidbench stats makes references for {', '.join(STATS_METRICS)}, not {metric!r}")
     batches = image_batches(source, batch_size=batch_size, num_samples=num_samples)
     if feature_extractor is None:
-        feature_extractor = fid_module.inception_extractor(mode, inception_path=inception_path, device=device,
-                                                           cache_dir=cache_dir, progress=progress)
+        if metric == "fid":
+            check_mode(mode)
+            feature_extractor = fid_module.inception_extractor(mode, inception_path=inception_path, device=device,
+                                                               cache_dir=cache_dir, progress=progress)
+        elif metric == "fd_dinov2":
+            from sidbench.eval.dinov2 import dinov2_extractor
+
+            feature_extractor = dinov2_extractor(weights_path, device=device, cache_dir=cache_dir, progress=progress)
+        else:
+            from sidbench.eval.vgg16 import vgg16_extractor
+
+            feature_extractor = vgg16_extractor(weights_path, device=device, cache_dir=cache_dir, progress=progress)
     seen = [0]
-    stats = accumulate_features(_counted(batches, console, progress, "reference features",
-                                         _count_images(source, num_samples), seen), feature_extractor)
-    path = save_reference_stats(out, stats.mu, stats.sigma)
-    table = Table(title="FID reference statistics", show_header=False)
-    for key, text in (("source", os.fspath(source)), ("mode", mode), ("images", f"{stats.n:,}"),
-                      ("features", str(stats.mu.shape[0])), ("written", str(path))):
+    counted = _counted(batches, console, progress, "reference features", _count_images(source, num_samples), seen)
+    if metric == "precision_recall":
+        from sidbench.eval.metric_refs import save_features
+        from sidbench.eval.precision_recall import PrecisionRecall
+
+        features = PrecisionRecall(np.zeros((0, 1), np.float32), feature_extractor=feature_extractor).features(counted)
+        path = save_features(out, features, metric)
+        count, width = features.shape
+    else:
+        stats = accumulate_features(counted, feature_extractor)
+        path = save_reference_stats(out, stats.mu, stats.sigma, metric=metric)
+        count, width = stats.n, stats.mu.shape[0]
+    table = Table(title=f"{metric} reference", show_header=False)
+    rows = [("source", os.fspath(source)), ("metric", metric), ("holds", STATS_METRICS[metric])]
+    if metric == "fid":
+        rows.append(("mode", mode))
+    for key, text in (*rows, ("images", f"{count:,}"), ("features", str(width)), ("written", str(path))):
         table.add_row(key, text)
     console.print(table)
     return path
+
+
+def stats_for_dataset(source: str | os.PathLike, overrides: list[str], *, metric: str, out: str | os.PathLike | None,
+                      weights: str | os.PathLike | None = None, **options) -> Path:
+    """`sidbench stats SOURCE dataset=<d> --metric <m>`: without `--out`, the reference goes where
+    the dataset's runs look for it (`eval.refs.<m>`, else the cache's `refs/<dataset>-<m>.npz`), and
+    the weights default to the config's (`eval.dinov2_path`, `eval.vgg16_path`)."""
+    if out is None or (weights is None and metric != "fid"):
+        cfg = compose(list(overrides))
+        if out is None:
+            if metric == "fid":
+                raise ConfigError("name the FID statistics file to write: --out FILE.npz (FID's references are EDM's, "
+                                  "dataset.ref_stats)")
+            if not _has_group(list(overrides), "dataset"):
+                raise ConfigError(f"name the dataset these images belong to (dataset=<name>), or the file: --out FILE.npz")
+            from sidbench.eval.metric_refs import configured_reference
+
+            out = configured_reference(cfg, metric)
+        if weights is None and metric != "fid":
+            weights = cfg.eval.get("dinov2_path" if metric == "fd_dinov2" else "vgg16_path")
+    return stats_command(source, out, metric=metric, weights_path=weights, **options)

@@ -9,7 +9,16 @@ Every number is computed per run (per seed) from the run's evaluation points, th
 that carry `eval/<metric>`, and then summarised over the seeds of a row:
 
 - final metric: `eval/<metric>_final` (the end, on the larger final sample) when logged, else
-  the last evaluation; mean, sample std (ddof=1; empty for one seed), min and max over seeds.
+  the last evaluation; mean, sample std (ddof=1; empty for one seed), min and max over seeds, and
+  with two seeds or more the 95% confidence interval of the mean over seeds, from Student's t with
+  n - 1 degrees of freedom: mean -/+ t(0.975, n - 1) std / sqrt(n) (`final_ci95_low/high`).
+- the final evaluation's sample count (`final_images`: the run's `final_images` tag, or for runs
+  from before it the `eval.final_samples` setting; the least over seeds) and `proxy`: true when it
+  is below the 50,000 images of the published protocols (FID, FD-DINOv2, precision/recall), whose
+  numbers a proxy's must not be compared with.
+- every other value the runs logged (`eval.metrics`: `fd_dinov2`, `precision`, `recall`, ...) has
+  a column `final_<value>`: its final value as above, mean over seeds (empty unless every seed has
+  it). Precision and recall are better when higher; every other metric lower.
 - metric at 25%, 50%, 100% of the budget: the first evaluation at `budget/fraction` >= target
   minus 1e-9 (always on the curve's own sample size, so the three are comparable); mean over
   seeds, empty when a seed has no such evaluation (e.g. a run stopped by `trainer.max_seconds`).
@@ -80,9 +89,14 @@ def _factor(factor: float) -> str:
     return f"{factor:g}x" if factor != int(factor) else f"{int(factor)}.0x"
 
 
+#: The published protocols' number of generated images (sidbench.eval.protocol.PROTOCOL_NUM_IMAGES).
+PROTOCOL_IMAGES = 50_000
+CI_LEVEL = 0.95
+
 COLUMNS = [
     "source", "dataset", "method", "settings", "metric", "n_seeds", "seeds",
-    "final_mean", "final_std", "final_min", "final_max", "final_vs_teacher",
+    "final_mean", "final_std", "final_min", "final_max", "final_ci95_low", "final_ci95_high", "final_vs_teacher",
+    "final_images", "proxy",
     *[f"metric_at_{_pct(f)}" for f in FRACTIONS],
     *[c for k in FACTORS for c in (f"flops_to_{_factor(k)}", f"passes_to_{_factor(k)}", f"kimg_to_{_factor(k)}", f"seeds_reached_{_factor(k)}")],
     "log_area", "nfe", "images_per_s", "flops_per_s",
@@ -100,6 +114,51 @@ class Leaderboard:
     runs: pd.DataFrame | None = None  # one row per finished run (the per-seed numbers)
     curves: pd.DataFrame | None = None  # tidy curves of those runs: run_id, step, key, value
     skipped: list[str] = field(default_factory=list)  # run ids left out (status not FINISHED)
+
+
+# -- confidence intervals over seeds --------------------------------------------------------------
+def _t_central_mass(t: float, dof: int) -> float:
+    """P(|T| <= t) for Student's t with an integer number of degrees of freedom, in closed form
+    (Abramowitz & Stegun 26.7.3 and 26.7.4: a finite series in cos(theta), theta = atan(t / sqrt(dof)))."""
+    theta = math.atan(t / math.sqrt(dof))
+    c2, sin = math.cos(theta) ** 2, math.sin(theta)
+    if dof % 2:  # odd: 2/pi (theta + sin (cos + 2/3 cos^3 + 2*4/(3*5) cos^5 + ...)), up to cos^(dof-2)
+        if dof == 1:
+            return 2 * theta / math.pi
+        term = total = math.cos(theta)
+        for j in range(1, (dof - 1) // 2):
+            term *= c2 * (2 * j) / (2 * j + 1)
+            total += term
+        return 2 / math.pi * (theta + sin * total)
+    term = total = 1.0  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...), up to cos^(dof-2)
+    for j in range(1, dof // 2):
+        term *= c2 * (2 * j - 1) / (2 * j)
+        total += term
+    return sin * total
+
+
+def t_quantile(level: float, dof: int) -> float:
+    """The t with P(|T| <= t) = `level` (e.g. 0.95: the 0.975 quantile) for `dof` >= 1 degrees of
+    freedom, by bisection on the closed-form distribution to 1e-12."""
+    if dof < 1 or not 0 < level < 1:
+        raise ValueError(f"need dof >= 1 and 0 < level < 1, got dof={dof}, level={level}")
+    lo, hi = 0.0, 1.0
+    while _t_central_mass(hi, dof) < level:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1e-12 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_central_mass(mid, dof) < level else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float]:
+    """The `level` confidence interval of the mean of `values` (seeds): mean -/+ t(dof n - 1) s / sqrt(n),
+    s the sample std; (NaN, NaN) with fewer than 2 values or any NaN."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2 or not np.isfinite(x).all():
+        return math.nan, math.nan
+    half = t_quantile(level, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean() - half), float(x.mean() + half)
 
 
 # -- curves: pure functions of DataFrames --------------------------------------------------------
@@ -139,6 +198,13 @@ def final_metric(curve: pd.DataFrame, metric: str) -> float:
         if len(hit):
             return float(hit.sort_values("step", kind="stable")["value"].iloc[-1])
     return math.nan
+
+
+def logged_values(curve: pd.DataFrame) -> list[str]:
+    """The names of the metric values a run logged (`eval/<name>` or `eval/<name>_final`), in
+    sorted order; evaluation times are no metric."""
+    names = {str(k)[5:].removesuffix("_final") for k in set(curve["key"]) if str(k).startswith("eval/")}
+    return sorted(n for n in names if not n.startswith("seconds"))
 
 
 def metric_at_fraction(points: pd.DataFrame, target: float) -> float:
@@ -199,6 +265,8 @@ def run_summary(info: Mapping[str, Any], curve: pd.DataFrame) -> dict[str, Any]:
     teacher = float(info.get("teacher_metric", math.nan))
     out: dict[str, Any] = dict(info)
     out["final"] = final_metric(curve, metric)
+    for name in logged_values(curve):
+        out[f"final_{name}"] = final_metric(curve, name)
     for f in FRACTIONS:
         out[f"metric_at_{_pct(f)}"] = metric_at_fraction(points, f)
     for k in FACTORS:
@@ -230,12 +298,24 @@ def _seed_key(seed: Any) -> tuple[int, Any]:
         return (1, str(seed))
 
 
+def value_columns_of(runs: pd.DataFrame) -> list[str]:
+    """The `final_<value>` columns of the per-run numbers (one per metric value logged), sorted."""
+    return sorted(c for c in runs.columns if c.startswith("final_") and c != "final_images")
+
+
+def board_columns(value_columns: Sequence[str]) -> list[str]:
+    """COLUMNS with each metric value's column after `proxy`."""
+    at = COLUMNS.index("proxy") + 1
+    return [*COLUMNS[:at], *value_columns, *COLUMNS[at:]]
+
+
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Per-run numbers (run_summary rows) -> the leaderboard, one row per (dataset, method,
     settings), best final mean first within a dataset."""
     rows = []
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
+    value_columns = value_columns_of(runs)
     for (dataset, method, settings), g in runs.groupby(["dataset", "method", "settings"], sort=False):
         g = g.iloc[sorted(range(len(g)), key=lambda i: _seed_key(g["seed"].iloc[i]))]
         final = g["final"].astype(float)
@@ -246,6 +326,12 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
             "final_mean": final.mean(), "final_std": final.std(ddof=1) if len(g) > 1 else math.nan,
             "final_min": final.min(), "final_max": final.max(),
         }
+        row["final_ci95_low"], row["final_ci95_high"] = mean_interval(final.to_numpy())
+        images = pd.to_numeric(g["final_images"], errors="coerce") if "final_images" in g else pd.Series(dtype=float)
+        row["final_images"] = int(images.min()) if len(images) and images.notna().all() else None
+        row["proxy"] = None if row["final_images"] is None else bool(row["final_images"] < PROTOCOL_IMAGES)
+        for col in value_columns:
+            row[col] = _all_or_nan(g[col].astype(float)) if col in g else math.nan
         row["final_vs_teacher"] = row["final_mean"] / teacher.mean() if teacher.notna().all() else math.nan
         for f in FRACTIONS:
             row[f"metric_at_{_pct(f)}"] = _all_or_nan(g[f"metric_at_{_pct(f)}"].astype(float))
@@ -269,7 +355,9 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         row["stopped_by_time"] = int((g["stopped_by"] == "max_seconds").sum())
         row["run_ids"] = _join(g["run_id"])
         rows.append(row)
-    board = pd.DataFrame(rows, columns=COLUMNS)
+    board = pd.DataFrame(rows, columns=board_columns(value_columns))
+    board["final_images"] = board["final_images"].astype("Int64")
+    board["proxy"] = board["proxy"].astype("boolean")
     for k in FACTORS:
         board[f"seeds_reached_{_factor(k)}"] = board[f"seeds_reached_{_factor(k)}"].astype("Int64")
     return board.sort_values(["dataset", "final_mean", "method"], na_position="last", kind="stable").reset_index(drop=True)
@@ -316,12 +404,17 @@ def run_info(run: Run, experiment_name: str) -> dict[str, Any]:
         "teacher": tags.get("teacher"), "teacher_metric": teacher_value, "teacher_metric_source": teacher_source,
         "code_version": tags.get("code_version"), "budget": budget, "bench": tags.get("sidbench.bench"),
         "stopped_by": tags.get("stopped_by"), "run_dir": tags.get("sidbench.run_dir"),
+        # the final evaluation's size: the tag sidbench.run sets, else (older runs) the setting
+        "final_images": tags.get("final_images") or params.get("eval.final_samples"),
     }
 
 
 def read_run_curve(client: MlflowClient, run: Run, metric: str) -> pd.DataFrame:
-    """The run's tidy curve: the counters, `eval/<metric>` and `eval/<metric>_final`."""
-    keys = [k for k in (*COUNTERS, f"eval/{metric}", f"eval/{metric}_final") if k in run.data.metrics]
+    """The run's tidy curve: the counters and every metric value it logged (`eval/<name>`,
+    `eval/<name>_final`; the headline `metric` among them)."""
+    values = [k for k in run.data.metrics if k.startswith("eval/") and not k[5:].startswith("seconds")]
+    keys = [k for k in dict.fromkeys((*COUNTERS, f"eval/{metric}", f"eval/{metric}_final", *sorted(values)))
+            if k in run.data.metrics]
     return curve_frame(run.info.run_id, {k: client.get_metric_history(run.info.run_id, k) for k in keys})
 
 
@@ -484,6 +577,10 @@ def _fmt_rate(x: float) -> str:
     return _fmt(x, ",.0f") if isinstance(x, float) and x >= 1000 else _fmt(x, ".3g")
 
 
+#: The `final_*` columns that are not a metric value's.
+_FIXED_FINAL = ("mean", "std", "min", "max", "ci95_low", "ci95_high", "vs_teacher", "images")
+
+
 def print_leaderboard(board: Leaderboard, console: Console) -> None:
     """The measured rows, one table per (dataset, metric), then the published figures in a table of
     their own."""
@@ -494,18 +591,26 @@ def print_leaderboard(board: Leaderboard, console: Console) -> None:
         teacher = ", ".join(f"{_fmt(r.teacher_metric)} ({r.teacher_metric_source})" for r in
                             rows.dropna(subset=["teacher_metric"]).drop_duplicates(["teacher_metric"]).itertuples()) or "unknown"
         table = Table(title=f"{dataset}: {metric}, lower is better (measured, FINISHED runs)",
-                      caption=f"teacher {teacher}; kimg to k x teacher: mean over seeds (seeds that got there / seeds)")
-        for col in ("method", "settings", "seeds", "final (mean ± std)", "min-max", "x teacher", "@25%", "@50%", "@100%",
-                    "kimg to 1.5x", "kimg to 1.0x", "log-area", "NFE", "img/s", "budget"):
+                      caption=f"teacher {teacher}; kimg to k x teacher: mean over seeds (seeds that got there / seeds); "
+                              f"95% CI: Student's t over seeds; images: the final evaluation's (proxy: fewer than "
+                              f"{PROTOCOL_IMAGES:,}); precision and recall: higher is better")
+        others = [c for c in m.columns if c.startswith("final_") and c.removeprefix("final_") not in (*_FIXED_FINAL, metric)
+                  and rows[c].notna().any()]
+        for col in ("method", "settings", "seeds", "final (mean ± std)", "95% CI", "min-max", "images", "x teacher",
+                    "@25%", "@50%", "@100%", "kimg to 1.5x", "kimg to 1.0x", "log-area", "NFE", "img/s",
+                    *(c.removeprefix("final_") for c in others), "budget"):
             table.add_column(col, justify="left" if col in ("method", "settings", "budget") else "right")
         for _, r in rows.iterrows():
             std = f" ± {_fmt(r['final_std'], '.2g')}" if _fmt(r["final_std"]) else ""
+            ci = f"[{_fmt(r['final_ci95_low'])}, {_fmt(r['final_ci95_high'])}]" if _fmt(r["final_ci95_low"]) else ""
+            images = "" if pd.isna(r["final_images"]) else f"{int(r['final_images']):,}" + (" proxy" if r["proxy"] else "")
             reach = [f"{_fmt(r[f'kimg_to_{t}'], '.4g') or '-'} ({_fmt(r[f'seeds_reached_{t}'], 'd') or '?'}/{r['n_seeds']})"
                      for t in ("1.5x", "1.0x")]
             table.add_row(str(r["method"]), str(r["settings"])[:8], f"{r['n_seeds']} ({r['seeds']})", f"{_fmt(r['final_mean'])}{std}",
-                          f"{_fmt(r['final_min'])}-{_fmt(r['final_max'])}", _fmt(r["final_vs_teacher"], ".3g"),
+                          ci, f"{_fmt(r['final_min'])}-{_fmt(r['final_max'])}", images, _fmt(r["final_vs_teacher"], ".3g"),
                           *(_fmt(r[f"metric_at_{p}"]) for p in ("25", "50", "100")), *reach,
-                          _fmt(r["log_area"], ".3f"), _fmt(r["nfe"]), _fmt_rate(r["images_per_s"]), str(r["budget"]))
+                          _fmt(r["log_area"], ".3f"), _fmt(r["nfe"]), _fmt_rate(r["images_per_s"]),
+                          *(_fmt(r[c]) for c in others), str(r["budget"]))
         console.print(table)
     if board.skipped:
         console.print(f"{len(board.skipped)} run(s) not FINISHED left out: {', '.join(board.skipped)}")
