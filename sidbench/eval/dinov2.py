@@ -47,6 +47,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HEAD_DIM = 64
 #: The DINOv2 repository's offset to the output grid when resampling position embeddings.
 POS_OFFSET = 0.1
+#: Images per forward pass of a feature network (at 224x224).
+CHUNK = 64
 
 
 class _Attention(nn.Module):
@@ -197,7 +199,8 @@ class DINOv2Extractor:
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images [B, 3, H, W], got {images.dtype} {list(images.shape)}")
-        return self.net(preprocess(images.to(self.device))).double().cpu().numpy()
+        # at most CHUNK images at a time: an evaluation batch (500) of 224x224 inputs would not fit every GPU
+        return torch.cat([self.net(preprocess(x.to(self.device))).double().cpu() for x in images.split(CHUNK)]).numpy()
 
 
 def dinov2_extractor(weights_path: str | os.PathLike | None = None, *, device: torch.device | str | None = None,

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sidbench.eval.dinov2 import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
+from sidbench.eval.dinov2 import CHUNK, IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
 from sidbench.eval.weights import WeightsFile, detector_weights, load_state_dict
 
 #: torchvision's VGG16 IMAGENET1K_V1 weights. The name carries the SHA-256's first digits (torchvision
@@ -119,7 +119,8 @@ class VGGExtractor:
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images [B, 3, H, W], got {images.dtype} {list(images.shape)}")
-        return self.net(preprocess(images.to(self.device))).float().cpu().numpy()
+        # at most CHUNK images at a time: an evaluation batch (500) of 224x224 inputs would not fit every GPU
+        return torch.cat([self.net(preprocess(x.to(self.device))).float().cpu() for x in images.split(CHUNK)]).numpy()
 
 
 def vgg16_extractor(weights_path: str | os.PathLike | None = None, *, device: torch.device | str | None = None,

@@ -3,7 +3,8 @@
 Runs with equal `sidbench.settings` tags (the resolved config without the seed) and different
 seeds form one row. Only runs whose MLflow status is FINISHED enter it: a running, failed or
 killed run has no final metric, and its partial curve would bias the means (the ids of the runs
-left out are kept in `Leaderboard.skipped`). All metrics are lower-is-better.
+left out are kept in `Leaderboard.skipped`). The headline metric (the run's `eval.metric`) is
+lower-is-better; of the other values, precision and recall are higher-is-better.
 
 Every number is computed per run (per seed) from the run's evaluation points, the logged lines
 that carry `eval/<metric>`, and then summarised over the seeds of a row:
