@@ -38,7 +38,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from sidbench.config import group_config, group_options
     from sidbench.eval import METRICS  # declares the built-ins without importing them (nor torch)
-    from sidbench.methods import METHODS  # the same
+    from sidbench.eval.published_generators import load_catalogue
+    from sidbench.methods import METHODS  # declares the built-ins without importing them (nor torch)
     from sidbench.samplers import SAMPLERS  # the same, for the samplers a recipe names
 
     methods = Table("method", "description", title="methods (method=...)")
@@ -56,11 +57,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     metrics = Table("metric", "description", title="metrics (eval.metric=..., a dataset card's metric)")
     for name, desc in METRICS.describe().items():
         metrics.add_row(name, desc)
+    released = Table(title="generators released by their authors (sidbench fid published=<name>)",
+                     caption="paper's FID: the authors' figure, for context (* their best SiDA/SiD²A run on the "
+                             "dataset); `sidbench fid` measures the file here")
+    for col in ("name", "generator", "NFE", "paper's FID"):
+        released.add_column(col, no_wrap=col != "generator")
+    released.add_column("address", overflow="fold")
+    for g in load_catalogue().values():
+        paper = "" if g.paper_fid is None else f"{g.paper_fid:g}{'' if g.paper_fid_of == 'generator' else '*'}"
+        released.add_row(g.name, g.label, str(g.nfe), paper, g.url)
     out = Console()
     out.print(methods)
     out.print(samplers)
     out.print(datasets)
     out.print(metrics)
+    out.print(released)
     return 0
 
 
@@ -91,6 +102,10 @@ FID_HELP = """Score images, a saved generator or the teacher (FID, or the offlin
   sidbench fid runs/ffhq64/sid-x/generator.safetensors --num 50000
   sidbench fid teacher dataset=cifar10                          # the teacher's Heun sampler; kept in MLflow as
                                                                 #   the teacher's reference line for runs
+  sidbench fid published=sid-cifar10                            # a generator released by its authors (see
+                                                                #   `sidbench list`): downloaded once, loaded
+                                                                #   safely, sampled as they sample it; kept
+                                                                #   in MLflow as a published_generator run
   sidbench fid samples/ --ref ffhq64                            # a folder, .npz or zip of images
   sidbench fid samples.npz --ref my-stats.npz --mode clean      # statistics from `sidbench stats`
   sidbench fid runs/digits/sid-x                                # digits: fd_pixel (no Inception reference)
@@ -177,7 +192,8 @@ LEADERBOARD_HELP = """Build the leaderboard from MLflow: leaderboard.csv, plots 
   sidbench leaderboard --bench digits-flops4e12 --out results/
   sidbench leaderboard --experiment digits tracking.uri=http://mlflow.example:5000
 
-Only finished runs count. Published numbers (the papers') are shown apart: their own CSV and table."""
+Only finished runs count. Published numbers (the papers') are shown apart: their own CSV and table; so are
+the authors' released generators measured here (`sidbench fid published=<name>`)."""
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -217,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. method=sid dataset=ffhq64")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("list", help="list methods, samplers, datasets and teachers")
+    p = sub.add_parser("list", help="list methods, samplers, datasets and teachers, metrics and released generators")
     p.set_defaults(func=cmd_list)
 
     teacher = sub.add_parser("teacher", help="train or sample a teacher")
@@ -240,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fid", help="FID of images, a saved generator or the teacher (fd_pixel/fd_digits on digits)",
                        description=FID_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="SOURCE",
-                   help="a folder, .npz or zip of images; a generator.safetensors or run folder; or the word `teacher`")
+                   help="a folder, .npz or zip of images; a generator.safetensors or run folder; the word `teacher`; "
+                        "or published=<name>, a released generator (`sidbench list`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. dataset=ffhq64")
     p.add_argument("--ref", default=None, help="reference statistics: a dataset key, an address or an .npz "
                                                "(default: the dataset's; given, the metric is FID)")

@@ -7,6 +7,10 @@ SOURCE is one of
   measured against the dataset's own reference;
 * a saved generator: a `generator.safetensors`, or the run folder holding one (the dataset then
   defaults to the run's own, from its `config.yaml`);
+* `published=<name>`: a generator released by its authors, from the catalogue
+  (`sidbench.eval.published_generators`): downloaded once into the cache, read by the safe EDM
+  loader, sampled with the catalogue's recipe and scored on its own dataset by default; the result is
+  recorded in MLflow as a run tagged `sidbench.kind=published_generator`;
 * a folder, `.npz` or zip of images (`eval.sources`: files are read by clean-fid).
 
 Generated images come from `generated_batches` (the eval group's seed and label mode; labels
@@ -50,20 +54,39 @@ from sidbench.eval.sources import accumulate_features, image_batches, image_file
 class FidResult:
     metric: str
     value: float  #: the first value (the only one of a distance)
-    #: the MLflow run that records the value as the teacher's reference (teacher sources, tracking on)
-    teacher_run_id: str | None = None
+    #: the MLflow run that records the value (tracking on): the teacher's reference, or a released
+    #: generator's measurement
+    run_id: str | None = None
     #: every value by name: {metric: value} for a distance, {precision: p, recall: r} for precision_recall
     values: dict[str, float] = field(default_factory=dict)
 
 
+PUBLISHED = "published="
+
+
 def source_kind(source: str) -> str:
-    """`teacher`, `generator` (a `.safetensors` file or a run folder) or `images`."""
+    """`teacher`, `published` (`published=<name>`), `generator` (a `.safetensors` file or a run
+    folder) or `images`."""
     if source == "teacher":
         return "teacher"
+    if source.startswith(PUBLISHED):
+        return "published"
     path = Path(source).expanduser()
     if path.suffix == ".safetensors" or is_run_folder(path):
         return "generator"
     return "images"
+
+
+def _take_published(source: str, overrides: list[str]) -> tuple[str, list[str]]:
+    """(source, overrides) with `published=<name>` as the source wherever it was written: argparse
+    takes the first word for SOURCE, so `sidbench fid dataset=x published=y` has it among the overrides."""
+    named = [o for o in overrides if o.startswith(PUBLISHED)]
+    if not named:
+        return source, overrides
+    rest = [o for o in overrides if not o.startswith(PUBLISHED)]
+    if len(named) > 1 or source.startswith(PUBLISHED) or "=" not in source or Path(source).expanduser().exists():
+        raise ConfigError(f"score one source at a time: {' and '.join([source, *named])}")
+    return named[0], [source, *rest]
 
 
 def _has_group(overrides: list[str], group: str) -> bool:
@@ -110,11 +133,17 @@ def run_fid(
     from sidbench.distributed import pick_device
 
     console = console or Console()
-    overrides = list(overrides)
+    source, overrides = _take_published(source, list(overrides))
     kind = source_kind(source)
     notes: list[tuple[str, str]] = []
-    gen_path = None
-    if kind == "generator":
+    gen_path = entry = None
+    if kind == "published":
+        from sidbench.eval.published_generators import find_published
+
+        entry = find_published(source[len(PUBLISHED):])
+        if not _has_group(overrides, "dataset"):
+            overrides.insert(0, f"dataset={entry.dataset}")
+    elif kind == "generator":
         gen_path = generator_file(source)
         if not _has_group(overrides, "dataset"):
             name = _run_dataset(gen_path)
@@ -154,6 +183,20 @@ def run_fid(
             source_name = f"teacher {teacher.source}"
             notes.append(("sampler", f"Heun, {steps} steps ({2 * steps - 1} NFE)"))
             what = f"teacher {teacher.source}"
+        elif kind == "published":
+            from sidbench.eval.generators import load_published_generator
+            from sidbench.eval.published_generators import fetch_published
+
+            gen_path = fetch_published(entry, progress=progress)
+            gen = load_published_generator(gen_path, entry.sampling, method=entry.method, device=dev)
+            sample_source, shape, label_dim = gen, gen.shape, gen.label_dim
+            source_name = f"{entry.name}: {entry.label}, released by its authors ({entry.url})"
+            notes.append(("generator", f"{gen.describe()}; file {gen_path}"))
+            if str(cfg.dataset.name) != entry.dataset:
+                notes.append(("dataset", f"{cfg.dataset.name} (the generator was distilled on {entry.dataset})"))
+            if entry.paper_fid is not None:
+                notes.append(("paper's FID", f"{entry.paper()}; not measured here"))
+            what = f"released generator {entry.name}"
         else:
             from sidbench.eval.generators import load_generator
 
@@ -177,6 +220,14 @@ def run_fid(
     value = next(iter(values.values()))
 
     run_id = None
+    if entry is not None:
+        from sidbench.eval.published_generators import record_published_metric
+
+        run_id = record_published_metric(cfg, entry, gen_path, metric=metric.name, values=values, num_samples=int(num),
+                                         settings=type(metric).measurement_settings(cfg))
+        if run_id is not None:
+            console.print(f"recorded as a measurement of the released generator {entry.name} ({int(num):,} images) "
+                          f"on {cfg.dataset.name}: MLflow run {run_id}")
     if teacher is not None and ref is None and len(values) == 1:
         from sidbench.eval.teacher_metrics import record_teacher_metric
 

@@ -44,6 +44,12 @@ their own CSV and printed in their own table, never as rows of the measured one:
 almost none of its columns (no curve, no compute, other sample sizes), and a reader who averages
 or sorts `leaderboard.csv` cannot mix them in by accident. Both tables carry a `source` column
 (`measured`, `published (arXiv:<id>)`), so the labels survive if someone concatenates them.
+
+Generators released by their authors and measured here (`sidbench fid published=<name>`, MLflow runs
+tagged `sidbench.kind=published_generator`, `sidbench.eval.published_generators`) are a third table,
+`leaderboard_published_generators.csv`, source `released generator, measured here`: one number each
+(metric, images, NFE, name, address; the newest measurement of each file, dataset, metric, sample
+count and metric settings), neither a training run's curve nor a paper's figure.
 """
 from __future__ import annotations
 
@@ -106,6 +112,15 @@ COLUMNS = [
 PUBLISHED_COLUMNS = ["source", "dataset", "method", "nfe", "metric", "value", "data"]
 DATA_LEGEND = "data: DF data-free, R real data, P teacher pairs"
 
+#: The `sidbench.kind` tags of runs that share the datasets' experiments but are not training runs.
+TEACHER_MEASUREMENT = "teacher_measurement"
+PUBLISHED_GENERATOR = "published_generator"  # sidbench.eval.published_generators.KIND
+RELEASED = "released generator, measured here"
+RELEASED_COLUMNS = ["source", "dataset", "name", "method", "nfe", "metric", "value", "num_samples", "seed",
+                    "metric_settings", "generator_dataset", "address", "sha256", "code_version", "run_id"]
+# What makes two measurements of a released generator the same measurement (the newest is kept).
+_RELEASED_KEY = ["dataset", "name", "metric", "num_samples", "metric_settings", "sha256"]
+
 
 @dataclass
 class Leaderboard:
@@ -115,6 +130,8 @@ class Leaderboard:
     runs: pd.DataFrame | None = None  # one row per finished run (the per-seed numbers)
     curves: pd.DataFrame | None = None  # tidy curves of those runs: run_id, step, key, value
     skipped: list[str] = field(default_factory=list)  # run ids left out (status not FINISHED)
+    #: released generators measured here (RELEASED_COLUMNS), apart from both tables above
+    released: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RELEASED_COLUMNS))
 
 
 # -- confidence intervals over seeds --------------------------------------------------------------
@@ -450,9 +467,10 @@ def read_runs(client: MlflowClient, experiments: Sequence[str] | None = None, be
                          "nothing written")
     infos, curves, skipped = [], [], []
     for run in runs:
-        # A teacher's measurement (sidbench.eval.teacher_metrics) shares the experiment but is no
-        # training run; filtered here, since a `!=` filter in the store drops runs without the tag.
-        if run.data.tags.get("sidbench.kind") == "teacher_measurement":
+        # A teacher's or a released generator's measurement (sidbench.eval.teacher_metrics,
+        # .published_generators) shares the experiment but is no training run; filtered here, since a
+        # `!=` filter in the store drops runs without the tag.
+        if run.data.tags.get("sidbench.kind") in (TEACHER_MEASUREMENT, PUBLISHED_GENERATOR):
             continue
         if run.info.status != "FINISHED":
             skipped.append(run.info.run_id)
@@ -462,6 +480,36 @@ def read_runs(client: MlflowClient, experiments: Sequence[str] | None = None, be
         curves.append(read_run_curve(client, run, info["metric"]))
     curve = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
     return infos, curve, skipped, list(names.values())
+
+
+def read_published_generators(client: MlflowClient, experiments: Iterable[str]) -> pd.DataFrame:
+    """The FINISHED measurements of released generators in the named experiments (RELEASED_COLUMNS),
+    the newest of each (file, dataset, metric, sample count, metric settings), best value first
+    within a dataset and metric."""
+    ids = [e.experiment_id for e in (client.get_experiment_by_name(n) for n in dict.fromkeys(experiments)) if e is not None]
+    filt = f"tags.`sidbench.kind` = '{PUBLISHED_GENERATOR}' AND attributes.status = 'FINISHED'"
+    runs = all_pages(client.search_runs, experiment_ids=ids, filter_string=filt, max_results=1000,
+                     order_by=["attributes.start_time DESC"]) if ids else []
+    rows = []
+    for run in runs:
+        tags = run.data.tags
+        # one row per value the measurement logged (FID one; precision/recall two)
+        for key, value in sorted(run.data.metrics.items()):
+            if not key.startswith(PUBLISHED_GENERATOR + "/"):
+                continue
+            rows.append({"source": RELEASED, "dataset": tags.get("dataset"), "name": tags.get("name"),
+                         "method": tags.get("method"),
+                         "nfe": int(tags["nfe"]) if str(tags.get("nfe", "")).isdigit() else None,
+                         "metric": key[len(PUBLISHED_GENERATOR) + 1:], "value": float(value),
+                         "num_samples": int(tags.get("num_samples", 0) or 0), "seed": tags.get("seed"),
+                         "metric_settings": tags.get("metric_settings", ""),
+                         "generator_dataset": tags.get("generator_dataset"), "address": tags.get("url"),
+                         "sha256": tags.get("sha256"), "code_version": tags.get("code_version"),
+                         "run_id": run.info.run_id})
+    df = pd.DataFrame(rows, columns=RELEASED_COLUMNS)
+    df = df.drop_duplicates(_RELEASED_KEY, keep="first")  # newest first: the newest of each stays
+    df["nfe"] = df["nfe"].astype("Int64")
+    return df.sort_values(["dataset", "metric", "value", "name"], kind="stable").reset_index(drop=True)
 
 
 def last_sample_grid(paths: Iterable[str]) -> str | None:
@@ -543,29 +591,36 @@ def _plot(client: MlflowClient, board: pd.DataFrame, runs: pd.DataFrame, curves:
 def build_leaderboard(uri: str, out: Path, experiments: list[str] | None = None, bench: str | None = None) -> Leaderboard:
     """Read the finished runs at `uri` (all experiments, or the named ones; only a bench's runs when
     `bench` is given) and write to `out`: leaderboard.csv (measured), leaderboard_published.csv
-    (reference figures of the datasets read), leaderboard_runs.csv (the per-seed numbers), and per
-    dataset and metric the curves and the final-samples mosaic as PNG."""
+    (reference figures of the datasets read), leaderboard_runs.csv (the per-seed numbers),
+    leaderboard_published_generators.csv (released generators measured here: of the datasets read,
+    or of the bench's datasets), and per dataset and metric the curves and the final-samples mosaic
+    as PNG. With neither a finished training run nor a released generator's measurement nothing is
+    written."""
     client = open_store(uri)
     infos, curves, skipped, exp_names = read_runs(client, experiments, bench)
-    if not infos:  # nothing measured: leave whatever `out` holds (a committed leaderboard) as it is
+    runs = pd.DataFrame([run_summary(i, curves[curves["run_id"] == i["run_id"]]) for i in infos])
+    board = aggregate(runs)
+    # Released generators belong to no bench: beside a bench's rows, those of the bench's datasets.
+    released = read_published_generators(client, sorted(set(board["dataset"])) if bench else exp_names)
+    if not infos and released.empty:  # nothing measured: leave whatever `out` holds (a committed leaderboard) as it is
         from sidbench.errors import InputError
 
         left = f" ({len(skipped)} not FINISHED)" if skipped else ""
         raise InputError(f"no FINISHED runs{left} at {uri}{f' for --bench {bench}' if bench else ''}; nothing written to {out}")
-    runs = pd.DataFrame([run_summary(i, curves[curves["run_id"] == i["run_id"]]) for i in infos])
-    board = aggregate(runs)
     datasets = set(exp_names) | set(board["dataset"])
     published = load_published(datasets)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "leaderboard.csv", out / "leaderboard_published.csv", out / "leaderboard_runs.csv"]
+    paths = [out / "leaderboard.csv", out / "leaderboard_published.csv", out / "leaderboard_runs.csv",
+             out / "leaderboard_published_generators.csv"]
     board.to_csv(paths[0], index=False)
     published.to_csv(paths[1], index=False)
     runs.to_csv(paths[2], index=False)
+    released.to_csv(paths[3], index=False)
     if not board.empty:
         paths += _plot(client, board, runs, curves, out)
-    return Leaderboard(board, published, paths, runs, curves, skipped)
+    return Leaderboard(board, published, paths, runs, curves, skipped, released)
 
 
 def _fmt(x: Any, spec: str = ".4g") -> str:
@@ -615,6 +670,16 @@ def print_leaderboard(board: Leaderboard, console: Console) -> None:
         console.print(table)
     if board.skipped:
         console.print(f"{len(board.skipped)} run(s) not FINISHED left out: {', '.join(board.skipped)}")
+    r = board.released
+    if not r.empty:
+        table = Table(title="Released generators, measured here (sidbench fid published=<name>; not training runs)",
+                      caption="the authors' files scored with this suite's protocol; their papers' figures are below")
+        for col in ("dataset", "name", "method", "NFE", "metric", "value", "images", "address"):
+            table.add_column(col, justify="right" if col in ("NFE", "value", "images") else "left")
+        for _, x in r.iterrows():
+            table.add_row(str(x["dataset"]), str(x["name"]), str(x["method"]), _fmt(x["nfe"]), str(x["metric"]),
+                          _fmt(x["value"]), f"{int(x['num_samples']):,}", str(x["address"]))
+        console.print(table)
     p = board.published
     if not p.empty:
         table = Table(title="Published figures (from the papers, not measured here)", caption=DATA_LEGEND)
