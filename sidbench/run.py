@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from sidbench.data.real import open_real_images
+from sidbench.data.loader import open_real_data
 from sidbench.distributed import broadcast_object, init_from_env, local_rank, pick_device, shutdown, wrap_ddp
 from sidbench.eval.evaluator import Evaluator
 from sidbench.eval.generators import GENERATOR_FILENAME
@@ -196,7 +196,7 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
         record_mlflow_run(run_dir, tracker.run_id)  # known before the first checkpoint: a restart closes it
         tracker.log_artifact(run_dir / CONFIG_NAME)
 
-    real_data = open_real_images(cfg.dataset, teacher.shape, teacher.label_dim) if method.uses_real_data(cfg.method) else None
+    real_data = open_real_data(cfg, teacher.shape, teacher.label_dim, rank, device) if method.uses_real_data(cfg.method) else None
     trainer = Trainer(cfg.trainer, method, run_dir, device, evaluator, tracker, sampler, rank, world,
                       wrap_ddp(method.networks(), device), reference_metrics(cfg, teacher.info, teacher.source, rank), real_data)
     if start.kind == "resume" and trainer.resume():

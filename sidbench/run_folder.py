@@ -41,7 +41,7 @@ METRICS_NAME = "metrics.jsonl"
 #: points, checkpoints, sample grids, the final evaluation's size). Everything else fixes what the
 #: run computes. A key stands for every setting under it.
 RESUMABLE = (
-    "output_root", "run_name", "resume", "dry_run", "tracking", "device", "threads", "processes",
+    "output_root", "run_name", "resume", "dry_run", "tracking", "device", "threads", "processes", "data",
     "trainer.batch_gpu", "trainer.budget", "trainer.kimg", "trainer.max_seconds", "trainer.count_flops",
     "trainer.tick_kimg", "trainer.eval_every_kimg", "trainer.eval_at_kimg", "trainer.eval_at_fraction",
     "trainer.eval_log_points", "trainer.checkpoint_every_kimg", "trainer.sample_grids",

@@ -199,6 +199,13 @@ class TrackingSchema:
 
 
 @dataclass
+class DataSchema:
+    workers: int = setting(ge=0)
+    prefetch: int = setting(ge=1)
+    chunk: int = setting(ge=1)
+
+
+@dataclass
 class RunSchema:
     """The top level; `method` has its method's settings (`method_settings`) and `resume` its own check."""
 
@@ -209,6 +216,7 @@ class RunSchema:
     threads: int | None = setting(ge=1)
     processes: int = setting(ge=1)
     tracking: TrackingSchema
+    data: DataSchema
     dataset: DatasetSchema
     trainer: TrainerSchema
     eval: EvalSchema

@@ -50,7 +50,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
 
 
 # Keys that say where and how a run is kept or started, not what it computes: left out of its hashes.
-BOOKKEEPING_KEYS = ("output_root", "run_name", "resume", "dry_run", "tracking", "device", "threads", "processes")
+BOOKKEEPING_KEYS = ("output_root", "run_name", "resume", "dry_run", "tracking", "device", "threads", "processes", "data")
 
 
 def _without_seeds(node: Any) -> Any:

@@ -164,6 +164,38 @@ eval.refs.<metric>, else <cache>/refs/<dataset>-<metric>.npz. The last line of s
 `stats <path written>`."""
 
 
+DATASET_HELP = """Make an EDM dataset zip of training images (for dataset.images.path; docs/data.md).
+
+  sidbench dataset cifar10 --out data/cifar10-32x32.zip                    # through torchvision's download
+  sidbench dataset photos/ --out data/mine-64x64.zip --resolution 64       # any image folder
+  sidbench dataset photos/ --out data/mine-64x64.zip --resolution 64 --labels-from-folders
+
+A folder's images are centre-cropped to a square and resized (Lanczos) to --resolution; with
+--labels-from-folders each image's class is its first-level sub-folder (sorted). The last line of
+standard output is `dataset <path written> <images>`."""
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sidbench.config import ConfigError
+    from sidbench.data.make_dataset import cifar10_images, folder_images, write_edm_zip
+
+    if args.source == "cifar10":
+        images = cifar10_images(args.download_dir or Path(args.out).parent / "cifar10-download")
+    elif Path(args.source).is_dir():
+        if args.resolution is None:
+            raise ConfigError(f"give the images' size: sidbench dataset {args.source} --resolution <pixels> ...")
+        images = folder_images(args.source, args.resolution, labels_from_folders=args.labels_from_folders,
+                               channels=args.channels)
+    else:
+        raise ConfigError(f"{args.source} is neither `cifar10` nor a folder of images")
+    path, count = write_edm_zip(args.out, images)
+    console.print(f"wrote {count:,} images to {path}; train on them with dataset.images.path={path}")
+    print(f"dataset {path} {count}", flush=True)
+    return 0
+
+
 BENCH_HELP = """Run every (method, dataset, seed) cell under one budget: a Hydra multirun of `sidbench run`s.
 
   sidbench bench methods=[sid,dmd2] datasets=[digits] seeds=3 budget.unit=flops budget.value=2e12
@@ -286,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     p.add_argument("--inception", default=None, metavar="PATH", help="local Inception-v3 TorchScript file")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("dataset", help="make an EDM dataset zip of training images (CIFAR-10, or an image folder)",
+                       description=DATASET_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="SOURCE", help="`cifar10`, or a folder of images")
+    p.add_argument("--out", required=True, metavar="FILE.zip", help="the zip to write")
+    p.add_argument("--resolution", type=positive_int, default=None, help="a folder's images: their size in pixels")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="a folder's images: 3 (RGB) or 1 (gray)")
+    p.add_argument("--labels-from-folders", action="store_true", help="a folder's images: class = first-level sub-folder")
+    p.add_argument("--download-dir", default=None, metavar="DIR",
+                   help="cifar10: where torchvision keeps its download (default: beside --out)")
+    p.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("bench", help="run a matrix of methods x datasets x seeds under one budget (Hydra multirun)",
                        description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
