@@ -59,7 +59,7 @@ def test_the_zip_layout_is_edms(tmp_path: Path) -> None:
     import json
     import zipfile
 
-    images = [(np.full((2, 2, 1), i, np.uint8), i % 2) for i in range(1002)]
+    images = [(np.full((2, 2, 1), i % 256, np.uint8), i % 2) for i in range(1002)]
     path, count = write_edm_zip(tmp_path / "d.zip", images)
     with zipfile.ZipFile(path) as z:
         names = z.namelist()

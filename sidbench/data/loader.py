@@ -16,6 +16,7 @@ decoded is one line naming the file (raised in the training process, not a worke
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -164,5 +165,7 @@ def open_real_data(cfg: DictConfig, shape: tuple[int, int, int], label_dim: int,
     if images.read_uint8 is None:
         return images
     d = cfg.data
-    return RealImageLoader(images, seed=int(cfg.trainer.seed), rank=rank, workers=int(d.workers),
+    # no more workers than this process may use cores (DataLoader warns, and they would only queue)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return RealImageLoader(images, seed=int(cfg.trainer.seed), rank=rank, workers=min(int(d.workers), cores),
                            prefetch=int(d.prefetch), chunk=int(d.chunk), pin_memory=torch.device(device).type == "cuda")
