@@ -187,12 +187,24 @@ def _csv_rows() -> list[dict]:
 
 
 def test_the_catalogue_lists_the_authors_files_with_their_recipe_and_paper_figure() -> None:
-    from sidbench.config import group_options
+    from sidbench.config import compose, group_options
 
     catalogue = pg.load_catalogue()
+    dmd2 = catalogue.pop("dmd2-imagenet64")
     assert len(catalogue) == 20  # SiD and SiDA on five datasets, SiD²A at alpha 1.0 and 1.2 on five
     datasets = set(group_options("dataset"))
     papers = _csv_rows()
+    # DMD2's: a state dict of EDM's ImageNet 64 network without augmentation labels, sampled at sigma 80
+    assert (dmd2.dataset, dmd2.format, dmd2.filename, dmd2.nfe) == ("imagenet64", "state_dict", "dmd2-imagenet64.bin", 1)
+    assert dmd2.sampling == {"sampler": "one_step", "sigma": 80.0, "nfe": 1}
+    assert dmd2.url.startswith("https://huggingface.co/tianweiy/DMD2/resolve/main/model/imagenet/") and \
+        dmd2.url.endswith("_fid1.28_checkpoint_model_548000/pytorch_model.bin")
+    (row,) = [r for r in papers if r["dataset"] == "imagenet64" and r["method"] == "DMD2 (+GAN resumed)"]
+    assert dmd2.paper_fid == float(row["value"]) and dmd2.paper_source == row["source"]
+    teacher = dict(compose(["dataset=imagenet64"]).dataset.teacher.constructor)
+    assert {k: v for k, v in dmd2.constructor.items() if k in teacher and k != "dropout"} == \
+        {k: v for k, v in teacher.items() if k != "dropout"}  # the teacher's network, dropout 0
+    assert (dmd2.constructor["augment_dim"], dmd2.constructor["dropout"]) == (0, 0.0)
     for g in catalogue.values():
         assert g.dataset in datasets and g.nfe == 1
         suffix = "" if g.method != "sid2a" or g.alpha == 1.0 else f"-alpha{g.alpha:g}"
@@ -206,6 +218,7 @@ def test_the_catalogue_lists_the_authors_files_with_their_recipe_and_paper_figur
         assert g.paper_fid == float(row["value"]) and g.paper_source == row["source"]
         assert g.paper_fid_of == ("generator" if g.method == "sid" else "best_of_sida_sid2a")
     assert len({g.url for g in catalogue.values()}) == 20 and len({g.filename for g in catalogue.values()}) == 20
+    assert all(g.format == "edm_pickle" and g.constructor is None for g in catalogue.values())
     # files named in the SiD papers' repositories
     urls = {g.url for g in catalogue.values()}
     assert "https://huggingface.co/UT-Austin-PML/SiD/resolve/main/cifar10-uncond/alpha1.2/network-snapshot-1.200000-403968.pkl" in urls
@@ -234,6 +247,9 @@ def test_the_docs_table_agrees_with_the_catalogue() -> None:
     ({"paper_fid_of": "folklore"}, "paper_fid_of"),
     ({"colour": "red"}, "unknown keys"),
     ({"name": "Sid CIFAR"}, "lowercase"),
+    ({"format": "zip"}, "format must be one of"),
+    ({"format": "state_dict"}, "needs its constructor"),
+    ({"constructor": {"precond": "EDMPrecond"}}, "needs its constructor"),
 ])
 def test_a_malformed_catalogue_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: dict, message: str) -> None:
     _use_catalogue(monkeypatch, tmp_path, [_entry(**change)])
@@ -415,3 +431,62 @@ def test_sida_class_names_load_as_the_edm_classes_they_extend(tmp_path: Path) ->
     assert torch.equal(gen(z, labels), want)
     assert (gen.shape, gen.label_dim, gen.nfe) == ((3, 32, 32), 10, 1)
     assert gen.describe() == "sida, one_step (sigma 2.5), 1 NFE"
+
+
+def test_a_state_dict_generator_is_read_without_running_code(env: Path, tmp_path: Path, server: _Server, fake_fid: list[str],
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """DMD2's format: a torch.save'd state dict, read with weights_only into the catalogue's
+    constructor and sampled with its recipe (here sigma 80, as DMD2 samples): the same value as the
+    same weights saved as a generator with that recipe. A file that holds an object is refused."""
+    from sidbench.teachers.load import save_native_teacher
+
+    net, constructor = _tiny_generator(label_dim=10)
+    constructor = {**constructor, "augment_dim": 0}
+    from sidbench.teachers.networks import build_edm_network
+
+    torch.manual_seed(2)
+    net = build_edm_network(constructor).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+    buf = tmp_path / "pytorch_model.bin"
+    torch.save(net.state_dict(), buf)
+    server.files["/pytorch_model.bin"] = buf.read_bytes()
+    entry = _entry(name="dmd2-cifar10-cond", dataset="cifar10-cond", method="dmd2", label="DMD2 (test)",
+                   url=server.url("/pytorch_model.bin"), format="state_dict", constructor=constructor,
+                   sampling={"sampler": "one_step", "sigma": 80.0, "nfe": 1}, paper_fid=None, paper_fid_of=None)
+    _use_catalogue(monkeypatch, tmp_path, [entry])
+    assert main(["fid", "published=dmd2-cifar10-cond", "--num", "20", "device=cpu"]) == 0
+    value = _machine_line(capsys.readouterr().out)[1]
+    assert (env / "cache" / "dmd2-cifar10-cond.bin").read_bytes() == buf.read_bytes()
+    gen = save_native_teacher(net, constructor, tmp_path / "g.safetensors",
+                              {"method": "dmd2", "sampling": {"sampler": "one_step", "sigma": 80.0, "nfe": 1}})
+    assert main(["fid", str(gen), "dataset=cifar10-cond", "--num", "20", "device=cpu"]) == 0
+    assert _machine_line(capsys.readouterr().out)[1] == value
+    (run,) = _published_runs(env, "cifar10-cond")
+    assert run.data.tags["method"] == "dmd2" and run.data.tags["nfe"] == "1"
+
+    # an object in place of the weights: torch.load(weights_only=True) refuses it, nothing runs
+    evil = tmp_path / "evil.bin"
+    torch.save({"model.x": _Unpicklable()}, evil)
+    server.files["/evil.bin"] = evil.read_bytes()
+    _use_catalogue(monkeypatch, tmp_path, [{**entry, "name": "evil-cifar10-cond", "url": server.url("/evil.bin")}])
+    assert main(["fid", "published=evil-cifar10-cond", "--num", "20", "device=cpu", "tracking.enabled=false"]) == 1
+    err = _one_line_error(capsys.readouterr().err)
+    assert "is not a state dict of tensors" in err and "evil-cifar10-cond.bin" in err
+    assert not _Unpicklable.ran
+
+
+class _Unpicklable:
+    """Records whether unpickling ever called it."""
+
+    ran = False
+
+    def __reduce__(self):
+        return (_mark_ran, ())
+
+
+def _mark_ran():
+    _Unpicklable.ran = True
+    return 0

@@ -51,6 +51,9 @@ def resolve_init(init: str, cfg: DictConfig | None = None, *, progress: bool = T
             from sidbench.eval.published_generators import fetch_published
 
             entry = released[init]
+            if entry.method not in ("sid", "sida", "sid2a"):
+                raise ConfigError(f"method.init={init}: a {entry.label} generator; SiD²A starts from a generator of "
+                                  "the SiD family (sid-*, sida-*, sid2a-* in `sidbench list`)")
             return fetch_published(entry, progress=progress), f"released generator {entry.name} ({entry.url})"
         if RUN_ID.fullmatch(init):
             from sidbench.tracking import find_run_dir, tracking_uri

@@ -188,7 +188,8 @@ def run_fid(
             from sidbench.eval.published_generators import fetch_published
 
             gen_path = fetch_published(entry, progress=progress)
-            gen = load_published_generator(gen_path, entry.sampling, method=entry.method, device=dev)
+            gen = load_published_generator(gen_path, entry.sampling, method=entry.method, device=dev,
+                                           constructor=entry.constructor)
             sample_source, shape, label_dim = gen, gen.shape, gen.label_dim
             source_name = f"{entry.name}: {entry.label}, released by its authors ({entry.url})"
             notes.append(("generator", f"{gen.describe()}; file {gen_path}"))

@@ -122,12 +122,20 @@ def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu") 
 
 
 def load_published_generator(path: str | os.PathLike, recipe: dict[str, Any], *, method: str = "",
-                             device: torch.device | str = "cpu") -> SavedGenerator:
-    """A released generator file (an EDM-format `.pkl`, read by the safe loader; its `ema` network)
-    as a `SampleFn` that follows `recipe` (e.g. `{"sampler": "one_step", "sigmas": [2.5], "nfe": 1}`)
-    through the registered samplers; `method` only labels it."""
+                             device: torch.device | str = "cpu",
+                             constructor: dict[str, Any] | None = None) -> SavedGenerator:
+    """A released generator file as a `SampleFn` that follows `recipe` (e.g. `{"sampler": "one_step",
+    "sigmas": [2.5], "nfe": 1}`) through the registered samplers: an EDM-format `.pkl` (read by the
+    safe loader; its `ema` network), or with `constructor` a `torch.save`d state dict of that
+    network (`load_state_dict_file`). `method` only labels it."""
     file = Path(path)
-    net, constructor, _ = load_teacher_file(file, kind="released generator")
+    if constructor is not None:
+        from sidbench.teachers.load import load_state_dict_file
+
+        constructor = dict(constructor)
+        net = load_state_dict_file(file, constructor, kind="released generator")
+    else:
+        net, constructor, _ = load_teacher_file(file, kind="released generator")
     info = {"method": method, "sampling": _recipe({"sampling": recipe}, file)}
     net = net.to(device).eval().requires_grad_(False)
     return SavedGenerator(net, constructor, info, file)

@@ -3,8 +3,9 @@
 The catalogue (`sidbench/harness/published_generators.yaml`, one entry per file: name, dataset,
 method, address, SHA-256, sampling recipe, the paper's FID for context) says what
 `sidbench fid published=<name>` can score. The file is fetched once into the cache
-(`sidbench.download.cached_download`, as `<name>.pkl`), read by the safe EDM loader (never running
-code from it) and sampled with the catalogue's recipe; an entry whose SHA-256 is not recorded yet is
+(`sidbench.download.cached_download`, as `<name>.pkl` or `<name>.bin`), read without running code
+from it (an EDM pickle by the restricted unpickler; a state dict by `torch.load(weights_only=True)`
+into the catalogue's constructor) and sampled with the catalogue's recipe; an entry whose SHA-256 is not recorded yet is
 used with a warning that prints the file's hash.
 
 A measurement is recorded as a FINISHED MLflow run of its own in the dataset's experiment, tagged
@@ -36,6 +37,10 @@ KIND = "published_generator"
 METRIC_PREFIX = "published_generator/"
 #: The catalogue file inside the package (tests point this at a catalogue of their own).
 CATALOGUE = files("sidbench.harness") / "published_generators.yaml"
+#: The file formats a released generator comes in: EDM's pickle (the network under `ema`, read by the
+#: restricted unpickler, its constructor inside) or a `torch.save`d state dict (read with
+#: `weights_only=True`; the catalogue gives its constructor).
+FORMATS = {"edm_pickle": ".pkl", "state_dict": ".bin"}
 #: What `paper_fid_of` may say the paper's figure is of.
 PAPER_FID_OF = {"generator": "this generator's setting", "best_of_sida_sid2a": "best SiDA/SiD²A run on the dataset"}
 
@@ -59,6 +64,8 @@ class PublishedGenerator:
     sha256: str | None
     sampling: dict[str, Any] = field(hash=False)
     alpha: float | None = None
+    format: str = "edm_pickle"
+    constructor: dict[str, Any] | None = field(default=None, hash=False)
     paper_fid: float | None = None
     paper_fid_of: str | None = None
     paper_source: str | None = None
@@ -70,8 +77,8 @@ class PublishedGenerator:
     @property
     def filename(self) -> str:
         """Its name in the cache: the catalogue name, since the authors' file names repeat
-        (`network-snapshot-...pkl`) and do not say which dataset they are."""
-        return f"{self.name}.pkl"
+        (`network-snapshot-...pkl`, `pytorch_model.bin`) and do not say which dataset they are."""
+        return f"{self.name}{FORMATS[self.format]}"
 
     def paper(self) -> str:
         """The paper's figure as one short text, e.g. `1.923 (arXiv:2404.04057)`."""
@@ -86,7 +93,7 @@ def _entry(raw: Mapping[str, Any], where: str) -> PublishedGenerator:
     missing = [k for k in required if not raw.get(k)]
     if missing:
         raise CatalogueError(f"{where}: entry {raw.get('name', '?')!r} lacks {', '.join(missing)}")
-    known = {*required, "sha256", "alpha", "paper_fid", "paper_fid_of", "paper_source"}
+    known = {*required, "sha256", "alpha", "format", "constructor", "paper_fid", "paper_fid_of", "paper_source"}
     if set(raw) - known:
         raise CatalogueError(f"{where}: entry {raw['name']!r} has unknown keys {sorted(set(raw) - known)}")
     name, sha, sampling = str(raw["name"]), raw.get("sha256"), dict(raw["sampling"])
@@ -98,6 +105,11 @@ def _entry(raw: Mapping[str, Any], where: str) -> PublishedGenerator:
         raise CatalogueError(f"{where}: {name}: the sampling recipe needs a sampler and its nfe, got {sampling}")
     if not str(raw["url"]).startswith(("https://", "http://")):
         raise CatalogueError(f"{where}: {name}: the address must be http(s), got {raw['url']!r}")
+    fmt = str(raw.get("format") or "edm_pickle")
+    if fmt not in FORMATS:
+        raise CatalogueError(f"{where}: {name}: format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    if (fmt == "state_dict") != bool(raw.get("constructor")):
+        raise CatalogueError(f"{where}: {name}: a state_dict file needs its constructor, and only it has one")
     of = raw.get("paper_fid_of")
     if (raw.get("paper_fid") is None) != (of is None) or (of is not None and of not in PAPER_FID_OF):
         raise CatalogueError(f"{where}: {name}: paper_fid needs paper_fid_of, one of {sorted(PAPER_FID_OF)}")
@@ -105,6 +117,7 @@ def _entry(raw: Mapping[str, Any], where: str) -> PublishedGenerator:
         name=name, dataset=str(raw["dataset"]), method=str(raw["method"]), label=str(raw["label"]),
         url=str(raw["url"]), sha256=None if sha is None else str(sha), sampling=sampling,
         alpha=None if raw.get("alpha") is None else float(raw["alpha"]),
+        format=fmt, constructor=dict(raw["constructor"]) if raw.get("constructor") else None,
         paper_fid=None if raw.get("paper_fid") is None else float(raw["paper_fid"]),
         paper_fid_of=None if of is None else str(of),
         paper_source=None if raw.get("paper_source") is None else str(raw["paper_source"]),

@@ -322,9 +322,22 @@ def value_columns_of(runs: pd.DataFrame) -> list[str]:
 
 
 def board_columns(value_columns: Sequence[str]) -> list[str]:
-    """COLUMNS with each metric value's column after `proxy`."""
+    """COLUMNS with each metric value's columns after `proxy`: its mean over seeds, then its 95%
+    interval over seeds (`<column>_ci95_low`, `<column>_ci95_high`)."""
     at = COLUMNS.index("proxy") + 1
-    return [*COLUMNS[:at], *value_columns, *COLUMNS[at:]]
+    values = [c for col in value_columns for c in (col, f"{col}_ci95_low", f"{col}_ci95_high")]
+    return [*COLUMNS[:at], *values, *COLUMNS[at:]]
+
+
+def value_summaries(g: pd.DataFrame, value_columns: Sequence[str]) -> dict[str, float]:
+    """Each metric value's mean over a row's seeds (NaN unless every seed has it) and its 95%
+    interval over them (`mean_interval`; NaN below 2 seeds)."""
+    out: dict[str, float] = {}
+    for col in value_columns:
+        values = g[col].astype(float) if col in g else pd.Series([math.nan] * len(g))
+        out[col] = _all_or_nan(values)
+        out[f"{col}_ci95_low"], out[f"{col}_ci95_high"] = mean_interval(values.to_numpy())
+    return out
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
@@ -348,8 +361,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         images = pd.to_numeric(g["final_images"], errors="coerce") if "final_images" in g else pd.Series(dtype=float)
         row["final_images"] = int(images.min()) if len(images) and images.notna().all() else None
         row["proxy"] = None if row["final_images"] is None else bool(row["final_images"] < PROTOCOL_IMAGES)
-        for col in value_columns:
-            row[col] = _all_or_nan(g[col].astype(float)) if col in g else math.nan
+        row |= value_summaries(g, value_columns)
         row["final_vs_teacher"] = row["final_mean"] / teacher.mean() if teacher.notna().all() else math.nan
         for f in FRACTIONS:
             row[f"metric_at_{_pct(f)}"] = _all_or_nan(g[f"metric_at_{_pct(f)}"].astype(float))
@@ -637,6 +649,13 @@ def _fmt_rate(x: float) -> str:
 _FIXED_FINAL = ("mean", "std", "min", "max", "ci95_low", "ci95_high", "vs_teacher", "images")
 
 
+def _value_cell(r: pd.Series, col: str) -> str:
+    """A metric value's mean over seeds, with its 95% interval over seeds when there is one."""
+    low, high = r.get(f"{col}_ci95_low"), r.get(f"{col}_ci95_high")
+    ci = f" [{_fmt(low)}, {_fmt(high)}]" if low is not None and _fmt(low) else ""
+    return f"{_fmt(r[col])}{ci}"
+
+
 def print_leaderboard(board: Leaderboard, console: Console) -> None:
     """The measured rows, one table per (dataset, metric), then the published figures in a table of
     their own."""
@@ -651,7 +670,7 @@ def print_leaderboard(board: Leaderboard, console: Console) -> None:
                               f"95% CI: Student's t over seeds; images: the final evaluation's (proxy: fewer than "
                               f"{PROTOCOL_IMAGES:,}); precision and recall: higher is better")
         others = [c for c in m.columns if c.startswith("final_") and c.removeprefix("final_") not in (*_FIXED_FINAL, metric)
-                  and rows[c].notna().any()]
+                  and not c.endswith(("_ci95_low", "_ci95_high")) and rows[c].notna().any()]
         for col in ("method", "settings", "seeds", "final (mean ± std)", "95% CI", "min-max", "images", "x teacher",
                     "@25%", "@50%", "@100%", "kimg to 1.5x", "kimg to 1.0x", "log-area", "NFE", "img/s",
                     *(c.removeprefix("final_") for c in others), "budget"):
@@ -666,7 +685,7 @@ def print_leaderboard(board: Leaderboard, console: Console) -> None:
                           ci, f"{_fmt(r['final_min'])}-{_fmt(r['final_max'])}", images, _fmt(r["final_vs_teacher"], ".3g"),
                           *(_fmt(r[f"metric_at_{p}"]) for p in ("25", "50", "100")), *reach,
                           _fmt(r["log_area"], ".3f"), _fmt(r["nfe"]), _fmt_rate(r["images_per_s"]),
-                          *(_fmt(r[c]) for c in others), str(r["budget"]))
+                          *(_value_cell(r, c) for c in others), str(r["budget"]))
         console.print(table)
     if board.skipped:
         console.print(f"{len(board.skipped)} run(s) not FINISHED left out: {', '.join(board.skipped)}")

@@ -45,7 +45,9 @@ C10_DMD2 = {
 COLUMNS = [
     "source", "dataset", "method", "settings", "metric", "n_seeds", "seeds",
     "final_mean", "final_std", "final_min", "final_max", "final_ci95_low", "final_ci95_high", "final_vs_teacher",
-    "final_images", "proxy", "final_fd_dinov2", "final_fd_pixel", "final_fid", "final_precision", "final_recall",
+    "final_images", "proxy",
+    *(c for v in ("fd_dinov2", "fd_pixel", "fid", "precision", "recall")
+      for c in (f"final_{v}", f"final_{v}_ci95_low", f"final_{v}_ci95_high")),
     "metric_at_25", "metric_at_50", "metric_at_100",
     "flops_to_1.5x", "passes_to_1.5x", "kimg_to_1.5x", "seeds_reached_1.5x",
     "flops_to_1.0x", "passes_to_1.0x", "kimg_to_1.0x", "seeds_reached_1.0x",
@@ -184,6 +186,11 @@ def test_every_metric_a_column_and_the_final_sample_size(store):
     # the final evaluation's values (_final) win over the curve's last ones
     assert dmd2["final_fd_dinov2"] == pytest.approx(110.0)
     assert (dmd2["final_precision"], dmd2["final_recall"]) == (pytest.approx(0.65), pytest.approx(0.525))
+    # each value's 95% interval over the 2 seeds, by hand: 100 and 120 -> s / sqrt(2) = 10; 0.6 and 0.7 -> 0.05
+    assert (dmd2["final_fd_dinov2_ci95_low"], dmd2["final_fd_dinov2_ci95_high"]) == (
+        pytest.approx(110 - 12.706205 * 10, rel=1e-6), pytest.approx(110 + 12.706205 * 10, rel=1e-6))
+    assert (dmd2["final_precision_ci95_low"], dmd2["final_precision_ci95_high"]) == (
+        pytest.approx(0.65 - 12.706205 * 0.05, rel=1e-6), pytest.approx(0.65 + 12.706205 * 0.05, rel=1e-6))
     assert dmd2["final_images"] == 10_000 and bool(dmd2["proxy"]) is True
     assert (dmd2["final_ci95_low"], dmd2["final_ci95_high"]) == (pytest.approx(3.1 - 12.706205 * 0.2, rel=1e-6),
                                                                  pytest.approx(3.1 + 12.706205 * 0.2, rel=1e-6))
