@@ -27,9 +27,20 @@ def _released_names() -> dict:
     return load_catalogue()
 
 
+#: The released generators SiD²A may start from: the SiD family's.
+SID_FAMILY = ("sid", "sida", "sid2a")
+
+
 def check_init_form(init: str) -> None:
-    """A one-line ConfigError unless `init` is an existing path, a released name or a run id."""
-    if Path(init).expanduser().exists() or init in _released_names() or RUN_ID.fullmatch(init):
+    """A one-line ConfigError unless `init` is an existing path, the name of a released generator
+    of the SiD family, or a run id."""
+    if Path(init).expanduser().exists() or RUN_ID.fullmatch(init):
+        return
+    released = _released_names()
+    if init in released:
+        if released[init].method not in SID_FAMILY:
+            raise ConfigError(f"method.init={init}: a {released[init].label} generator; SiD²A starts from a "
+                              "generator of the SiD family (sid-*, sida-*, sid2a-* in `sidbench list`)")
         return
     raise ConfigError(f"method.init={init}: no such file or folder, released generator or MLflow run id; "
                       f"give {INIT_FORMS}")
@@ -50,10 +61,8 @@ def resolve_init(init: str, cfg: DictConfig | None = None, *, progress: bool = T
         if init in released:
             from sidbench.eval.published_generators import fetch_published
 
+            check_init_form(init)  # of the SiD family
             entry = released[init]
-            if entry.method not in ("sid", "sida", "sid2a"):
-                raise ConfigError(f"method.init={init}: a {entry.label} generator; SiD²A starts from a generator of "
-                                  "the SiD family (sid-*, sida-*, sid2a-* in `sidbench list`)")
             return fetch_published(entry, progress=progress), f"released generator {entry.name} ({entry.url})"
         if RUN_ID.fullmatch(init):
             from sidbench.tracking import find_run_dir, tracking_uri

@@ -140,6 +140,8 @@ def test_refusals_are_one_line(refused, tmp_path: Path) -> None:  # noqa: ANN001
     g = tmp_path / "g.safetensors"
     g.write_bytes(b"")
     assert "takes its generator as method.init=" in refused("method=sid2a", f"method.generator_init={g}")
+    line = refused("method=sid2a", "method.init=dmd2-imagenet64")  # released, but not a SiD generator
+    assert line.startswith("method.init=dmd2-imagenet64: a DMD2 (+GAN, resumed) generator; SiD²A starts from")
 
 
 def test_from_an_mlflow_run_id_end_to_end(tiny_teacher: Path, run_env: Path) -> None:
