@@ -440,11 +440,10 @@ def test_a_state_dict_generator_is_read_without_running_code(env: Path, tmp_path
     constructor and sampled with its recipe (here sigma 80, as DMD2 samples): the same value as the
     same weights saved as a generator with that recipe. A file that holds an object is refused."""
     from sidbench.teachers.load import save_native_teacher
-
-    net, constructor = _tiny_generator(label_dim=10)
-    constructor = {**constructor, "augment_dim": 0}
     from sidbench.teachers.networks import build_edm_network
 
+    _, constructor = _tiny_generator(label_dim=10)
+    constructor = {**constructor, "augment_dim": 0}  # DMD2's network has no augmentation labels
     torch.manual_seed(2)
     net = build_edm_network(constructor).eval()
     with torch.no_grad():
