@@ -27,6 +27,9 @@ METHODS.register_lazy("sid", "sidbench.methods.sid.method:SiD",
 METHODS.register_lazy("sida", "sidbench.methods.sid.sida:SiDA",
                       "SiDA / SiD²A (Zhou et al. 2024): SiD plus an adversarial term, the fake score's encoder as discriminator",
                       settings="sidbench.methods.sid.settings:SiDASettings")
+METHODS.register_lazy("sid2a", "sidbench.methods.sid.sid2a:SiD2A",
+                      "SiD²A (Zhou et al. 2024): SiDA started from a trained SiD generator (method.init)",
+                      settings="sidbench.methods.sid.settings:SiD2ASettings")
 METHODS.register_lazy("uni_instruct", "sidbench.methods.sid.uni_instruct:UniInstruct",
                       "Uni-Instruct (Wang et al. 2025): SiDA with the gradient of an expanded f-divergence, the ratio from its discriminator",
                       settings="sidbench.methods.sid.settings:UniInstructSettings")

@@ -4,6 +4,10 @@ bar, atomic move into place) and filelock (parallel processes wait for one downl
 The cache folder is :func:`default_cache_dir`; a file lives there under its own name (so a copy can
 be put there by hand), beside ``<name>.sha256`` (``sha256sum`` format, recorded at its first
 download or first use and checked on every later use) and ``<name>.lock``.
+
+A file whose SHA-256 the caller does not know is trusted at its first download. A caller that means to
+know it (a catalogue whose hash is not recorded yet) passes ``warn_unverified``: every use then prints
+one warning line with the file's measured SHA-256, so that a user can check it and record it.
 """
 
 from __future__ import annotations
@@ -121,6 +125,7 @@ def cached_download(
     retries: int = 3,
     timeout: float = 60,
     hint: str | None = None,
+    warn_unverified: str | None = None,
 ) -> Path:
     """The local path of the file at ``url``, downloading it into the cache if needed.
 
@@ -134,6 +139,9 @@ def cached_download(
         retries: further attempts after a failed download (pooch waits 1 s, 2 s, ... between them).
         timeout: seconds to wait for the connection and for each read.
         hint: appended to the error as another way out, e.g. the config key of a local copy.
+        warn_unverified: where the file's SHA-256 belongs (e.g. its catalogue entry). Given while
+            ``sha256`` is None, each use accepts the file with a one-line warning on stderr saying
+            that it could not be verified, with its measured SHA-256 and this place to record it.
 
     Raises:
         DownloadError: the file could not be downloaded (one line: file, address, where to put a
@@ -157,6 +165,8 @@ def cached_download(
             if want is None or digest == want:
                 if recorded != digest:
                     _record(path, digest)
+                if expected is None and warn_unverified:
+                    _warn_unverified(path, url, digest, warn_unverified)
                 return path
             which = "the expected SHA-256" if expected else "the SHA-256 recorded at its first download"
             raise ChecksumError(
@@ -166,8 +176,18 @@ def cached_download(
                 path=path,
             )
         _fetch(url, path, expected, progress=progress, retries=retries, timeout=timeout, or_hint=or_hint)
-        _record(path, expected or sha256_file(path))
+        digest = expected or sha256_file(path)
+        _record(path, digest)
+        if expected is None and warn_unverified:
+            _warn_unverified(path, url, digest, warn_unverified)
         return path
+
+
+def _warn_unverified(path: Path, url: str, digest: str, where: str) -> None:
+    # One plain line on stderr: the caller's console may be a progress display, and a Python warning
+    # would add a second line (the source line that raised it).
+    print(f"warning: could not verify {path.name} (from {url}): no SHA-256 is recorded for it; "
+          f"it has SHA-256 {digest}: check it and record it in {where}", file=sys.stderr, flush=True)
 
 
 def _fetch(

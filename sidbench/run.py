@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from sidbench.data.real import open_real_images
+from sidbench.data.loader import open_real_data
 from sidbench.distributed import broadcast_object, init_from_env, local_rank, pick_device, rank_zero_first, shutdown, wrap_ddp
 from sidbench.eval.evaluator import Evaluator
 from sidbench.eval.generators import GENERATOR_FILENAME
@@ -47,7 +47,7 @@ class RunResult:
         teacher's 0.146`."""
         parts = []
         for key, value in self.metrics.items():
-            if key.endswith("seconds"):
+            if key.removesuffix("_final").endswith("seconds"):
                 continue
             name = key.removeprefix("eval/").removesuffix("_final")
             text = f"{key} {value:.4g}"
@@ -184,10 +184,11 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
 
     evaluator = None
     if cfg.eval.enabled and rank == 0:
-        from sidbench.eval.factory import build_metric
+        from sidbench.eval.factory import build_metrics, final_only_metric_names, run_metric_names
 
-        evaluator = Evaluator(build_metric(str(cfg.eval.metric), cfg), cfg.eval.num_samples, cfg.eval.batch_size,
-                              teacher.shape, teacher.label_dim, device, cfg.eval.seed, cfg.eval.label_mode)
+        evaluator = Evaluator(build_metrics(run_metric_names(cfg), cfg), cfg.eval.num_samples, cfg.eval.batch_size,
+                              teacher.shape, teacher.label_dim, device, cfg.eval.seed, cfg.eval.label_mode,
+                              final_metrics=build_metrics(final_only_metric_names(cfg), cfg))
     card = cfg.dataset.teacher
     # a shipped teacher by name: its path differs from one install to the next
     teacher_name = f"builtin:{card.builtin}" if card.get("builtin") and not card.get("path") else teacher.source
@@ -198,7 +199,7 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
         record_mlflow_run(run_dir, tracker.run_id)  # known before the first checkpoint: a restart closes it
         tracker.log_artifact(run_dir / CONFIG_NAME)
 
-    real_data = open_real_images(cfg.dataset, teacher.shape, teacher.label_dim) if method.uses_real_data(cfg.method) else None
+    real_data = open_real_data(cfg, teacher.shape, teacher.label_dim, rank, device) if method.uses_real_data(cfg.method) else None
     trainer = Trainer(cfg.trainer, method, run_dir, device, evaluator, tracker, sampler, rank, world,
                       wrap_ddp(method.networks(), device), reference_metrics(cfg, teacher.info, teacher.source, rank), real_data)
     if start.kind == "resume" and trainer.resume():
@@ -236,10 +237,16 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
     if evaluator is not None:
         if cfg.eval.final_samples != cfg.eval.num_samples:
             evaluator.num_samples = cfg.eval.final_samples
-            metrics = {f"{k}_final": v for k, v in evaluator(trainer.sample_fn).items()}
+            metrics = {f"{k}_final": v for k, v in evaluator(trainer.sample_fn, evaluator.metrics + evaluator.final_metrics).items()}
             trainer.log(metrics)
         else:
             metrics = trainer.last_metrics
+            if evaluator.final_metrics:  # the end's own metrics, on the images of the last evaluation
+                extra = {f"{k}_final": v for k, v in evaluator(trainer.sample_fn, evaluator.final_metrics).items()}
+                trainer.log(extra)
+                metrics = {**metrics, **extra}
+        # the size of the final evaluation: the leaderboard tells a protocol-size value from a proxy
+        tracker.set_tags({"final_images": str(evaluator.num_samples)})
     gen_path = save_generator(trainer, method, run_dir, str(cfg.method.name))
     tracker.log_artifact(gen_path)
     tracker.set_tags(headline_tags(method, progress, metrics or trainer.last_metrics))
@@ -269,7 +276,7 @@ def finish_quietly(tracker: NullTracker, status: str) -> None:
 def headline_tags(method: Method, progress: Progress, metrics: dict[str, float]) -> dict[str, str]:
     """What MLflow's runs table shows of a finished run at a glance: its sampler's NFE, and one line
     with the final metric and the compute spent (also the run's description)."""
-    shown = [f"{k.removeprefix('eval/')} {v:.4g}" for k, v in metrics.items() if not k.endswith("seconds")]
+    shown = [f"{k.removeprefix('eval/')} {v:.4g}" for k, v in metrics.items() if not k.removesuffix("_final").endswith("seconds")]
     line = ", ".join([*shown, f"{progress.kimg:.1f} kimg", f"{progress.flops:.3g} FLOPs", f"{progress.passes:.3g} passes"])
     return {"nfe": str(int(method.sampling().get("nfe", 1))), "headline": line, "mlflow.note.content": line}
 

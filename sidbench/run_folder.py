@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sidbench.config import ConfigError
 from sidbench.errors import InputError
+from sidbench.eval.protocol import REPORTING_SETTINGS
 
 CONFIG_NAME = "config.yaml"
 OVERRIDES_NAME = "overrides.yaml"
@@ -40,12 +41,12 @@ METRICS_NAME = "metrics.jsonl"
 #: points, checkpoints, sample grids, the final evaluation's size). Everything else fixes what the
 #: run computes. A key stands for every setting under it.
 RESUMABLE = (
-    "output_root", "run_name", "resume", "dry_run", "tracking", "device", "threads", "processes",
+    "output_root", "run_name", "resume", "dry_run", "tracking", "device", "threads", "processes", "data",
     "settings_source", "tuning_flops", "preset_file",
     "trainer.batch_gpu", "trainer.budget", "trainer.kimg", "trainer.max_seconds", "trainer.count_flops",
     "trainer.tick_kimg", "trainer.eval_every_kimg", "trainer.eval_at_kimg", "trainer.eval_at_fraction",
     "trainer.eval_log_points", "trainer.checkpoint_every_kimg", "trainer.sample_grids",
-    "eval.enabled", "eval.batch_size", "eval.final_samples",
+    "eval.enabled", "eval.batch_size", "eval.final_samples", *REPORTING_SETTINGS,
 )
 
 FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")

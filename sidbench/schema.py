@@ -189,6 +189,8 @@ class DatasetSchema:
 class EvalSchema:
     enabled: bool = setting()
     metric: str = setting(choices=_metric_names)
+    metrics: list[str] = setting(choices=_metric_names)
+    final_metrics: list[str] = setting(choices=_metric_names)
     num_samples: int = setting(ge=1)
     final_samples: int = setting(ge=1)
     batch_size: int = setting(ge=1)
@@ -196,12 +198,21 @@ class EvalSchema:
     seed: int = setting()
     fid_mode: str = setting(choices=_fid_modes)
     inception_path: str | None = setting(exists=True, allowed="an existing Inception-v3 TorchScript file")
+    dinov2_path: str | None = setting(exists=True, allowed="an existing DINOv2 ViT-L/14 checkpoint (dinov2_vitl14_pretrain.pth)")
+    vgg16_path: str | None = setting(exists=True, allowed="an existing VGG16 checkpoint (vgg16-397923af.pth)")
 
 
 @dataclass
 class TrackingSchema:
     enabled: bool = setting()
     uri: str | None = setting()
+
+
+@dataclass
+class DataSchema:
+    workers: int = setting(ge=0)
+    prefetch: int = setting(ge=1)
+    chunk: int = setting(ge=1)
 
 
 @dataclass
@@ -215,6 +226,7 @@ class RunSchema:
     threads: int | None = setting(ge=1)
     processes: int = setting(ge=1)
     tracking: TrackingSchema
+    data: DataSchema
     dataset: DatasetSchema
     trainer: TrainerSchema
     eval: EvalSchema
@@ -239,9 +251,17 @@ def validate_run_config(cfg: DictConfig) -> None:
         if relations is not None:
             relations(cfg)
     _check_real_images(cfg)
+    _check_metrics(cfg)
     _check_device(str(cfg.device))
     _check_batch_split(cfg)
     _check_run_folder(cfg)
+
+
+def _check_metrics(cfg: DictConfig) -> None:
+    if cfg.eval.enabled:
+        from sidbench.eval.factory import check_run_metrics
+
+        check_run_metrics(cfg)
 
 
 def _check_real_images(cfg: DictConfig) -> None:

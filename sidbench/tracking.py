@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sidbench.errors import InputError
+from sidbench.eval.protocol import REPORTING_SETTINGS
 
 
 # Experiment tags. `mlflow.experimentKind` = "custom_model_development" marks a model-training
@@ -49,7 +50,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
 
 
 # Keys that say where and how a run is kept or started, not what it computes: left out of its hashes.
-BOOKKEEPING_KEYS = ("output_root", "run_name", "resume", "dry_run", "tracking", "device", "threads", "processes",
+BOOKKEEPING_KEYS = ("output_root", "run_name", "resume", "dry_run", "tracking", "device", "threads", "processes", "data",
                     # labels of where the settings came from (the leaderboard keeps such rows apart itself)
                     "settings_source", "tuning_flops", "preset_file")
 
@@ -72,6 +73,10 @@ def settings_hash(cfg: DictConfig, with_seed: bool = False) -> str:
     assert isinstance(data, dict)
     for key in BOOKKEEPING_KEYS:
         data.pop(key, None)
+    for dotted in REPORTING_SETTINGS:  # what else is measured changes nothing a run computes
+        group, _, key = dotted.partition(".")
+        if isinstance(data.get(group), dict):
+            data[group].pop(key, None)
     if not with_seed:
         data = _without_seeds(data)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -88,6 +88,15 @@ _PRECOND_POSITIONAL = {
                   "epsilon_t", "model_type"),
 }
 
+# SiDA's code (the `sida` branch of mingyuanzhou/SiD, sida_training/sida_networks.py) pickles its
+# networks, its released generators included, under classes of its own: EDM's constructor arguments
+# (positional order too), module tree and weights, with a forward that can also return the encoder's
+# output; in its default mode the output is EDM's. Such a file reads as the EDM class it extends.
+# Preconditioner -> (EDM's class, the model_type it means when none is given: SiDA's defaults to its
+# SongUNet variant, where EDMPrecond's is DhariwalUNet); model_type -> EDM's.
+_PRECOND_ALIASES = {"EDMPrecond_EncoderDecoder": ("EDMPrecond", "SongUNet")}
+_MODEL_ALIASES = {"SongUNet_EncoderDecoder": "SongUNet", "DhariwalUNet_EncoderDecoder": "DhariwalUNet"}
+
 
 # ----------------------------------------------------------------------------------------------
 # Errors
@@ -417,8 +426,9 @@ def _plain(x):
 def _constructor(path: Path, ema: PersistentRecord) -> dict[str, Any]:
     kwargs = _plain(ema.init_kwargs)
     args = ema.init_args
+    precond, default_model = _PRECOND_ALIASES.get(ema.class_name, (ema.class_name, None))
     if args:
-        names = _PRECOND_POSITIONAL.get(ema.class_name)
+        names = _PRECOND_POSITIONAL.get(precond)
         if names is None or len(args) > len(names):
             raise EDMCheckpointError(path, f"{ema.class_name} was built with {len(args)} positional arguments, "
                                         f"which this loader cannot name")
@@ -430,7 +440,11 @@ def _constructor(path: Path, ema: PersistentRecord) -> dict[str, Any]:
         raise EDMCheckpointError(path, f"{ema.class_name} has a constructor argument named 'precond'")
     if not all(isinstance(k, str) for k in kwargs):
         raise EDMCheckpointError(path, f"{ema.class_name} has malformed constructor arguments")
-    return {"precond": ema.class_name, **kwargs}
+    if default_model is not None:
+        kwargs.setdefault("model_type", default_model)
+    if isinstance(kwargs.get("model_type"), str) and kwargs["model_type"] in _MODEL_ALIASES:
+        kwargs["model_type"] = _MODEL_ALIASES[kwargs["model_type"]]
+    return {"precond": precond, **kwargs}
 
 
 def _collect_state_dict(path: Path, record: _Record, prefix: str, out: dict[str, torch.Tensor],
@@ -477,7 +491,8 @@ class EDMCheckpoint:
     """The parts of an EDM checkpoint that a project needs, with no code from the file.
 
     ``constructor``: EDM's form, ``{"precond": "EDMPrecond" | "VPPrecond", **init kwargs}`` (with
-    ``model_type`` and the model's own kwargs), e.g. ``{"precond": "EDMPrecond", "img_resolution":
+    ``model_type`` and the model's own kwargs; SiDA's ``*_EncoderDecoder`` classes read as the EDM
+    classes they extend), e.g. ``{"precond": "EDMPrecond", "img_resolution":
     32, ..., "model_type": "SongUNet", "model_channels": 128, ...}``; numpy scalars are Python
     numbers. ``state_dict``: what ``ema.state_dict()`` would give (``model.enc.32x32_conv.weight``,
     ...), detached tensors on the CPU. ``extra``: the file's other entries (``dataset_kwargs`` as a

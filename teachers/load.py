@@ -107,6 +107,23 @@ def load_teacher_file(path: str | Path, kind: str = "teacher") -> tuple[torch.nn
     return _build(constructor, state, str(path), kind), constructor, info
 
 
+def load_state_dict_file(path: str | Path, constructor: dict[str, Any], kind: str = "generator") -> torch.nn.Module:
+    """The network of `constructor` (EDM's form) with the weights of a `torch.save`d state dict
+    (e.g. DMD2's `pytorch_model.bin`): read with `torch.load(weights_only=True)`, which rebuilds
+    tensors and plain containers only and runs no code from the file; then loaded strictly."""
+    path = Path(path)
+    if not path.is_file():
+        raise TeacherLoadError(f"{kind} file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch's unpickling errors: a damaged file, or one holding more than weights
+        raise TeacherLoadError(f"{kind} file {path} is not a state dict of tensors ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())[:200]})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise TeacherLoadError(f"{kind} file {path} is not a state dict of tensors (name -> tensor)")
+    return _build(dict(constructor), state, str(path), kind)
+
+
 def resolve_teacher_path(cfg: DictConfig | dict[str, Any]) -> str:
     """The file a card's teacher entry points at, downloading it into the cache if needed."""
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg

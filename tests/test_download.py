@@ -241,6 +241,35 @@ def test_copy_put_by_hand_or_left_by_an_earlier_version_is_used_without_network(
     assert cached_download(f"{dead}/old.npz", progress=False) == cache / "old.npz"
 
 
+def test_a_file_without_a_known_hash_is_used_with_one_warning_line_when_asked(server, tmp_path, capsys):
+    server.files["/g.pkl"] = PAYLOAD
+    url = server.url("/g.pkl")
+    where = "the entry g of catalogue.yaml"
+
+    def warnings() -> list[str]:
+        err = capsys.readouterr().err
+        assert all(line.startswith("warning:") for line in err.splitlines()), err
+        return err.splitlines()
+
+    # Asked for: at the download, and at every later use of the cached copy.
+    path = cached_download(url, progress=False, warn_unverified=where)
+    for _ in range(2):
+        (line,) = warnings()
+        assert "could not verify g.pkl" in line and url in line and _sha(PAYLOAD) in line and where in line
+        assert cached_download(url, progress=False, warn_unverified=where) == path
+    assert len(warnings()) == 1
+    assert server.count("/g.pkl") == 1
+    # With the hash known, or not asked for (trust on first use, as before): silent.
+    assert cached_download(url, progress=False, sha256=_sha(PAYLOAD), warn_unverified=where) == path
+    assert cached_download(url, progress=False) == path
+    assert warnings() == []
+    # A copy that differs from the hash recorded at its first download is refused all the same.
+    path.write_bytes(b"changed")
+    with pytest.raises(ChecksumError):
+        cached_download(url, progress=False, warn_unverified=where)
+    assert warnings() == []
+
+
 def test_retries_after_a_transient_server_error(server, tmp_path):
     server.files["/flaky.bin"] = PAYLOAD
     server.fail["/flaky.bin"] = 1

@@ -16,7 +16,7 @@ from sidbench.config import RENAMED, ConfigError, compose, renamed_message
 from sidbench.methods import METHODS
 from sidbench.schema import check, defaults, docs, method_settings, override, setting
 
-BUILTINS = ("sid", "sida", "dmd", "dmd2", "progressive", "consistency", "f_distill", "uni_instruct", "ect", "scd")
+BUILTINS = ("sid", "sida", "sid2a", "dmd", "dmd2", "progressive", "consistency", "f_distill", "uni_instruct", "ect", "scd")
 DATASETS = ("digits", "digits-cond", "cifar10", "cifar10-cond", "ffhq64", "afhqv2-64", "imagenet64")
 
 
@@ -167,6 +167,17 @@ def test_dmd_presets_inherit_dmd2s(dataset: str) -> None:
     assert {k: dmd.method[k] for k in shared} == {k: dmd2.method[k] for k in shared}
     if own:  # DMD's own digits settings: a slower generator, 2000 pairs
         assert (dmd.method.lr_generator, dmd.method.num_teacher_samples) == (2e-5, 2000)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_sid2a_presets_are_sidas(dataset: str, tmp_path: Path) -> None:
+    init = tmp_path / "g.safetensors"
+    init.write_bytes(b"")
+    sid2a, sida = (compose([f"method={m}", f"dataset={dataset}", *extra])
+                   for m, extra in (("sid2a", [f"method.init={init}"]), ("sida", [])))
+    assert sid2a.trainer == sida.trainer and (sid2a.threads, sid2a.processes) == (sida.threads, sida.processes)
+    assert {k: v for k, v in sid2a.method.items() if k not in ("name", "init")} == \
+        {k: v for k, v in sida.method.items() if k != "name"}
 
 
 # A few pinned values per preset (the composed configs were compared key by key with the YAML

@@ -32,7 +32,7 @@ PASSES = {
     "sid": (11, 2),
     # last stage: two teacher Euler steps 2; the student forward and backward 3
     "progressive": (5, 2),
-    # SiD's, with the fake score's update on [x_g, x_r]: 2 images x 3
+    # SiD's, with the fake score's update on [x_g, x_r]: 2 images x 3 (x_r through the encoder only)
     "sida": (14, 2),
     # generator: G 3, teacher 1, fake score 1 (no graph), the regression's G(z_ref) 3; fake score 3
     "dmd": (11, 1),
@@ -56,7 +56,17 @@ def forward_flops() -> float:
     return float(mode.get_total_flops())
 
 
-def check_row(row: dict, forward_flops: float) -> None:
+@pytest.fixture(scope="module")
+def encoder_flops() -> float:
+    """FLOPs of one image's forward through that network's encoder alone (`decode_first=0`)."""
+    with torch.device("meta"):
+        net = build_edm_network(dict(compose(["dataset=cifar10"]).dataset.teacher.constructor)).eval()
+        with FlopCounterMode(display=False) as mode:
+            net(torch.randn(1, 3, 32, 32), torch.ones(1), None, return_bottleneck=True, decode_first=0)
+    return float(mode.get_total_flops())
+
+
+def check_row(row: dict, forward_flops: float, encoder_flops: float = 0.0) -> None:
     assert row["status"] == "measured", row["status"]
     assert (row["micro_batch"], row["iterations"]) == (1, 1)
     assert row["sample_shape"] == [1, 3, 32, 32]
@@ -67,6 +77,12 @@ def check_row(row: dict, forward_flops: float) -> None:
         # the head is a few convolutions, and the GAN term's backward runs through the encoder only:
         # 15 whole-network passes and part of one
         assert 15 * forward_flops < row["flops_per_iteration"] < 16 * forward_flops
+    elif row["method"] == "sida":
+        # the real half of the fake score's update stops after the encoder: of its 3 passes (forward,
+        # backward to the weights) only the encoder's part is spent; the passes count it whole
+        decoder = forward_flops - encoder_flops
+        assert encoder_flops < 0.4 * forward_flops
+        assert row["flops_per_iteration"] == pytest.approx(row["passes_per_iteration"] * forward_flops - 3 * decoder, rel=0.01)
     else:  # every pass is a whole network's: FLOPs = passes x one forward (+-1%: augmentation, first layers)
         assert row["flops_per_iteration"] == pytest.approx(row["passes_per_iteration"] * forward_flops, rel=0.01)
 
@@ -87,11 +103,11 @@ def test_sid_and_progressive_at_micro_batch_1(tmp_path: Path, forward_flops: flo
 
 
 @pytest.mark.slow
-def test_the_other_methods_at_micro_batch_1(forward_flops: float) -> None:
+def test_the_other_methods_at_micro_batch_1(forward_flops: float, encoder_flops: float) -> None:
     methods = ["sida", "dmd", "dmd2", "consistency", "dmd2-gan"]
     rows = real_size.measure_matrix(methods, ["cifar10"], CPU, batch_gpu=1, warmup=0, iterations=1)
     for row in rows:
-        check_row(vars(row), forward_flops)
+        check_row(vars(row), forward_flops, encoder_flops)
     by_name = {r.method: r for r in rows}
     assert by_name["sida"].stage == "sida (last of 3)"  # with the adversarial term
     assert any(o.startswith("dataset.images.path=") for o in by_name["sida"].overrides)

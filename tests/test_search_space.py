@@ -12,7 +12,7 @@ from sidbench.search_space import (
     Param, active, apply_changes, check_space, choice, declared_space, integer, log_uniform, parse_param, uniform,
 )
 
-BUILTINS = ("sid", "sida", "dmd", "dmd2", "progressive", "consistency", "f_distill", "uni_instruct", "ect", "scd")
+BUILTINS = ("sid", "sida", "sid2a", "dmd", "dmd2", "progressive", "consistency", "f_distill", "uni_instruct", "ect", "scd")
 
 
 def presets_of(method: str) -> list[str]:

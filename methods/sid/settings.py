@@ -84,7 +84,7 @@ class SiDASettings(SiDSettings):
         doc="the fake score's gradients clipped to [-v, v] per value (the generator's are not); null: no clip")
     generator_init: str | None = setting(
         None, exists=True, allowed="an existing generator file (a sidbench .safetensors or an EDM .pkl)",
-        doc="SiD²A: start G from a trained SiD generator (generator.safetensors or an EDM pickle)")
+        doc="start G from a trained SiD generator file (method=sid2a method.init= also takes a run or a released name)")
     published_batch_gpu: int | None = setting(None, ge=1,
         doc="the published runs' micro-batch, over which the adversarial BCE is averaged (another one is warned); null: none")
 
@@ -102,6 +102,33 @@ class SiDASettings(SiDSettings):
             raise ConfigError(f"method.adversarial_start_kimg={m.adversarial_start_kimg} is before "
                               f"method.generator_start_kimg={m.generator_start_kimg}: the adversarial term is a "
                               "term of the generator's loss")
+
+
+#: What `method.init` of method=sid2a may name (the message of a value that is none of them).
+INIT_FORMS = ("a generator file (generator.safetensors or an EDM .pkl), a run folder, an MLflow run id, "
+              "or a released generator's name (`sidbench list`)")
+
+
+@dataclass
+class SiD2ASettings(SiDASettings):
+    """SiD²A (Zhou et al. 2024, arXiv 2410.14919), docs/sid.md#sida: SiDA with G and its EMA started
+    from a trained SiD generator (the fake score and both optimisers fresh from the teacher, the
+    schedule from 0)."""
+
+    init: str | None = setting(None, doc=f"the generator G and its EMA start from: {INIT_FORMS}")
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        super().check(cfg)
+        m = cfg.method
+        if m.get("generator_init"):
+            raise ConfigError(f"method=sid2a takes its generator as method.init={m.generator_init}, "
+                              "not method.generator_init")
+        if not m.get("init"):
+            raise ConfigError(f"method=sid2a starts from a trained generator: method.init=<{INIT_FORMS}>")
+        from sidbench.methods.sid.init import check_init_form  # no torch
+
+        check_init_form(str(m.init))
 
 
 #: Uni-Instruct's divergences (`sidbench.methods.f_divergence` has each one's f, h, h', h''; a test checks the names)

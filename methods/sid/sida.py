@@ -8,7 +8,8 @@ One iteration:
      in eval mode and no graph; x_g and x_r augmented independently; ONE call of the fake score
      (train mode) on [x_g + sigma n, x_r + sigma n] (the same sigma and noise for both; GroupNorm
      is per sample, so this is two calls' computation, and DDP sees one forward) gives the
-     denoised x_g and the logits of both; loss loss_scale_fake_score * L_fs + discriminator_weight
+     denoised x_g and the logits of both; the real half stops after the encoder
+     (`decode_first`), as the published code's encoder-only call on real images does; loss loss_scale_fake_score * L_fs + discriminator_weight
      * L_D (the published `ls` and `lsd`, each on its own term), gradients clipped per value;
   2. from `generator_start_kimg` on, the generator update on labels of a fresh real batch: SiD's
      loss, and from `adversarial_start_kimg` on, mixed with the adversarial term on the logits the
@@ -17,9 +18,10 @@ The phases are stages (`stages()`), so a resumed run is in the phase it left. Be
 `generator_start_kimg` the generator's update is skipped altogether (the published loop computes
 it and takes no step): the same training, less compute.
 
-SiD²A is `method.generator_init=<a trained SiD generator>`: G, and so its EMA, start from that file
-(a `generator.safetensors` or one of the published EDM pickles); the fake score and both optimisers
-start fresh, and the kimg schedule counts from 0.
+SiD²A is `method=sid2a method.init=<a trained SiD generator>` (`sid2a.py`: a file, a run, an MLflow
+run id or a released generator); `method=sida method.generator_init=<file>` does the same from a
+file: G, and so its EMA, start from it; the fake score and both optimisers start fresh, and the kimg
+schedule counts from 0.
 """
 from __future__ import annotations
 
@@ -67,20 +69,23 @@ class SiDA(SiD):
     def __init__(self, teacher: Teacher, cfg: DictConfig, device: torch.device, full_cfg: DictConfig | None = None):
         super().__init__(teacher, cfg, device, full_cfg)
         if cfg.get("generator_init"):
-            self._load_generator(Path(str(cfg.generator_init)))
+            self._load_generator(Path(str(cfg.generator_init)), what=f"method.generator_init={cfg.generator_init}")
         self.phase = 0
 
-    def _load_generator(self, path: Path) -> None:
-        """SiD²A: G's weights from a trained SiD generator of this teacher's architecture."""
+    def _load_generator(self, path: Path, what: str) -> None:
+        """SiD²A: G's weights from a trained SiD generator of this teacher's architecture (`what`
+        names the setting in errors)."""
         from sidbench.teachers.load import load_teacher_file
 
         net, constructor, _ = load_teacher_file(str(path), kind="generator")
-        ignore = ("dropout",)  # the run's dropout applies, whatever the file was trained with
+        # Settings that change no weight: the run's dropout applies whatever the file was trained with,
+        # and precision and the sigma range are the run's.
+        ignore = ("dropout", "label_dropout", "use_fp16", "sigma_min", "sigma_max")
         mine = {k: v for k, v in self.teacher.constructor.items() if k not in ignore}
         theirs = {k: v for k, v in constructor.items() if k not in ignore}
         if mine != theirs:
             changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-            raise ConfigError(f"method.generator_init={path}: a network of another architecture than the teacher's "
+            raise ConfigError(f"{what}: {path} is a network of another architecture than the teacher's "
                               f"(differs in {', '.join(changed)}); give a generator distilled from this teacher")
         self.generator.load_state_dict(net.state_dict(), strict=True)
 
@@ -127,9 +132,10 @@ class SiDA(SiD):
         noise = sigma * torch.randn_like(x_g)
         both = None if labels is None else torch.cat([labels, labels])
         fake = ctx.net("fake_score").train()
+        # the real half needs only the encoder's logits: the decoder runs on the generated half alone
         denoised, bottleneck = fake(torch.cat([x_g + noise, x_r + noise]), sigma.flatten().repeat(2), both,
-                                    augment_labels=aug, return_bottleneck=True)
-        denoised = denoised[:n].float()
+                                    augment_labels=aug, return_bottleneck=True, decode_first=n)
+        denoised = denoised.float()
         logits = discriminator_logits(bottleneck)
         l_fake, l_real = logits[:n], logits[n:]
         # SiD's loss and drop, a sample with a NaN logit leaving both sums

@@ -38,7 +38,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from sidbench.config import group_config, group_options
     from sidbench.eval import METRICS  # declares the built-ins without importing them (nor torch)
-    from sidbench.methods import METHODS  # the same
+    from sidbench.eval.published_generators import load_catalogue
+    from sidbench.methods import METHODS  # declares the built-ins without importing them (nor torch)
     from sidbench.samplers import SAMPLERS  # the same, for the samplers a recipe names
 
     methods = Table("method", "description", title="methods (method=...)")
@@ -56,11 +57,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     metrics = Table("metric", "description", title="metrics (eval.metric=..., a dataset card's metric)")
     for name, desc in METRICS.describe().items():
         metrics.add_row(name, desc)
+    released = Table(title="generators released by their authors (sidbench fid published=<name>)",
+                     caption="paper's FID: the authors' figure, for context (* their best SiDA/SiD²A run on the "
+                             "dataset); `sidbench fid` measures the file here")
+    for col in ("name", "generator", "NFE", "paper's FID"):
+        released.add_column(col, no_wrap=col != "generator")
+    released.add_column("address", overflow="fold")
+    for g in load_catalogue().values():
+        paper = "" if g.paper_fid is None else f"{g.paper_fid:g}{'' if g.paper_fid_of == 'generator' else '*'}"
+        released.add_row(g.name, g.label, str(g.nfe), paper, g.url)
     out = Console()
     out.print(methods)
     out.print(samplers)
     out.print(datasets)
     out.print(metrics)
+    out.print(released)
     return 0
 
 
@@ -91,13 +102,18 @@ FID_HELP = """Score images, a saved generator or the teacher (FID, or the offlin
   sidbench fid runs/ffhq64/sid-x/generator.safetensors --num 50000
   sidbench fid teacher dataset=cifar10                          # the teacher's Heun sampler; kept in MLflow as
                                                                 #   the teacher's reference line for runs
+  sidbench fid published=sid-cifar10                            # a generator released by its authors (see
+                                                                #   `sidbench list`): downloaded once, loaded
+                                                                #   safely, sampled as they sample it; kept
+                                                                #   in MLflow as a published_generator run
   sidbench fid samples/ --ref ffhq64                            # a folder, .npz or zip of images
   sidbench fid samples.npz --ref my-stats.npz --mode clean      # statistics from `sidbench stats`
   sidbench fid runs/digits/sid-x                                # digits: fd_pixel (no Inception reference)
 
 Generated images: eval.final_samples of them by default, labels i mod num_classes, seed eval.seed.
 The reference defaults to the dataset's (dataset.ref_stats). The last line of standard output is
-machine-readable: `<metric> <value>`, e.g. `fid 2.3451`."""
+machine-readable: `<metric> <value>`, e.g. `fid 2.3451` (eval.metric=precision_recall:
+`precision <p> recall <r>`)."""
 
 
 def positive_int(text: str) -> int:
@@ -116,16 +132,67 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
     result = run_fid(args.source, _overrides(args), ref=args.ref, mode=args.mode, num=args.num, batch=args.batch,
                      device=args.device, inception=args.inception, console=console)
-    print(f"{result.metric} {result.value:.6g}", flush=True)
+    print(" ".join(f"{k} {v:.6g}" for k, v in (result.values or {result.metric: result.value}).items()), flush=True)
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from sidbench.cli.score import stats_command
+    from sidbench.cli.score import stats_command, stats_for_dataset
+    from sidbench.config import ConfigError
 
-    path = stats_command(args.source, args.out, mode=args.mode, num_samples=args.num, batch_size=args.batch,
-                         device=args.device, inception_path=args.inception, console=console)
+    overrides = _overrides(args)
+    options = dict(mode=args.mode, num_samples=args.num, batch_size=args.batch, device=args.device,
+                   inception_path=args.inception, console=console)
+    if args.metric == "fid" and not overrides:
+        if args.out is None:
+            raise ConfigError("name the FID statistics file to write: --out FILE.npz")
+        path = stats_command(args.source, args.out, **options)
+    else:
+        path = stats_for_dataset(args.source, overrides, metric=args.metric, out=args.out, weights=args.weights, **options)
     print(f"stats {path}", flush=True)
+    return 0
+
+
+STATS_HELP = """Make a metric's reference from real images.
+
+  sidbench stats ffhq-64x64.zip --out my-ffhq.npz                                # FID statistics (EDM's format)
+  sidbench stats ffhq-64x64.zip dataset=ffhq64 --metric fd_dinov2                # FD-DINOv2 statistics
+  sidbench stats ffhq-64x64.zip dataset=ffhq64 --metric precision_recall --num 50000   # VGG16 features
+
+Without --out, an FD-DINOv2 or precision/recall reference goes where runs on the dataset look for it:
+eval.refs.<metric>, else <cache>/refs/<dataset>-<metric>.npz. The last line of standard output is
+`stats <path written>`."""
+
+
+DATASET_HELP = """Make an EDM dataset zip of training images (for dataset.images.path; docs/data.md).
+
+  sidbench dataset cifar10 --out data/cifar10-32x32.zip                    # through torchvision's download
+  sidbench dataset photos/ --out data/mine-64x64.zip --resolution 64       # any image folder
+  sidbench dataset photos/ --out data/mine-64x64.zip --resolution 64 --labels-from-folders
+
+A folder's images are centre-cropped to a square and resized (Lanczos) to --resolution; with
+--labels-from-folders each image's class is its first-level sub-folder (sorted). The last line of
+standard output is `dataset <path written> <images>`."""
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sidbench.config import ConfigError
+    from sidbench.data.make_dataset import cifar10_images, folder_images, write_edm_zip
+
+    if args.source == "cifar10":
+        images = cifar10_images(args.download_dir or Path(args.out).parent / "cifar10-download")
+    elif Path(args.source).is_dir():
+        if args.resolution is None:
+            raise ConfigError(f"give the images' size: sidbench dataset {args.source} --resolution <pixels> ...")
+        images = folder_images(args.source, args.resolution, labels_from_folders=args.labels_from_folders,
+                               channels=args.channels)
+    else:
+        raise ConfigError(f"{args.source} is neither `cifar10` nor a folder of images")
+    path, count = write_edm_zip(args.out, images)
+    console.print(f"wrote {count:,} images to {path}; train on them with dataset.images.path={path}")
+    print(f"dataset {path} {count}", flush=True)
     return 0
 
 
@@ -180,7 +247,8 @@ LEADERBOARD_HELP = """Build the leaderboard from MLflow: leaderboard.csv, plots 
   sidbench leaderboard --bench digits-flops4e12 --out results/
   sidbench leaderboard --experiment digits tracking.uri=http://mlflow.example:5000
 
-Only finished runs count. Published numbers (the papers') are shown apart: their own CSV and table."""
+Only finished runs count. Published numbers (the papers') are shown apart: their own CSV and table; so are
+the authors' released generators measured here (`sidbench fid published=<name>`)."""
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -220,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. method=sid dataset=ffhq64")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("list", help="list methods, samplers, datasets and teachers")
+    p = sub.add_parser("list", help="list methods, samplers, datasets and teachers, metrics and released generators")
     p.set_defaults(func=cmd_list)
 
     teacher = sub.add_parser("teacher", help="train or sample a teacher")
@@ -243,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fid", help="FID of images, a saved generator or the teacher (fd_pixel/fd_digits on digits)",
                        description=FID_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="SOURCE",
-                   help="a folder, .npz or zip of images; a generator.safetensors or run folder; or the word `teacher`")
+                   help="a folder, .npz or zip of images; a generator.safetensors or run folder; the word `teacher`; "
+                        "or published=<name>, a released generator (`sidbench list`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. dataset=ffhq64")
     p.add_argument("--ref", default=None, help="reference statistics: a dataset key, an address or an .npz "
                                                "(default: the dataset's; given, the metric is FID)")
@@ -255,15 +324,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local Inception-v3 TorchScript file (default: eval.inception_path, $SIDBENCH_INCEPTION, the cache)")
     p.set_defaults(func=cmd_fid)
 
-    p = sub.add_parser("stats", help="FID reference statistics of real images (EDM's .npz format)")
+    p = sub.add_parser("stats", help="a metric's reference from real images: FID or FD-DINOv2 statistics, precision/recall features",
+                       description=STATS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="SOURCE", help="a folder, zip or .npz of real images")
-    p.add_argument("--out", required=True, metavar="FILE.npz", help="the statistics file to write (mu, sigma)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. dataset=ffhq64 (where the file goes)")
+    p.add_argument("--metric", choices=("fid", "fd_dinov2", "precision_recall"), default="fid",
+                   help="whose reference to make (default: fid)")
+    p.add_argument("--out", default=None, metavar="FILE.npz",
+                   help="the file to write (default for fd_dinov2 and precision_recall: where runs on the dataset look)")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="local DINOv2 or VGG16 weights (default: eval.dinov2_path / eval.vgg16_path, $SIDBENCH_DINOV2 / "
+                        "$SIDBENCH_VGG16, the cache)")
     p.add_argument("--mode", choices=FID_MODES, default=FID_MODES[0], help="clean-fid mode (FIDs must use the same)")
     p.add_argument("--num", type=positive_int, default=None, help="use the first N images (default: all)")
     p.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     p.add_argument("--inception", default=None, metavar="PATH", help="local Inception-v3 TorchScript file")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("dataset", help="make an EDM dataset zip of training images (CIFAR-10, or an image folder)",
+                       description=DATASET_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="SOURCE", help="`cifar10`, or a folder of images")
+    p.add_argument("--out", required=True, metavar="FILE.zip", help="the zip to write")
+    p.add_argument("--resolution", type=positive_int, default=None, help="a folder's images: their size in pixels")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="a folder's images: 3 (RGB) or 1 (gray)")
+    p.add_argument("--labels-from-folders", action="store_true", help="a folder's images: class = first-level sub-folder")
+    p.add_argument("--download-dir", default=None, metavar="DIR",
+                   help="cifar10: where torchvision keeps its download (default: beside --out)")
+    p.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("bench", help="run a matrix of methods x datasets x seeds under one budget (Hydra multirun)",
                        description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)

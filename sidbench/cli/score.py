@@ -7,6 +7,10 @@ SOURCE is one of
   measured against the dataset's own reference;
 * a saved generator: a `generator.safetensors`, or the run folder holding one (the dataset then
   defaults to the run's own, from its `config.yaml`);
+* `published=<name>`: a generator released by its authors, from the catalogue
+  (`sidbench.eval.published_generators`): downloaded once into the cache, read by the safe EDM
+  loader, sampled with the catalogue's recipe and scored on its own dataset by default; the result is
+  recorded in MLflow as a run tagged `sidbench.kind=published_generator`;
 * a folder, `.npz` or zip of images (`eval.sources`: files are read by clean-fid).
 
 Generated images come from `generated_batches` (the eval group's seed and label mode; labels
@@ -15,8 +19,8 @@ cyclic by default, docs/fid.md) on the configured device. The metric is the data
 registered metric), built from the config as a run builds it (`sidbench.eval.factory.build_metric`);
 the options `--ref`, `--mode` and `--inception` are settings of that config (`dataset.ref_stats`,
 `eval.fid_mode`, `eval.inception_path`), and an explicit `--ref` always means FID against that
-reference. `stats` writes reference statistics of real images in EDM's `.npz` format. The
-Inception detector is built by `sidbench.eval.fid.inception_extractor` (looked up at call time, so
+reference. `stats` writes the reference of real images for FID (statistics in EDM's `.npz`
+format), FD-DINOv2 (statistics) or precision/recall (features). The Inception detector is built by `sidbench.eval.fid.inception_extractor` (looked up at call time, so
 tests can replace it).
 """
 from __future__ import annotations
@@ -24,9 +28,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -48,19 +53,40 @@ from sidbench.eval.sources import accumulate_features, image_batches, image_file
 @dataclass
 class FidResult:
     metric: str
-    value: float
-    #: the MLflow run that records the value as the teacher's reference (teacher sources, tracking on)
-    teacher_run_id: str | None = None
+    value: float  #: the first value (the only one of a distance)
+    #: the MLflow run that records the value (tracking on): the teacher's reference, or a released
+    #: generator's measurement
+    run_id: str | None = None
+    #: every value by name: {metric: value} for a distance, {precision: p, recall: r} for precision_recall
+    values: dict[str, float] = field(default_factory=dict)
+
+
+PUBLISHED = "published="
 
 
 def source_kind(source: str) -> str:
-    """`teacher`, `generator` (a `.safetensors` file or a run folder) or `images`."""
+    """`teacher`, `published` (`published=<name>`), `generator` (a `.safetensors` file or a run
+    folder) or `images`."""
     if source == "teacher":
         return "teacher"
+    if source.startswith(PUBLISHED):
+        return "published"
     path = Path(source).expanduser()
     if path.suffix == ".safetensors" or is_run_folder(path):
         return "generator"
     return "images"
+
+
+def _take_published(source: str, overrides: list[str]) -> tuple[str, list[str]]:
+    """(source, overrides) with `published=<name>` as the source wherever it was written: argparse
+    takes the first word for SOURCE, so `sidbench fid dataset=x published=y` has it among the overrides."""
+    named = [o for o in overrides if o.startswith(PUBLISHED)]
+    if not named:
+        return source, overrides
+    rest = [o for o in overrides if not o.startswith(PUBLISHED)]
+    if len(named) > 1 or source.startswith(PUBLISHED) or "=" not in source or Path(source).expanduser().exists():
+        raise ConfigError(f"score one source at a time: {' and '.join([source, *named])}")
+    return named[0], [source, *rest]
 
 
 def _has_group(overrides: list[str], group: str) -> bool:
@@ -107,11 +133,17 @@ def run_fid(
     from sidbench.distributed import pick_device
 
     console = console or Console()
-    overrides = list(overrides)
+    source, overrides = _take_published(source, list(overrides))
     kind = source_kind(source)
     notes: list[tuple[str, str]] = []
-    gen_path = None
-    if kind == "generator":
+    gen_path = entry = None
+    if kind == "published":
+        from sidbench.eval.published_generators import find_published
+
+        entry = find_published(source[len(PUBLISHED):])
+        if not _has_group(overrides, "dataset"):
+            overrides.insert(0, f"dataset={entry.dataset}")
+    elif kind == "generator":
         gen_path = generator_file(source)
         if not _has_group(overrides, "dataset"):
             name = _run_dataset(gen_path)
@@ -151,6 +183,21 @@ def run_fid(
             source_name = f"teacher {teacher.source}"
             notes.append(("sampler", f"Heun, {steps} steps ({2 * steps - 1} NFE)"))
             what = f"teacher {teacher.source}"
+        elif kind == "published":
+            from sidbench.eval.generators import load_published_generator
+            from sidbench.eval.published_generators import fetch_published
+
+            gen_path = fetch_published(entry, progress=progress)
+            gen = load_published_generator(gen_path, entry.sampling, method=entry.method, device=dev,
+                                           constructor=entry.constructor)
+            sample_source, shape, label_dim = gen, gen.shape, gen.label_dim
+            source_name = f"{entry.name}: {entry.label}, released by its authors ({entry.url})"
+            notes.append(("generator", f"{gen.describe()}; file {gen_path}"))
+            if str(cfg.dataset.name) != entry.dataset:
+                notes.append(("dataset", f"{cfg.dataset.name} (the generator was distilled on {entry.dataset})"))
+            if entry.paper_fid is not None:
+                notes.append(("paper's FID", f"{entry.paper()}; not measured here"))
+            what = f"released generator {entry.name}"
         else:
             from sidbench.eval.generators import load_generator
 
@@ -169,11 +216,20 @@ def run_fid(
         notes.append(("labels", f"{cfg.eval.label_mode}, seed {cfg.eval.seed}" if label_dim else f"none, seed {cfg.eval.seed}"))
 
     metric = build_metric(metric_name, cfg, device=dev, progress=progress)
-    value = metric_command(sample_source, metric, num_samples=num, batch_size=batch, console=console, progress=progress,
-                           source_name=source_name, extra_rows=notes, **gen_kwargs)
+    values = metric_values_command(sample_source, metric, num_samples=num, batch_size=batch, console=console,
+                                   progress=progress, source_name=source_name, extra_rows=notes, **gen_kwargs)
+    value = next(iter(values.values()))
 
     run_id = None
-    if teacher is not None and ref is None:
+    if entry is not None:
+        from sidbench.eval.published_generators import record_published_metric
+
+        run_id = record_published_metric(cfg, entry, gen_path, metric=metric.name, values=values, num_samples=int(num),
+                                         settings=type(metric).measurement_settings(cfg))
+        if run_id is not None:
+            console.print(f"recorded as a measurement of the released generator {entry.name} ({int(num):,} images) "
+                          f"on {cfg.dataset.name}: MLflow run {run_id}")
+    if teacher is not None and ref is None and len(values) == 1:
         from sidbench.eval.teacher_metrics import record_teacher_metric
 
         run_id = record_teacher_metric(cfg, teacher.source, metric=metric.name, value=value, num_samples=int(num),
@@ -181,7 +237,7 @@ def run_fid(
         if run_id is not None:
             console.print(f"recorded as the teacher's {metric.name} ({int(num):,} images) for runs on {cfg.dataset.name}: "
                           f"MLflow run {run_id}")
-    return FidResult(metric.name, float(value), run_id)
+    return FidResult(metric.name, float(value), run_id, values)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,21 +292,43 @@ def metric_command(
     """`metric` (FID, `fd_pixel`, ...) of a file or generator source (`sources.image_batches`);
     printed under the metric's own title, so a distance that is not FID is never shown as one,
     with its reference, its details and its caveats."""
+    values = metric_values_command(source, metric, num_samples=num_samples, batch_size=batch_size, console=console,
+                                   progress=progress, source_name=source_name, extra_rows=extra_rows, **generator_kwargs)
+    return next(iter(values.values()))
+
+
+def metric_values_command(
+    source: str | os.PathLike | SampleFn,
+    metric: Metric,
+    *,
+    num_samples: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    console: Console | None = None,
+    progress: bool = True,
+    source_name: str | None = None,
+    extra_rows: Sequence[tuple[str, str]] = (),
+    **generator_kwargs,
+) -> dict[str, float]:
+    """Every value of `metric` (precision and recall: two) of a source, printed as `metric_command`
+    prints one; {value name: value}."""
     console = console or Console()
     batches = image_batches(source, batch_size=batch_size, num_samples=num_samples, **generator_kwargs)
     seen = [0]
-    value = float(metric.compute(_counted(batches, console, progress, metric.name,
-                                          _count_images(source, num_samples), seen)))
+    values = {k: float(v) for k, v in metric.compute_values(
+        _counted(batches, console, progress, metric.name, _count_images(source, num_samples), seen)).items()}
     table = Table(title=metric.title or metric.name, show_header=False)
     table.add_row("source", _source_name(source, source_name))
     for key, text in [*extra_rows, *metric.details()]:
         table.add_row(key, text)
     table.add_row("images", f"{seen[0]:,}")
-    table.add_row(table.title, f"[bold]{value:.4f}[/]")
+    for key, value in values.items():
+        label = table.title if len(values) == 1 else key
+        better = " (higher is better)" if key in metric.higher_is_better else ""
+        table.add_row(label, f"[bold]{value:.4f}[/]{better}")
     console.print(table)
     for note in metric.caveats(seen[0]):
         console.print(f"[yellow]note:[/] {note}")
-    return value
+    return values
 
 
 def fid_command(
@@ -279,36 +357,89 @@ def fid_command(
     return metric_command(source, metric, console=console, progress=progress, **score_kwargs)
 
 
+#: The metrics whose reference `sidbench stats` makes, and what it keeps of the features.
+STATS_METRICS = {"fid": "statistics (mu, sigma) of Inception-v3 features, EDM's .npz",
+                 "fd_dinov2": "statistics (mu, sigma) of DINOv2 ViT-L/14 features",
+                 "precision_recall": "VGG16 features [N, 4096] themselves (float32)"}
+
+
 def stats_command(
     source: str | os.PathLike,
     out: str | os.PathLike,
     *,
+    metric: str = "fid",
     mode: str = "legacy_tensorflow",
     num_samples: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: torch.device | str | None = None,
     inception_path: str | os.PathLike | None = None,
+    weights_path: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     feature_extractor: FeatureExtractor | None = None,
     console: Console | None = None,
     progress: bool = True,
 ) -> Path:
-    """Reference statistics of real images (folder, zip or `.npz`) written as EDM's `.npz`; only
-    comparable with FIDs computed in the same `mode`. Returns the path written (`.npz` appended
-    when `out` lacks it)."""
+    """The reference of `metric` made from real images (folder, zip or `.npz`): FID's statistics in
+    EDM's `.npz` (only comparable with FIDs computed in the same `mode`), FD-DINOv2's statistics, or
+    precision/recall's features (`STATS_METRICS`). `weights_path`: the DINOv2 or VGG16 file (else
+    its environment variable, else the cache). Returns the path written (`.npz` appended when `out`
+    lacks it)."""
     console = console or Console()
-    check_mode(mode)
+    if metric not in STATS_METRICS:
+        raise ConfigError(f"sidbench stats makes references for {', '.join(STATS_METRICS)}, not {metric!r}")
     batches = image_batches(source, batch_size=batch_size, num_samples=num_samples)
     if feature_extractor is None:
-        feature_extractor = fid_module.inception_extractor(mode, inception_path=inception_path, device=device,
-                                                           cache_dir=cache_dir, progress=progress)
+        if metric == "fid":
+            check_mode(mode)
+            feature_extractor = fid_module.inception_extractor(mode, inception_path=inception_path, device=device,
+                                                               cache_dir=cache_dir, progress=progress)
+        elif metric == "fd_dinov2":
+            from sidbench.eval.dinov2 import dinov2_extractor
+
+            feature_extractor = dinov2_extractor(weights_path, device=device, cache_dir=cache_dir, progress=progress)
+        else:
+            from sidbench.eval.vgg16 import vgg16_extractor
+
+            feature_extractor = vgg16_extractor(weights_path, device=device, cache_dir=cache_dir, progress=progress)
     seen = [0]
-    stats = accumulate_features(_counted(batches, console, progress, "reference features",
-                                         _count_images(source, num_samples), seen), feature_extractor)
-    path = save_reference_stats(out, stats.mu, stats.sigma)
-    table = Table(title="FID reference statistics", show_header=False)
-    for key, text in (("source", os.fspath(source)), ("mode", mode), ("images", f"{stats.n:,}"),
-                      ("features", str(stats.mu.shape[0])), ("written", str(path))):
+    counted = _counted(batches, console, progress, "reference features", _count_images(source, num_samples), seen)
+    if metric == "precision_recall":
+        from sidbench.eval.metric_refs import save_features
+        from sidbench.eval.precision_recall import PrecisionRecall
+
+        features = PrecisionRecall(np.zeros((0, 1), np.float32), feature_extractor=feature_extractor).features(counted)
+        path = save_features(out, features, metric)
+        count, width = features.shape
+    else:
+        stats = accumulate_features(counted, feature_extractor)
+        path = save_reference_stats(out, stats.mu, stats.sigma, metric=metric)
+        count, width = stats.n, stats.mu.shape[0]
+    table = Table(title=f"{metric} reference", show_header=False)
+    rows = [("source", os.fspath(source)), ("metric", metric), ("holds", STATS_METRICS[metric])]
+    if metric == "fid":
+        rows.append(("mode", mode))
+    for key, text in (*rows, ("images", f"{count:,}"), ("features", str(width)), ("written", str(path))):
         table.add_row(key, text)
     console.print(table)
     return path
+
+
+def stats_for_dataset(source: str | os.PathLike, overrides: list[str], *, metric: str, out: str | os.PathLike | None,
+                      weights: str | os.PathLike | None = None, **options) -> Path:
+    """`sidbench stats SOURCE dataset=<d> --metric <m>`: without `--out`, the reference goes where
+    the dataset's runs look for it (`eval.refs.<m>`, else the cache's `refs/<dataset>-<m>.npz`), and
+    the weights default to the config's (`eval.dinov2_path`, `eval.vgg16_path`)."""
+    if out is None or (weights is None and metric != "fid"):
+        cfg = compose(list(overrides))
+        if out is None:
+            if metric == "fid":
+                raise ConfigError("name the FID statistics file to write: --out FILE.npz (FID's references are EDM's, "
+                                  "dataset.ref_stats)")
+            if not _has_group(list(overrides), "dataset"):
+                raise ConfigError(f"name the dataset these images belong to (dataset=<name>), or the file: --out FILE.npz")
+            from sidbench.eval.metric_refs import configured_reference
+
+            out = configured_reference(cfg, metric)
+        if weights is None and metric != "fid":
+            weights = cfg.eval.get("dinov2_path" if metric == "fd_dinov2" else "vgg16_path")
+    return stats_command(source, out, metric=metric, weights_path=weights, **options)

@@ -1,13 +1,20 @@
 """Real training images, for the methods that use them (SiDA's adversarial term on real data,
 progressive distillation's data mode). SiD itself is data-free and never opens them.
 
-The images are an EDM dataset (the zip or folder that EDM's `dataset_tool.py` writes:
-`00000/img00000000.png`, ..., and a `dataset.json` holding `{"labels": [[name, class], ...]}` or
-null), or the bundled digits. Batches are drawn uniformly with replacement from the caller's random
-state: the step context seeds each micro-batch by its position, so the real images of a
-micro-batch, like its noise, are a function of (seed, iteration, update, micro-batch). A resumed
-run repeats them exactly, and N DDP processes draw what one process draws. Images are decoded
-when drawn, so a dataset of any size stays on disk.
+The images are an EDM dataset (the zip or folder that EDM's `dataset_tool.py` or `sidbench dataset`
+writes: `00000/img00000000.png`, ..., and a `dataset.json` holding `{"labels": [[name, class], ...]}`
+or null), or the bundled digits. `open_real_images` checks a dataset when it opens it (the zip
+opens, `dataset.json` parses, the first image decodes at the teacher's channels and resolution,
+every image has a class when the teacher is conditional): each failure is one line naming the file.
+
+Two ways to draw batches, both uniform with replacement:
+- `RealImages.draw` (the bundled digits, held in memory): from the caller's random state. The step
+  context seeds each micro-batch by its position, so the real images of a micro-batch, like its
+  noise, are a function of (seed, iteration, update, micro-batch); a resumed run repeats them and N
+  DDP processes draw what one process draws.
+- `sidbench.data.loader.RealImageLoader` (an EDM dataset on disk, decoded by DataLoader worker
+  processes ahead of the training loop): a stream of its own, fixed by (seed, rank), whose position
+  the checkpoint keeps. Images are decoded when drawn, so a dataset of any size stays on disk.
 """
 from __future__ import annotations
 
@@ -30,16 +37,21 @@ class DataError(UserError, RuntimeError):
 
 #: indices -> float32 images [n, C, H, W] in [-1, 1] on the CPU
 Reader = Callable[[Sequence[int]], torch.Tensor]
+#: indices -> uint8 images [n, C, H, W] on the CPU, as stored
+RawReader = Callable[[Sequence[int]], torch.Tensor]
 
 
 class RealImages:
-    """A dataset of real images and their classes, drawn in random batches."""
+    """A dataset of real images and their classes, drawn in random batches. `read_uint8`, where the
+    images are files to decode, reads them as stored (what a loader's workers hand over)."""
 
-    def __init__(self, count: int, read: Reader, classes: torch.Tensor | None, label_dim: int, source: str) -> None:
+    def __init__(self, count: int, read: Reader, classes: torch.Tensor | None, label_dim: int, source: str,
+                 read_uint8: RawReader | None = None) -> None:
         if count == 0:
             raise DataError(f"{source} holds no images")
         self.count = count
         self._read = read
+        self.read_uint8 = read_uint8
         self.classes = classes
         self.label_dim = label_dim
         self.source = source
@@ -56,6 +68,18 @@ class RealImages:
         return images, torch.nn.functional.one_hot(self.classes[index], self.label_dim).float().to(device)
 
 
+def _parse_meta(data: bytes, where: Path) -> dict | None:
+    try:
+        meta = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"the dataset.json of {where} is not JSON ({e}); it must hold "
+                        '{"labels": [[image name, class], ...]} or {"labels": null}') from None
+    if meta is not None and not isinstance(meta, dict):
+        raise DataError(f"the dataset.json of {where} holds a {type(meta).__name__}, not "
+                        '{"labels": [[image name, class], ...]} or {"labels": null}')
+    return meta
+
+
 def _edm_dataset(path: Path) -> tuple[list[str], Callable[[str], bytes], dict | None]:
     """(sorted image names, a reader of one name's bytes, the parsed dataset.json or None)."""
     from sidbench.data.image_files import folder_files, zip_members
@@ -63,9 +87,9 @@ def _edm_dataset(path: Path) -> tuple[list[str], Callable[[str], bytes], dict | 
     if path.is_dir():
         names = [p.relative_to(path).as_posix() for p in folder_files(path)]
         meta_file = path / "dataset.json"
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+        meta = _parse_meta(meta_file.read_bytes(), meta_file) if meta_file.is_file() else None
         return names, lambda name: (path / name).read_bytes(), meta
-    if zipfile.is_zipfile(path):
+    if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
         handle: dict[int, zipfile.ZipFile] = {}
 
         def read(name: str) -> bytes:
@@ -76,9 +100,13 @@ def _edm_dataset(path: Path) -> tuple[list[str], Callable[[str], bytes], dict | 
                 handle[pid] = zipfile.ZipFile(path)
             return handle[pid].read(name)
 
-        names = zip_members(path)
-        with zipfile.ZipFile(path) as z:
-            meta = json.loads(z.read("dataset.json")) if "dataset.json" in z.namelist() else None
+        try:
+            names = zip_members(path)
+            with zipfile.ZipFile(path) as z:
+                meta = _parse_meta(z.read("dataset.json"), path) if "dataset.json" in z.namelist() else None
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise DataError(f"{path} is not a readable zip ({' '.join(str(e).split())}); make it again "
+                            "(docs/data.md) or point dataset.images.path at another copy") from None
         return names, read, meta
     raise DataError(f"{path} is neither a folder nor a zip of images; point dataset.images.path at an EDM dataset "
                     "(made by EDM's dataset_tool.py)")
@@ -95,10 +123,18 @@ def open_edm_dataset(path: str | os.PathLike, shape: tuple[int, int, int], label
     if not names:
         raise DataError(f"{path} holds no images")
 
+    def read_uint8(index: Sequence[int]) -> torch.Tensor:
+        # decoded HWC uint8 -> NCHW uint8; a member that cannot be read or decoded is one line
+        try:
+            hwc = np.stack([decode_image(read_bytes(names[i]), names[i]) for i in index])
+        except (UserError, OSError, KeyError, zipfile.BadZipFile) as e:
+            raise DataError(f"training images {path}: {' '.join(str(e).split())}") from None
+        except ValueError as e:  # images of different sizes in one batch
+            raise DataError(f"training images {path}: {e}; every image must have the teacher's size") from None
+        return torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous()
+
     def read(index: Sequence[int]) -> torch.Tensor:
-        # decoded HWC uint8 -> NCHW float in [-1, 1], as EDM's training loop scales them
-        hwc = np.stack([decode_image(read_bytes(names[i]), names[i]) for i in index])
-        return uint8_to_float(torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous())
+        return uint8_to_float(read_uint8(index))  # in [-1, 1], as EDM's training loop scales them
 
     first = read([0])
     if tuple(first.shape[1:]) != tuple(shape):
@@ -107,7 +143,10 @@ def open_edm_dataset(path: str | os.PathLike, shape: tuple[int, int, int], label
                         "make the dataset at the teacher's resolution with EDM's dataset_tool.py")
     classes = None
     if label_dim:
-        labels = dict((meta or {}).get("labels") or [])
+        try:
+            labels = dict((meta or {}).get("labels") or [])
+        except (TypeError, ValueError):
+            raise DataError(f"the labels in the dataset.json of {path} are not [[image name, class], ...]") from None
         missing = [n for n in names if n not in labels]
         if missing:
             raise DataError(f"the teacher is class-conditional but {path} has no label for {missing[0]} "
@@ -115,7 +154,7 @@ def open_edm_dataset(path: str | os.PathLike, shape: tuple[int, int, int], label
         classes = torch.tensor([int(labels[n]) for n in names], dtype=torch.int64)
         if int(classes.max()) >= label_dim:
             raise DataError(f"{path} has class {int(classes.max())} but the teacher knows {label_dim} classes")
-    return RealImages(len(names), read, classes, label_dim, str(path))
+    return RealImages(len(names), read, classes, label_dim, str(path), read_uint8=read_uint8)
 
 
 def open_real_images(dataset: DictConfig, shape: tuple[int, int, int], label_dim: int) -> RealImages:

@@ -45,6 +45,10 @@ METRICS.register_lazy("fd_digits", "sidbench.eval.digits:FDDigits",
                       "Frechet distance of the shipped digits classifier's features to the 1797 digits (offline; not FID)")
 METRICS.register_lazy("fid", "sidbench.eval.fid:FID",
                       "FID: Inception-v3 features against the dataset's reference statistics (dataset.ref_stats)")
+METRICS.register_lazy("fd_dinov2", "sidbench.eval.fd_dinov2:FDDINOv2",
+                      "FD-DINOv2: DINOv2 ViT-L/14 features against the dataset's statistics (sidbench stats --metric fd_dinov2)")
+METRICS.register_lazy("precision_recall", "sidbench.eval.precision_recall:PrecisionRecall",
+                      "precision and recall (k=3) of VGG16 features against the dataset's (sidbench stats --metric precision_recall)")
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: the torch-importing contract, on first use

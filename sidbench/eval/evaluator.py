@@ -1,7 +1,8 @@
-"""Periodic evaluation: a metric over freshly generated images, and sample grids."""
+"""Periodic evaluation: the run's metrics over one set of freshly generated images, and sample grids."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -11,9 +12,13 @@ from sidbench.eval.images import SampleFn, draw_labels, generated_batches
 
 
 class Evaluator:
+    """`metrics`: the metrics of every evaluation, the headline first (`eval.metric`, then
+    `eval.metrics`); `final_metrics`: those measured only at the end (`eval.final_metrics`). A
+    single metric, or None for no evaluation, is accepted too."""
+
     def __init__(
         self,
-        metric: Metric | None,
+        metrics: Metric | Sequence[Metric] | None,
         num_samples: int,
         batch_size: int,
         shape: tuple[int, int, int],
@@ -21,8 +26,10 @@ class Evaluator:
         device: torch.device,
         seed: int = 0,
         label_mode: str = "cyclic",
+        final_metrics: Sequence[Metric] = (),
     ) -> None:
-        self.metric = metric
+        self.metrics: list[Metric] = [] if metrics is None else [metrics] if isinstance(metrics, Metric) else list(metrics)
+        self.final_metrics = list(final_metrics)
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shape = shape
@@ -31,15 +38,27 @@ class Evaluator:
         self.seed = seed
         self.label_mode = label_mode
 
-    def __call__(self, sample_fn: SampleFn) -> dict[str, float]:
-        """{"eval/<metric>": value, "eval/seconds": cost}; the same seed scores the same noise."""
-        if self.metric is None:
+    @property
+    def metric(self) -> Metric | None:
+        """The headline metric (None: no evaluation)."""
+        return self.metrics[0] if self.metrics else None
+
+    def __call__(self, sample_fn: SampleFn, metrics: Sequence[Metric] | None = None) -> dict[str, float]:
+        """{"eval/<value>": value for each value of each metric (default: `self.metrics`),
+        "eval/seconds": cost}; the same seed scores the same noise. With several metrics the
+        images are generated once and held in memory (num_samples x C x H x W bytes)."""
+        metrics = self.metrics if metrics is None else list(metrics)
+        if not metrics:
             return {}
         start = time.perf_counter()
         batches = generated_batches(sample_fn, self.num_samples, self.batch_size, self.shape, self.label_dim,
                                     self.device, self.seed, self.label_mode)
-        value = self.metric.compute(batches)
-        return {f"eval/{self.metric.name}": value, "eval/seconds": time.perf_counter() - start}
+        if len(metrics) > 1:
+            batches = list(batches)
+        out: dict[str, float] = {}
+        for metric in metrics:
+            out.update({f"eval/{k}": float(v) for k, v in metric.compute_values(batches).items()})
+        return {**out, "eval/seconds": time.perf_counter() - start}
 
     @torch.no_grad()
     def sample_grid(self, sample_fn: SampleFn, path: Path, n: int = 64) -> Path:

@@ -7,6 +7,10 @@ follows the recipe (`sidbench.diffusion.sample`: the registered sampler it names
 generator at its sigma, a multi-step student with its steps), so `sidbench fid` and the harness
 score exactly what the run's own evaluator scored. Nothing is assumed: a file that records no
 recipe is refused; recipes of older files are read in today's form (`sidbench.samplers.read_recipe`).
+
+A generator released by its authors (an EDM-format pickle, `sidbench fid published=<name>`) carries
+no recipe of ours: `load_published_generator` takes it from the catalogue
+(`sidbench.eval.published_generators`) and samples through the same samplers.
 """
 from __future__ import annotations
 
@@ -76,12 +80,13 @@ class SavedGenerator:
         return next(self.net.parameters()).device
 
     def describe(self) -> str:
-        """One line for the user: method, length of training, recipe (one sigma as "sigma s")."""
+        """One line for the user: method, length of training (when known), recipe (one sigma as "sigma s")."""
         shown = {k: v for k, v in self.recipe.items() if k not in ("sampler", "nfe")}
         if len(shown.get("sigmas", ())) == 1:
             shown = {"sigma": shown.pop("sigmas")[0], **shown}
         steps = ", ".join(f"{k} {v}" for k, v in shown.items())
-        return f"{self.method or 'unknown method'}, {self.info.get('kimg', '?')} kimg, {self.recipe.get('sampler')} ({steps}), {self.nfe} NFE"
+        trained = f"{self.info['kimg']} kimg, " if "kimg" in self.info else ""
+        return f"{self.method or 'unknown method'}, {trained}{self.recipe.get('sampler')} ({steps}), {self.nfe} NFE"
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -112,6 +117,26 @@ def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu") 
     file = generator_file(path)
     net, constructor, info = load_teacher_file(file, kind="generator")
     info = {**info, "sampling": _recipe(info, file)}
+    net = net.to(device).eval().requires_grad_(False)
+    return SavedGenerator(net, constructor, info, file)
+
+
+def load_published_generator(path: str | os.PathLike, recipe: dict[str, Any], *, method: str = "",
+                             device: torch.device | str = "cpu",
+                             constructor: dict[str, Any] | None = None) -> SavedGenerator:
+    """A released generator file as a `SampleFn` that follows `recipe` (e.g. `{"sampler": "one_step",
+    "sigmas": [2.5], "nfe": 1}`) through the registered samplers: an EDM-format `.pkl` (read by the
+    safe loader; its `ema` network), or with `constructor` a `torch.save`d state dict of that
+    network (`load_state_dict_file`). `method` only labels it."""
+    file = Path(path)
+    if constructor is not None:
+        from sidbench.teachers.load import load_state_dict_file
+
+        constructor = dict(constructor)
+        net = load_state_dict_file(file, constructor, kind="released generator")
+    else:
+        net, constructor, _ = load_teacher_file(file, kind="released generator")
+    info = {"method": method, "sampling": _recipe({"sampling": recipe}, file)}
     net = net.to(device).eval().requires_grad_(False)
     return SavedGenerator(net, constructor, info, file)
 

@@ -7,3 +7,7 @@ FID_MODES = ("legacy_tensorflow", "clean")
 DEFAULT_BATCH_SIZE = 64
 #: The number of generated images of the FID protocol (docs/fid.md).
 PROTOCOL_NUM_IMAGES = 50_000
+#: The evaluation settings that choose what else is measured beside the headline metric (eval.metric)
+#: and where its files are: they change no training, so a run may be resumed with others and runs
+#: that differ only in them share a leaderboard row (sidbench.run_folder, sidbench.tracking).
+REPORTING_SETTINGS = ("eval.metrics", "eval.final_metrics", "eval.refs", "eval.dinov2_path", "eval.vgg16_path")

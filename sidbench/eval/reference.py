@@ -1,4 +1,6 @@
-"""Reference statistics for FID: EDM's `.npz` files (keys `mu` [D] and `sigma` [D, D]).
+"""Reference statistics for FID: EDM's `.npz` files (keys `mu` [D] and `sigma` [D, D]); the same
+format holds other Frechet distances' statistics (FD-DINOv2), marked with the metric's name
+(key `metric`) so that one is never taken for another.
 
 The files are small (a 2048-vector and a 2048x2048 matrix) and every FID needs one, so they are
 validated on load: a truncated download or a hand-made file with a transposed or NaN-ridden
@@ -26,7 +28,7 @@ class ReferenceStatsError(UserError, ValueError):
 
 
 def _fail(path: str | os.PathLike, what: str) -> ReferenceStatsError:
-    return ReferenceStatsError(f"invalid FID reference statistics {os.fspath(path)}: {what}")
+    return ReferenceStatsError(f"invalid reference statistics {os.fspath(path)}: {what}")
 
 
 def validate_stats(mu: np.ndarray, sigma: np.ndarray, source: str | os.PathLike = "<memory>") -> None:
@@ -48,8 +50,9 @@ def validate_stats(mu: np.ndarray, sigma: np.ndarray, source: str | os.PathLike 
         raise _fail(source, f"'sigma' is not symmetric (max |sigma - sigma^T| = {asym:.3g}, max |sigma| = {scale:.3g})")
 
 
-def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read and validate an `.npz` of FID statistics; returns (mu [D], sigma [D, D]) in float64."""
+def load_reference_stats(path: str | os.PathLike, metric: str = "fid") -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate an `.npz` of statistics for `metric`; returns (mu [D], sigma [D, D]) in
+    float64. A file without a `metric` key (EDM's) holds FID statistics."""
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"FID reference statistics not found: {path}")
@@ -60,12 +63,15 @@ def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
             if missing:
                 raise _fail(path, f"missing key(s) {missing}; found {sorted(keys)}")
             mu, sigma = data["mu"], data["sigma"]
+            holds = str(data["metric"]) if "metric" in keys else "fid"
     except ReferenceStatsError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         # np.load raises ValueError for object arrays (pickles) and files that are no npz at all.
         reason = " ".join(str(err).split()) or type(err).__name__
         raise _fail(path, f"not a readable .npz ({reason})") from None
+    if holds != metric:
+        raise _fail(path, f"it holds {holds} statistics, not {metric}")
     for key, arr in (("mu", mu), ("sigma", sigma)):
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise _fail(path, f"'{key}' has dtype {arr.dtype}, expected a real number type")
@@ -74,8 +80,9 @@ def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
     return mu, sigma
 
 
-def save_reference_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> Path:
-    """Write statistics in EDM's format (`np.savez` with `mu` and `sigma`, float64).
+def save_reference_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, metric: str = "fid") -> Path:
+    """Write statistics in EDM's format (`np.savez` with `mu` and `sigma`, float64); another
+    metric's (not `fid`) carry its name under `metric`.
 
     A missing `.npz` suffix is added (as `np.savez` would do); the real path is returned. The file
     is written next to its destination and renamed, so a crash never leaves a half-written file.
@@ -86,7 +93,8 @@ def save_reference_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndar
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, mu=mu, sigma=sigma)  # to an open file: np.savez would append .npz to a name
+        extra = {} if metric == "fid" else {"metric": np.array(metric)}
+        np.savez(f, mu=mu, sigma=sigma, **extra)  # to an open file: np.savez would append .npz to a name
     return path
 
 

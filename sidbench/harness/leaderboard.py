@@ -3,13 +3,23 @@
 Runs with equal `sidbench.settings` tags (the resolved config without the seed) and different
 seeds form one row. Only runs whose MLflow status is FINISHED enter it: a running, failed or
 killed run has no final metric, and its partial curve would bias the means (the ids of the runs
-left out are kept in `Leaderboard.skipped`). All metrics are lower-is-better.
+left out are kept in `Leaderboard.skipped`). The headline metric (the run's `eval.metric`) is
+lower-is-better; of the other values, precision and recall are higher-is-better.
 
 Every number is computed per run (per seed) from the run's evaluation points, the logged lines
 that carry `eval/<metric>`, and then summarised over the seeds of a row:
 
 - final metric: `eval/<metric>_final` (the end, on the larger final sample) when logged, else
-  the last evaluation; mean, sample std (ddof=1; empty for one seed), min and max over seeds.
+  the last evaluation; mean, sample std (ddof=1; empty for one seed), min and max over seeds, and
+  with two seeds or more the 95% confidence interval of the mean over seeds, from Student's t with
+  n - 1 degrees of freedom: mean -/+ t(0.975, n - 1) std / sqrt(n) (`final_ci95_low/high`).
+- the final evaluation's sample count (`final_images`: the run's `final_images` tag, or for runs
+  from before it the `eval.final_samples` setting; the least over seeds) and `proxy`: true when it
+  is below the 50,000 images of the published protocols (FID, FD-DINOv2, precision/recall), whose
+  numbers a proxy's must not be compared with.
+- every other value the runs logged (`eval.metrics`: `fd_dinov2`, `precision`, `recall`, ...) has
+  a column `final_<value>`: its final value as above, mean over seeds (empty unless every seed has
+  it). Precision and recall are better when higher; every other metric lower.
 - metric at 25%, 50%, 100% of the budget: the first evaluation at `budget/fraction` >= target
   minus 1e-9 (always on the curve's own sample size, so the three are comparable); mean over
   seeds, empty when a seed has no such evaluation (e.g. a run stopped by `trainer.max_seconds`).
@@ -39,6 +49,12 @@ their own CSV and printed in their own table, never as rows of the measured one:
 almost none of its columns (no curve, no compute, other sample sizes), and a reader who averages
 or sorts `leaderboard.csv` cannot mix them in by accident. Both tables carry a `source` column
 (`measured`, `published (arXiv:<id>)`), so the labels survive if someone concatenates them.
+
+Generators released by their authors and measured here (`sidbench fid published=<name>`, MLflow runs
+tagged `sidbench.kind=published_generator`, `sidbench.eval.published_generators`) are a third table,
+`leaderboard_published_generators.csv`, source `released generator, measured here`: one number each
+(metric, images, NFE, name, address; the newest measurement of each file, dataset, metric, sample
+count and metric settings), neither a training run's curve nor a paper's figure.
 """
 from __future__ import annotations
 
@@ -88,10 +104,14 @@ def _factor(factor: float) -> str:
 
 #: where a row's settings came from (see "where settings came from" below): its own row for each
 PROVENANCE_COLUMNS = ["settings_source", "tuning_flops"]
+#: The published protocols' number of generated images (sidbench.eval.protocol.PROTOCOL_NUM_IMAGES).
+PROTOCOL_IMAGES = 50_000
+CI_LEVEL = 0.95
 
 COLUMNS = [
     "source", "dataset", "method", "settings", *PROVENANCE_COLUMNS, "metric", "n_seeds", "seeds",
-    "final_mean", "final_std", "final_min", "final_max", "final_vs_teacher",
+    "final_mean", "final_std", "final_min", "final_max", "final_ci95_low", "final_ci95_high", "final_vs_teacher",
+    "final_images", "proxy",
     *[f"metric_at_{_pct(f)}" for f in FRACTIONS],
     *[c for k in FACTORS for c in (f"flops_to_{_factor(k)}", f"passes_to_{_factor(k)}", f"kimg_to_{_factor(k)}", f"seeds_reached_{_factor(k)}")],
     "log_area", "nfe", "images_per_s", "flops_per_s",
@@ -99,6 +119,15 @@ COLUMNS = [
 ]
 PUBLISHED_COLUMNS = ["source", "dataset", "method", "nfe", "metric", "value", "data"]
 DATA_LEGEND = "data: DF data-free, R real data, P teacher pairs"
+
+#: The `sidbench.kind` tags of runs that share the datasets' experiments but are not training runs.
+TEACHER_MEASUREMENT = "teacher_measurement"
+PUBLISHED_GENERATOR = "published_generator"  # sidbench.eval.published_generators.KIND
+RELEASED = "released generator, measured here"
+RELEASED_COLUMNS = ["source", "dataset", "name", "method", "nfe", "metric", "value", "num_samples", "seed",
+                    "metric_settings", "generator_dataset", "address", "sha256", "code_version", "run_id"]
+# What makes two measurements of a released generator the same measurement (the newest is kept).
+_RELEASED_KEY = ["dataset", "name", "metric", "num_samples", "metric_settings", "sha256"]
 
 
 @dataclass
@@ -109,6 +138,53 @@ class Leaderboard:
     runs: pd.DataFrame | None = None  # one row per finished run (the per-seed numbers)
     curves: pd.DataFrame | None = None  # tidy curves of those runs: run_id, step, key, value
     skipped: list[str] = field(default_factory=list)  # run ids left out (status not FINISHED)
+    #: released generators measured here (RELEASED_COLUMNS), apart from both tables above
+    released: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RELEASED_COLUMNS))
+
+
+# -- confidence intervals over seeds --------------------------------------------------------------
+def _t_central_mass(t: float, dof: int) -> float:
+    """P(|T| <= t) for Student's t with an integer number of degrees of freedom, in closed form
+    (Abramowitz & Stegun 26.7.3 and 26.7.4: a finite series in cos(theta), theta = atan(t / sqrt(dof)))."""
+    theta = math.atan(t / math.sqrt(dof))
+    c2, sin = math.cos(theta) ** 2, math.sin(theta)
+    if dof % 2:  # odd: 2/pi (theta + sin (cos + 2/3 cos^3 + 2*4/(3*5) cos^5 + ...)), up to cos^(dof-2)
+        if dof == 1:
+            return 2 * theta / math.pi
+        term = total = math.cos(theta)
+        for j in range(1, (dof - 1) // 2):
+            term *= c2 * (2 * j) / (2 * j + 1)
+            total += term
+        return 2 / math.pi * (theta + sin * total)
+    term = total = 1.0  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...), up to cos^(dof-2)
+    for j in range(1, dof // 2):
+        term *= c2 * (2 * j - 1) / (2 * j)
+        total += term
+    return sin * total
+
+
+def t_quantile(level: float, dof: int) -> float:
+    """The t with P(|T| <= t) = `level` (e.g. 0.95: the 0.975 quantile) for `dof` >= 1 degrees of
+    freedom, by bisection on the closed-form distribution to 1e-12."""
+    if dof < 1 or not 0 < level < 1:
+        raise ValueError(f"need dof >= 1 and 0 < level < 1, got dof={dof}, level={level}")
+    lo, hi = 0.0, 1.0
+    while _t_central_mass(hi, dof) < level:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1e-12 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_central_mass(mid, dof) < level else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float]:
+    """The `level` confidence interval of the mean of `values` (seeds): mean -/+ t(dof n - 1) s / sqrt(n),
+    s the sample std; (NaN, NaN) with fewer than 2 values or any NaN."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2 or not np.isfinite(x).all():
+        return math.nan, math.nan
+    half = t_quantile(level, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean() - half), float(x.mean() + half)
 
 
 # -- curves: pure functions of DataFrames --------------------------------------------------------
@@ -148,6 +224,13 @@ def final_metric(curve: pd.DataFrame, metric: str) -> float:
         if len(hit):
             return float(hit.sort_values("step", kind="stable")["value"].iloc[-1])
     return math.nan
+
+
+def logged_values(curve: pd.DataFrame) -> list[str]:
+    """The names of the metric values a run logged (`eval/<name>` or `eval/<name>_final`), in
+    sorted order; evaluation times are no metric."""
+    names = {str(k)[5:].removesuffix("_final") for k in set(curve["key"]) if str(k).startswith("eval/")}
+    return sorted(n for n in names if not n.startswith("seconds"))
 
 
 def metric_at_fraction(points: pd.DataFrame, target: float) -> float:
@@ -208,6 +291,8 @@ def run_summary(info: Mapping[str, Any], curve: pd.DataFrame) -> dict[str, Any]:
     teacher = float(info.get("teacher_metric", math.nan))
     out: dict[str, Any] = dict(info)
     out["final"] = final_metric(curve, metric)
+    for name in logged_values(curve):
+        out[f"final_{name}"] = final_metric(curve, name)
     for f in FRACTIONS:
         out[f"metric_at_{_pct(f)}"] = metric_at_fraction(points, f)
     for k in FACTORS:
@@ -239,12 +324,37 @@ def _seed_key(seed: Any) -> tuple[int, Any]:
         return (1, str(seed))
 
 
+def value_columns_of(runs: pd.DataFrame) -> list[str]:
+    """The `final_<value>` columns of the per-run numbers (one per metric value logged), sorted."""
+    return sorted(c for c in runs.columns if c.startswith("final_") and c != "final_images")
+
+
+def board_columns(value_columns: Sequence[str]) -> list[str]:
+    """COLUMNS with each metric value's columns after `proxy`: its mean over seeds, then its 95%
+    interval over seeds (`<column>_ci95_low`, `<column>_ci95_high`)."""
+    at = COLUMNS.index("proxy") + 1
+    values = [c for col in value_columns for c in (col, f"{col}_ci95_low", f"{col}_ci95_high")]
+    return [*COLUMNS[:at], *values, *COLUMNS[at:]]
+
+
+def value_summaries(g: pd.DataFrame, value_columns: Sequence[str]) -> dict[str, float]:
+    """Each metric value's mean over a row's seeds (NaN unless every seed has it) and its 95%
+    interval over them (`mean_interval`; NaN below 2 seeds)."""
+    out: dict[str, float] = {}
+    for col in value_columns:
+        values = g[col].astype(float) if col in g else pd.Series([math.nan] * len(g))
+        out[col] = _all_or_nan(values)
+        out[f"{col}_ci95_low"], out[f"{col}_ci95_high"] = mean_interval(values.to_numpy())
+    return out
+
+
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Per-run numbers (run_summary rows) -> the leaderboard, one row per (dataset, method,
     settings), best final mean first within a dataset."""
     rows = []
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
+    value_columns = value_columns_of(runs)
     for (dataset, method, _, settings), g in runs.groupby(["dataset", "method", *PROVENANCE_COLUMNS[:1], "settings"], sort=False):
         g = g.iloc[sorted(range(len(g)), key=lambda i: _seed_key(g["seed"].iloc[i]))]
         final = g["final"].astype(float)
@@ -256,6 +366,11 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
             "final_mean": final.mean(), "final_std": final.std(ddof=1) if len(g) > 1 else math.nan,
             "final_min": final.min(), "final_max": final.max(),
         }
+        row["final_ci95_low"], row["final_ci95_high"] = mean_interval(final.to_numpy())
+        images = pd.to_numeric(g["final_images"], errors="coerce") if "final_images" in g else pd.Series(dtype=float)
+        row["final_images"] = int(images.min()) if len(images) and images.notna().all() else None
+        row["proxy"] = None if row["final_images"] is None else bool(row["final_images"] < PROTOCOL_IMAGES)
+        row |= value_summaries(g, value_columns)
         row["final_vs_teacher"] = row["final_mean"] / teacher.mean() if teacher.notna().all() else math.nan
         for f in FRACTIONS:
             row[f"metric_at_{_pct(f)}"] = _all_or_nan(g[f"metric_at_{_pct(f)}"].astype(float))
@@ -279,7 +394,9 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         row["stopped_by_time"] = int((g["stopped_by"] == "max_seconds").sum())
         row["run_ids"] = _join(g["run_id"])
         rows.append(row)
-    board = pd.DataFrame(rows, columns=COLUMNS)
+    board = pd.DataFrame(rows, columns=board_columns(value_columns))
+    board["final_images"] = board["final_images"].astype("Int64")
+    board["proxy"] = board["proxy"].astype("boolean")
     for k in FACTORS:
         board[f"seeds_reached_{_factor(k)}"] = board[f"seeds_reached_{_factor(k)}"].astype("Int64")
     return board.sort_values(["dataset", "final_mean", "method"], na_position="last", kind="stable").reset_index(drop=True)
@@ -365,12 +482,17 @@ def run_info(run: Run, experiment_name: str) -> dict[str, Any]:
         "code_version": tags.get("code_version"), "budget": budget, "bench": tags.get("sidbench.bench"),
         "stopped_by": tags.get("stopped_by"), "run_dir": tags.get("sidbench.run_dir"),
         **settings_provenance(run),
+        # the final evaluation's size: the tag sidbench.run sets, else (older runs) the setting
+        "final_images": tags.get("final_images") or params.get("eval.final_samples"),
     }
 
 
 def read_run_curve(client: MlflowClient, run: Run, metric: str) -> pd.DataFrame:
-    """The run's tidy curve: the counters, `eval/<metric>` and `eval/<metric>_final`."""
-    keys = [k for k in (*COUNTERS, f"eval/{metric}", f"eval/{metric}_final") if k in run.data.metrics]
+    """The run's tidy curve: the counters and every metric value it logged (`eval/<name>`,
+    `eval/<name>_final`; the headline `metric` among them)."""
+    values = [k for k in run.data.metrics if k.startswith("eval/") and not k[5:].startswith("seconds")]
+    keys = [k for k in dict.fromkeys((*COUNTERS, f"eval/{metric}", f"eval/{metric}_final", *sorted(values)))
+            if k in run.data.metrics]
     return curve_frame(run.info.run_id, {k: client.get_metric_history(run.info.run_id, k) for k in keys})
 
 
@@ -405,9 +527,10 @@ def read_runs(client: MlflowClient, experiments: Sequence[str] | None = None, be
                          "nothing written")
     infos, curves, skipped = [], [], []
     for run in runs:
-        # A teacher's measurement (sidbench.eval.teacher_metrics) shares the experiment but is no
-        # training run; filtered here, since a `!=` filter in the store drops runs without the tag.
-        if run.data.tags.get("sidbench.kind") == "teacher_measurement" or is_tuning_trial(run):
+        # A teacher's or a released generator's measurement (sidbench.eval.teacher_metrics,
+        # .published_generators), or a tuning trial, shares the experiment but is no benchmark run;
+        # filtered here, since a `!=` filter in the store drops runs without the tag.
+        if run.data.tags.get("sidbench.kind") in (TEACHER_MEASUREMENT, PUBLISHED_GENERATOR) or is_tuning_trial(run):
             continue
         if run.info.status != "FINISHED":
             skipped.append(run.info.run_id)
@@ -417,6 +540,36 @@ def read_runs(client: MlflowClient, experiments: Sequence[str] | None = None, be
         curves.append(read_run_curve(client, run, info["metric"]))
     curve = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
     return infos, curve, skipped, list(names.values())
+
+
+def read_published_generators(client: MlflowClient, experiments: Iterable[str]) -> pd.DataFrame:
+    """The FINISHED measurements of released generators in the named experiments (RELEASED_COLUMNS),
+    the newest of each (file, dataset, metric, sample count, metric settings), best value first
+    within a dataset and metric."""
+    ids = [e.experiment_id for e in (client.get_experiment_by_name(n) for n in dict.fromkeys(experiments)) if e is not None]
+    filt = f"tags.`sidbench.kind` = '{PUBLISHED_GENERATOR}' AND attributes.status = 'FINISHED'"
+    runs = all_pages(client.search_runs, experiment_ids=ids, filter_string=filt, max_results=1000,
+                     order_by=["attributes.start_time DESC"]) if ids else []
+    rows = []
+    for run in runs:
+        tags = run.data.tags
+        # one row per value the measurement logged (FID one; precision/recall two)
+        for key, value in sorted(run.data.metrics.items()):
+            if not key.startswith(PUBLISHED_GENERATOR + "/"):
+                continue
+            rows.append({"source": RELEASED, "dataset": tags.get("dataset"), "name": tags.get("name"),
+                         "method": tags.get("method"),
+                         "nfe": int(tags["nfe"]) if str(tags.get("nfe", "")).isdigit() else None,
+                         "metric": key[len(PUBLISHED_GENERATOR) + 1:], "value": float(value),
+                         "num_samples": int(tags.get("num_samples", 0) or 0), "seed": tags.get("seed"),
+                         "metric_settings": tags.get("metric_settings", ""),
+                         "generator_dataset": tags.get("generator_dataset"), "address": tags.get("url"),
+                         "sha256": tags.get("sha256"), "code_version": tags.get("code_version"),
+                         "run_id": run.info.run_id})
+    df = pd.DataFrame(rows, columns=RELEASED_COLUMNS)
+    df = df.drop_duplicates(_RELEASED_KEY, keep="first")  # newest first: the newest of each stays
+    df["nfe"] = df["nfe"].astype("Int64")
+    return df.sort_values(["dataset", "metric", "value", "name"], kind="stable").reset_index(drop=True)
 
 
 def last_sample_grid(paths: Iterable[str]) -> str | None:
@@ -498,29 +651,36 @@ def _plot(client: MlflowClient, board: pd.DataFrame, runs: pd.DataFrame, curves:
 def build_leaderboard(uri: str, out: Path, experiments: list[str] | None = None, bench: str | None = None) -> Leaderboard:
     """Read the finished runs at `uri` (all experiments, or the named ones; only a bench's runs when
     `bench` is given) and write to `out`: leaderboard.csv (measured), leaderboard_published.csv
-    (reference figures of the datasets read), leaderboard_runs.csv (the per-seed numbers), and per
-    dataset and metric the curves and the final-samples mosaic as PNG."""
+    (reference figures of the datasets read), leaderboard_runs.csv (the per-seed numbers),
+    leaderboard_published_generators.csv (released generators measured here: of the datasets read,
+    or of the bench's datasets), and per dataset and metric the curves and the final-samples mosaic
+    as PNG. With neither a finished training run nor a released generator's measurement nothing is
+    written."""
     client = open_store(uri)
     infos, curves, skipped, exp_names = read_runs(client, experiments, bench)
-    if not infos:  # nothing measured: leave whatever `out` holds (a committed leaderboard) as it is
+    runs = pd.DataFrame([run_summary(i, curves[curves["run_id"] == i["run_id"]]) for i in infos])
+    board = aggregate(runs)
+    # Released generators belong to no bench: beside a bench's rows, those of the bench's datasets.
+    released = read_published_generators(client, sorted(set(board["dataset"])) if bench else exp_names)
+    if not infos and released.empty:  # nothing measured: leave whatever `out` holds (a committed leaderboard) as it is
         from sidbench.errors import InputError
 
         left = f" ({len(skipped)} not FINISHED)" if skipped else ""
         raise InputError(f"no FINISHED runs{left} at {uri}{f' for --bench {bench}' if bench else ''}; nothing written to {out}")
-    runs = pd.DataFrame([run_summary(i, curves[curves["run_id"] == i["run_id"]]) for i in infos])
-    board = aggregate(runs)
     datasets = set(exp_names) | set(board["dataset"])
     published = load_published(datasets)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "leaderboard.csv", out / "leaderboard_published.csv", out / "leaderboard_runs.csv"]
+    paths = [out / "leaderboard.csv", out / "leaderboard_published.csv", out / "leaderboard_runs.csv",
+             out / "leaderboard_published_generators.csv"]
     board.to_csv(paths[0], index=False)
     published.to_csv(paths[1], index=False)
     runs.to_csv(paths[2], index=False)
+    released.to_csv(paths[3], index=False)
     if not board.empty:
         paths += _plot(client, board, runs, curves, out)
-    return Leaderboard(board, published, paths, runs, curves, skipped)
+    return Leaderboard(board, published, paths, runs, curves, skipped, released)
 
 
 def _fmt(x: Any, spec: str = ".4g") -> str:
@@ -533,6 +693,17 @@ def _fmt_rate(x: float) -> str:
     return _fmt(x, ",.0f") if isinstance(x, float) and x >= 1000 else _fmt(x, ".3g")
 
 
+#: The `final_*` columns that are not a metric value's.
+_FIXED_FINAL = ("mean", "std", "min", "max", "ci95_low", "ci95_high", "vs_teacher", "images")
+
+
+def _value_cell(r: pd.Series, col: str) -> str:
+    """A metric value's mean over seeds, with its 95% interval over seeds when there is one."""
+    low, high = r.get(f"{col}_ci95_low"), r.get(f"{col}_ci95_high")
+    ci = f" [{_fmt(low)}, {_fmt(high)}]" if low is not None and _fmt(low) else ""
+    return f"{_fmt(r[col])}{ci}"
+
+
 def print_leaderboard(board: Leaderboard, console: Console) -> None:
     """The measured rows, one table per (dataset, metric), then the published figures in a table of
     their own."""
@@ -543,21 +714,40 @@ def print_leaderboard(board: Leaderboard, console: Console) -> None:
         teacher = ", ".join(f"{_fmt(r.teacher_metric)} ({r.teacher_metric_source})" for r in
                             rows.dropna(subset=["teacher_metric"]).drop_duplicates(["teacher_metric"]).itertuples()) or "unknown"
         table = Table(title=f"{dataset}: {metric}, lower is better (measured, FINISHED runs)",
-                      caption=f"teacher {teacher}; kimg to k x teacher: mean over seeds (seeds that got there / seeds)")
-        for col in ("method", "settings", "source", "seeds", "final (mean ± std)", "min-max", "x teacher", "@25%", "@50%", "@100%",
-                    "kimg to 1.5x", "kimg to 1.0x", "log-area", "NFE", "img/s", "budget"):
+                      caption=f"teacher {teacher}; kimg to k x teacher: mean over seeds (seeds that got there / seeds); "
+                              f"95% CI: Student's t over seeds; images: the final evaluation's (proxy: fewer than "
+                              f"{PROTOCOL_IMAGES:,}); precision and recall: higher is better")
+        others = [c for c in m.columns if c.startswith("final_") and c.removeprefix("final_") not in (*_FIXED_FINAL, metric)
+                  and not c.endswith(("_ci95_low", "_ci95_high")) and rows[c].notna().any()]
+        for col in ("method", "settings", "source", "seeds", "final (mean ± std)", "95% CI", "min-max", "images", "x teacher",
+                    "@25%", "@50%", "@100%", "kimg to 1.5x", "kimg to 1.0x", "log-area", "NFE", "img/s",
+                    *(c.removeprefix("final_") for c in others), "budget"):
             table.add_column(col, justify="left" if col in ("method", "settings", "source", "budget") else "right")
         for _, r in rows.iterrows():
             std = f" ± {_fmt(r['final_std'], '.2g')}" if _fmt(r["final_std"]) else ""
+            ci = f"[{_fmt(r['final_ci95_low'])}, {_fmt(r['final_ci95_high'])}]" if _fmt(r["final_ci95_low"]) else ""
+            images = "" if pd.isna(r["final_images"]) else f"{int(r['final_images']):,}" + (" proxy" if r["proxy"] else "")
             reach = [f"{_fmt(r[f'kimg_to_{t}'], '.4g') or '-'} ({_fmt(r[f'seeds_reached_{t}'], 'd') or '?'}/{r['n_seeds']})"
                      for t in ("1.5x", "1.0x")]
-            table.add_row(str(r["method"]), str(r["settings"])[:8], str(r["settings_source"]), f"{r['n_seeds']} ({r['seeds']})", f"{_fmt(r['final_mean'])}{std}",
-                          f"{_fmt(r['final_min'])}-{_fmt(r['final_max'])}", _fmt(r["final_vs_teacher"], ".3g"),
+            table.add_row(str(r["method"]), str(r["settings"])[:8], str(r["settings_source"]), f"{r['n_seeds']} ({r['seeds']})",
+                          f"{_fmt(r['final_mean'])}{std}", ci, f"{_fmt(r['final_min'])}-{_fmt(r['final_max'])}", images,
+                          _fmt(r["final_vs_teacher"], ".3g"),
                           *(_fmt(r[f"metric_at_{p}"]) for p in ("25", "50", "100")), *reach,
-                          _fmt(r["log_area"], ".3f"), _fmt(r["nfe"]), _fmt_rate(r["images_per_s"]), str(r["budget"]))
+                          _fmt(r["log_area"], ".3f"), _fmt(r["nfe"]), _fmt_rate(r["images_per_s"]),
+                          *(_value_cell(r, c) for c in others), str(r["budget"]))
         console.print(table)
     if board.skipped:
         console.print(f"{len(board.skipped)} run(s) not FINISHED left out: {', '.join(board.skipped)}")
+    r = board.released
+    if not r.empty:
+        table = Table(title="Released generators, measured here (sidbench fid published=<name>; not training runs)",
+                      caption="the authors' files scored with this suite's protocol; their papers' figures are below")
+        for col in ("dataset", "name", "method", "NFE", "metric", "value", "images", "address"):
+            table.add_column(col, justify="right" if col in ("NFE", "value", "images") else "left")
+        for _, x in r.iterrows():
+            table.add_row(str(x["dataset"]), str(x["name"]), str(x["method"]), _fmt(x["nfe"]), str(x["metric"]),
+                          _fmt(x["value"]), f"{int(x['num_samples']):,}", str(x["address"]))
+        console.print(table)
     p = board.published
     if not p.empty:
         table = Table(title="Published figures (from the papers, not measured here)", caption=DATA_LEGEND)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from sidbench.data.loader import RealImageLoader
 from sidbench.data.real import RealImages
 from sidbench.seeding import seed_torch
 from sidbench.trainer.compute import ComputeCounter
@@ -85,7 +86,7 @@ class StepContext:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        real_data: RealImages | None = None,
+        real_data: RealImages | RealImageLoader | None = None,
         counter: ComputeCounter | None = None,
     ) -> None:
         if precision not in PRECISIONS:
@@ -121,8 +122,10 @@ class StepContext:
     def real(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """n real training images in [-1, 1] and their one-hot labels (None if unconditional).
 
-        Drawn from the micro-batch's seeded random state, like the method's noise: call it inside
-        an update's loss function. Only for methods whose `uses_real_data(cfg)` is true.
+        Images held in memory (the bundled digits) are drawn from the micro-batch's seeded random
+        state, like the method's noise; a dataset on disk is read from its loader's stream of the
+        run seed, decoded ahead by worker processes (`sidbench.data.loader`). Call it inside an
+        update's loss function. Only for methods whose `uses_real_data(cfg)` is true.
         """
         if self._real_data is None:
             raise RuntimeError("ctx.real() needs the method's `uses_real_data(cfg)` to return True, so that the run opens its images")

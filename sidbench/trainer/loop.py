@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from sidbench.data.loader import RealImageLoader
 from sidbench.data.real import RealImages
 from sidbench.distributed import barrier, reduce_values
 from sidbench.errors import UserError
@@ -92,7 +93,7 @@ class Trainer:
         world_size: int = 1,
         wrapped: dict[str, torch.nn.Module] | None = None,
         reference_metrics: dict[str, float] | None = None,
-        real_data: RealImages | None = None,
+        real_data: RealImages | RealImageLoader | None = None,
     ) -> None:
         self.cfg = cfg  # the `trainer` group
         self.method = method
@@ -103,6 +104,7 @@ class Trainer:
         self.rank = rank
         self.world_size = world_size
         self.reference_metrics = reference_metrics or {}
+        self.real_data = real_data
         if cfg.batch % world_size:
             raise ValueError(f"trainer.batch={cfg.batch} is not divisible by the {world_size} processes; pick a multiple")
         self.budget = budget_of(cfg)
@@ -160,6 +162,8 @@ class Trainer:
             "progress": asdict(self.progress),
             "rng_cpu": torch.get_rng_state(),
             "mlflow_run_id": getattr(self.tracker, "run_id", None) or "",
+            # a loader's position in its stream of real images (images drawn in memory have none)
+            "real_data": self.real_data.state_dict() if hasattr(self.real_data, "state_dict") else {},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -182,6 +186,8 @@ class Trainer:
         known = {f.name for f in fields(Progress)}
         self.progress = Progress(**{k: v for k, v in state["progress"].items() if k in known})
         torch.set_rng_state(state["rng_cpu"])
+        if state.get("real_data") and hasattr(self.real_data, "load_state_dict"):
+            self.real_data.load_state_dict(state["real_data"])
         self._attach_counter()
 
     def resume(self, path: Path | None = None) -> bool:

@@ -19,6 +19,9 @@ class DhariwalUNet(nn.Module):
 
     ``forward(x, noise_labels [B], class_labels [B, label_dim] | None, augment_labels | None)``
     returns F(x); with ``return_bottleneck=True`` also the encoder's lowest-resolution features.
+    ``decode_first=k`` runs the decoder on the first k samples only (F(x) has k rows, the
+    bottleneck all of them): a caller that needs only the encoder's output of the others saves
+    the decoder's cost on them.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class DhariwalUNet(nn.Module):
         class_labels: Tensor | None = None,
         augment_labels: Tensor | None = None,
         return_bottleneck: bool = False,
+        decode_first: int | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         emb = self.embed(noise_labels, class_labels, augment_labels)
 
@@ -119,6 +123,8 @@ class DhariwalUNet(nn.Module):
             x = m(x, emb) if isinstance(m, UNetBlock) else m(x)
             skips.append(x)
         bottleneck = x
+        if decode_first is not None:  # the other samples stop at the encoder (their bottleneck only)
+            x, emb, skips = x[:decode_first], emb[:decode_first], [s[:decode_first] for s in skips]
 
         for name, m in self.dec.items():
             if "_block" in name:  # every decoder block takes one encoder skip

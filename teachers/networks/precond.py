@@ -53,6 +53,7 @@ class Precond(nn.Module):
         augment_labels: Tensor | None = None,
         *,
         return_bottleneck: bool = False,
+        decode_first: int | None = None,
         force_fp32: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Denoise ``x`` [B, C, H, W] at noise level ``sigma`` (a number, a 0-d tensor or [B]).
@@ -60,6 +61,8 @@ class Precond(nn.Module):
         ``class_labels``: one-hot [B, label_dim] (None -> zeros); ``augment_labels``: [B, augment_dim]
         (None -> zeros). Returns D(x) in float32, and with ``return_bottleneck=True`` also the
         encoder's lowest-resolution features ([B, C', H/2^(L-1), W/2^(L-1)], in the net's dtype).
+        ``decode_first=k`` (with ``return_bottleneck``): D(x) of the first k samples only, the
+        others stopping after the encoder (SiDA's real batch needs only its encoder's logits).
         """
         x = x.to(torch.float32)
         batch = x.shape[0]
@@ -88,7 +91,14 @@ class Precond(nn.Module):
         # weights); otherwise float32, or whatever an enclosing autocast region chooses.
         dtype = torch.float16 if (self.use_fp16 and not force_fp32 and x.device.type == "cuda") else torch.float32
 
-        out = self.model((c_in * x).to(dtype), c_noise, labels, augment, return_bottleneck=return_bottleneck)
+        if decode_first is None:
+            out = self.model((c_in * x).to(dtype), c_noise, labels, augment, return_bottleneck=return_bottleneck)
+        else:
+            if not return_bottleneck or not 0 <= decode_first <= batch:
+                raise ValueError(f"decode_first={decode_first} needs return_bottleneck and 0 <= it <= the batch ({batch})")
+            out = self.model((c_in * x).to(dtype), c_noise, labels, augment, return_bottleneck=True,
+                             decode_first=decode_first)
+            x, c_skip, c_out = x[:decode_first], c_skip[:decode_first], c_out[:decode_first]
         f_x, features = out if return_bottleneck else (out, None)
         d_x = c_skip * x + c_out * f_x.to(torch.float32)
         return (d_x, features) if return_bottleneck else d_x

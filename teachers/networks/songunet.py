@@ -23,6 +23,9 @@ class SongUNet(nn.Module):
 
     ``forward(x, noise_labels [B], class_labels [B, label_dim] | None, augment_labels | None)``
     returns F(x); with ``return_bottleneck=True`` also the encoder's lowest-resolution features.
+    ``decode_first=k`` runs the decoder on the first k samples only (F(x) has k rows, the
+    bottleneck all of them): a caller that needs only the encoder's output of the others saves
+    the decoder's cost on them.
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class SongUNet(nn.Module):
         class_labels: Tensor | None = None,
         augment_labels: Tensor | None = None,
         return_bottleneck: bool = False,
+        decode_first: int | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         emb = self.embed(noise_labels, class_labels, augment_labels)
 
@@ -164,6 +168,8 @@ class SongUNet(nn.Module):
                 x = m(x, emb) if isinstance(m, UNetBlock) else m(x)
                 skips.append(x)
         bottleneck = x
+        if decode_first is not None:  # the other samples stop at the encoder (their bottleneck only)
+            x, emb, skips = x[:decode_first], emb[:decode_first], [s[:decode_first] for s in skips]
 
         out = None  # running sum of the image-space outputs (skip decoder) or the final output
         for name, m in self.dec.items():

@@ -161,7 +161,7 @@ def test_registered_by_name():
     assert METRICS.get("fd_pixel") is FDPixel and METRICS.get("fd_digits") is FDDigits
     assert [METRICS.get(n).name for n in NAMES] == NAMES  # the registered name is the logged one
     assert "pixel space" in FDPixel.reference and "not FID" in FDDigits.reference
-    with pytest.raises(KeyError, match="fd_digits, fd_pixel, fid") as err:
+    with pytest.raises(KeyError, match="fd_digits, fd_dinov2, fd_pixel, fid, precision_recall") as err:
         METRICS.get("fd_pxel")
     assert "'fd_pxel'" in str(err.value) and "\n" not in str(err.value)
 

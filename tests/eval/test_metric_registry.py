@@ -61,7 +61,7 @@ def test_entry_point_metrics_are_found(tmp_path: Path, monkeypatch: pytest.Monke
 def test_build_metric_by_name(run_env: Path) -> None:
     cfg = compose([])
     assert type(build_metric("fd_pixel", cfg)) is METRICS.get("fd_pixel")
-    with pytest.raises(UnknownNameError, match="known metrics: fd_digits, fd_pixel, fid"):
+    with pytest.raises(UnknownNameError, match="known metrics: fd_digits, fd_dinov2, fd_pixel, fid, precision_recall"):
         build_metric("fd_pixels", cfg)
 
 

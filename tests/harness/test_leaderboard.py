@@ -33,9 +33,21 @@ DMD = {
     1: ([0.05, 0.24, 0.5, 1.0], [6.0, 2.0, 0.8, 0.45], None, 100.0),
 }
 
+# DMD2-like on cifar10: FID the headline, with FD-DINOv2 and precision/recall beside it (eval.metrics),
+# final evaluation on 10,000 images (a proxy); seed -> (FID curve, FID final, other values' curve, finals)
+C10_DMD2 = {
+    0: ([300.0, 3.5], 2.9, {"fd_dinov2": [900.0, 130.0], "precision": [0.1, 0.5], "recall": [0.0, 0.4]},
+        {"fd_dinov2": 100.0, "precision": 0.6, "recall": 0.5}),
+    1: ([300.0, 3.9], 3.3, {"fd_dinov2": [900.0, 140.0], "precision": [0.1, 0.6], "recall": [0.0, 0.45]},
+        {"fd_dinov2": 120.0, "precision": 0.7, "recall": 0.55}),
+}
+
 COLUMNS = [
     "source", "dataset", "method", "settings", "settings_source", "tuning_flops", "metric", "n_seeds", "seeds",
-    "final_mean", "final_std", "final_min", "final_max", "final_vs_teacher",
+    "final_mean", "final_std", "final_min", "final_max", "final_ci95_low", "final_ci95_high", "final_vs_teacher",
+    "final_images", "proxy",
+    *(c for v in ("fd_dinov2", "fd_pixel", "fid", "precision", "recall")
+      for c in (f"final_{v}", f"final_{v}_ci95_low", f"final_{v}_ci95_high")),
     "metric_at_25", "metric_at_50", "metric_at_100",
     "flops_to_1.5x", "passes_to_1.5x", "kimg_to_1.5x", "seeds_reached_1.5x",
     "flops_to_1.0x", "passes_to_1.0x", "kimg_to_1.0x", "seeds_reached_1.0x",
@@ -51,7 +63,9 @@ def _png(path: Path, color: tuple[int, int, int]) -> Path:
 
 def _log_run(client, exp_id: str, tmp: Path, *, method: str, seed: int, settings: str, fractions, values, final, seconds,
              metric: str = "fd_pixel", teacher: dict[str, float] | None = None, status: str = "FINISHED",
-             bench: str | None = None, code: str = "abc123", grids: dict[float, tuple[int, int, int]] | None = None) -> str:
+             bench: str | None = None, code: str = "abc123", grids: dict[float, tuple[int, int, int]] | None = None,
+             others: dict[str, list[float]] | None = None, others_final: dict[str, float] | None = None,
+             final_images: int | None = None) -> str:
     """A run logged the way sidbench's trainer logs one (sidbench/trainer/loop.py, run.py)."""
     from mlflow.entities import Metric, Param
 
@@ -61,6 +75,8 @@ def _log_run(client, exp_id: str, tmp: Path, *, method: str, seed: int, settings
             "sidbench.settings": settings, "metric": metric, "nfe": "1", "budget": "flops 1e+12"}
     if bench:
         tags["sidbench.bench"] = bench
+    if final_images is not None:
+        tags["final_images"] = str(final_images)
     for k, v in tags.items():
         client.set_tag(run_id, k, v)
     client.log_batch(run_id, params=[Param("trainer.budget.unit", "flops"), Param("trainer.budget.value", "1e12"), Param("eval.metric", metric)])
@@ -74,14 +90,15 @@ def _log_run(client, exp_id: str, tmp: Path, *, method: str, seed: int, settings
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in {**extra, **counters}.items()])
 
     for i, (f, v) in enumerate(zip(fractions, values)):
-        extra = {f"eval/{metric}": v, "eval/seconds": 0.1}
+        extra = {f"eval/{metric}": v, "eval/seconds": 0.1, **{f"eval/{k}": c[i] for k, c in (others or {}).items()}}
         if i == 0:
             extra.update({f"teacher/{k}": t for k, t in (teacher or {}).items()})
         line(f, extra)
         if i == 0:
             line((fractions[0] + fractions[1]) / 2, {"loss/x": 1.0})  # a training line without evaluation
     if final is not None:  # the final evaluation on more samples repeats the counters at the last step
-        line(fractions[-1], {f"eval/{metric}_final": final, "eval/seconds_final": 1.0})
+        line(fractions[-1], {f"eval/{metric}_final": final, "eval/seconds_final": 1.0,
+                             **{f"eval/{k}_final": v for k, v in (others_final or {}).items()}})
     for kimg, color in (grids or {}).items():
         client.log_artifact(run_id, str(_png(tmp / f"kimg{kimg:09.3f}.png", color)), artifact_path="samples")
     client.set_terminated(run_id, status=status)
@@ -115,7 +132,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
                                     seconds=sec, teacher={"fd_pixel": TEACHER})
     # one cifar10 run whose teacher is only known by its published figure
     ids["c10", 0] = _log_run(client, cifar, tmp, method="sid", seed=0, settings="set-c10", fractions=[0.0, 1.0], values=[300.0, 2.5],
-                             final=None, seconds=10.0, metric="fid", teacher={"fid_published": 1.97})
+                             final=None, seconds=10.0, metric="fid", teacher={"fid_published": 1.97}, final_images=50_000)
+    for seed, (curve, final, others, others_final) in C10_DMD2.items():
+        ids["c10dmd2", seed] = _log_run(client, cifar, tmp, method="dmd2", seed=seed, settings="set-c10-dmd2",
+                                        fractions=[0.0, 1.0], values=curve, final=final, seconds=10.0, metric="fid",
+                                        teacher={"fid_published": 1.97}, others=others, others_final=others_final,
+                                        final_images=10_000)
     out = tmp / "results"
     board = lb.build_leaderboard(uri, out)
     return {"uri": uri, "tmp": tmp, "ids": ids, "board": board, "out": out}
@@ -139,6 +161,59 @@ def test_final_metric_statistics(store):
     assert dmd["final_mean"] == pytest.approx((0.7 + 0.45) / 2)  # no _final: the last evaluation
     assert dmd["final_std"] == pytest.approx(math.sqrt((0.7 - 0.575) ** 2 + (0.45 - 0.575) ** 2))
     assert store["ids"]["sid", 3] in store["board"].skipped
+
+
+def test_confidence_interval_over_seeds(store):
+    """mean -/+ t(0.975, n - 1) s / sqrt(n), with the t quantiles of a printed table (4.3027 for 2
+    degrees of freedom, 12.7062 for 1)."""
+    sid = _row(store["board"].measured, "digits", "sid")
+    mean = (0.52 + 0.41 + 0.44) / 3
+    s = math.sqrt(((0.52 - mean) ** 2 + (0.41 - mean) ** 2 + (0.44 - mean) ** 2) / 2)
+    half = 4.302653 * s / math.sqrt(3)
+    assert (sid["final_ci95_low"], sid["final_ci95_high"]) == (pytest.approx(mean - half, rel=1e-6),
+                                                               pytest.approx(mean + half, rel=1e-6))
+    dmd = _row(store["board"].measured, "digits", "dmd")  # 0.7 and 0.45: s = 0.25 / sqrt(2), s / sqrt(2) = 0.125
+    assert (dmd["final_ci95_low"], dmd["final_ci95_high"]) == (pytest.approx(0.575 - 12.706205 * 0.125, rel=1e-6),
+                                                               pytest.approx(0.575 + 12.706205 * 0.125, rel=1e-6))
+    one = _row(store["board"].measured, "cifar10", "sid")  # one seed: no interval
+    assert math.isnan(one["final_ci95_low"]) and math.isnan(one["final_ci95_high"])
+
+
+def test_every_metric_a_column_and_the_final_sample_size(store):
+    board = store["board"].measured
+    dmd2 = _row(board, "cifar10", "dmd2")
+    assert dmd2["final_mean"] == pytest.approx((2.9 + 3.3) / 2) and dmd2["final_fid"] == pytest.approx((2.9 + 3.3) / 2)
+    # the final evaluation's values (_final) win over the curve's last ones
+    assert dmd2["final_fd_dinov2"] == pytest.approx(110.0)
+    assert (dmd2["final_precision"], dmd2["final_recall"]) == (pytest.approx(0.65), pytest.approx(0.525))
+    # each value's 95% interval over the 2 seeds, by hand: 100 and 120 -> s / sqrt(2) = 10; 0.6 and 0.7 -> 0.05
+    assert (dmd2["final_fd_dinov2_ci95_low"], dmd2["final_fd_dinov2_ci95_high"]) == (
+        pytest.approx(110 - 12.706205 * 10, rel=1e-6), pytest.approx(110 + 12.706205 * 10, rel=1e-6))
+    assert (dmd2["final_precision_ci95_low"], dmd2["final_precision_ci95_high"]) == (
+        pytest.approx(0.65 - 12.706205 * 0.05, rel=1e-6), pytest.approx(0.65 + 12.706205 * 0.05, rel=1e-6))
+    assert dmd2["final_images"] == 10_000 and bool(dmd2["proxy"]) is True
+    assert (dmd2["final_ci95_low"], dmd2["final_ci95_high"]) == (pytest.approx(3.1 - 12.706205 * 0.2, rel=1e-6),
+                                                                 pytest.approx(3.1 + 12.706205 * 0.2, rel=1e-6))
+    sid = _row(board, "cifar10", "sid")
+    assert sid["final_images"] == 50_000 and bool(sid["proxy"]) is False
+    assert math.isnan(sid["final_fd_dinov2"]) and sid["final_fid"] == 2.5
+    digits = _row(board, "digits", "sid")  # no tag, no setting logged: unknown, not a guess
+    assert pd.isna(digits["final_images"]) and pd.isna(digits["proxy"])
+    assert digits["final_fd_pixel"] == pytest.approx((0.52 + 0.41 + 0.44) / 3) and math.isnan(digits["final_fid"])
+
+
+def test_t_quantile():
+    # a printed table's 0.975 quantiles (two-sided 95%)
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 10: 2.228, 30: 2.042, 120: 1.980}
+    for dof, t in table.items():
+        assert lb.t_quantile(0.95, dof) == pytest.approx(t, abs=6e-4)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for dof in (1, 2, 3, 7, 8, 29, 200):
+        for level in (0.5, 0.9, 0.95, 0.99):
+            assert lb.t_quantile(level, dof) == pytest.approx(scipy_stats.t.ppf((1 + level) / 2, dof), rel=1e-9)
+    assert lb.mean_interval([1.0, 2.0, 3.0]) == (pytest.approx(2 - 4.302653 / math.sqrt(3), rel=1e-6),
+                                                 pytest.approx(2 + 4.302653 / math.sqrt(3), rel=1e-6))
+    assert all(math.isnan(x) for x in lb.mean_interval([1.0]))
 
 
 def test_metric_at_budget_fractions(store):
@@ -205,10 +280,11 @@ def test_csv_columns_rows_and_published_kept_apart(store):
     out = store["out"]
     board = pd.read_csv(out / "leaderboard.csv")
     assert list(board.columns) == COLUMNS
-    assert len(board) == 3 and set(board["source"]) == {"measured"}
+    assert len(board) == 4 and set(board["source"]) == {"measured"}
     # best final first within a dataset
     assert list(board[board["dataset"] == "digits"]["method"]) == ["sid", "dmd"]
-    assert pd.isna(board[board["dataset"] == "cifar10"]["final_std"]).all()  # one seed: empty
+    c10 = board[board["dataset"] == "cifar10"]
+    assert pd.isna(c10[c10["method"] == "sid"]["final_std"]).all()  # one seed: empty
     published = pd.read_csv(out / "leaderboard_published.csv", dtype={"source": str})
     assert list(published.columns) == ["source", "dataset", "method", "nfe", "metric", "value", "data"]
     # only the datasets read (digits has no published figures; cifar10's thirteen rows)
@@ -222,7 +298,7 @@ def test_csv_columns_rows_and_published_kept_apart(store):
     assert list(pd_rows["nfe"]) == [1, 2, 4, 8] and list(pd_rows["value"]) == [9.12, 4.51, 3.00, 2.57]
     assert not set(published["method"]) & set(board["method"])
     runs = pd.read_csv(out / "leaderboard_runs.csv")
-    assert len(runs) == 6  # the six finished runs, one line each
+    assert len(runs) == 8  # the eight finished runs, one line each
 
 
 def test_published_reference_file():
@@ -257,12 +333,14 @@ def test_print_leaderboard(store):
     from rich.console import Console
 
     buf = io.StringIO()
-    lb.print_leaderboard(store["board"], Console(file=buf, width=250, color_system=None))
+    lb.print_leaderboard(store["board"], Console(file=buf, width=300, color_system=None))
     text = buf.getvalue()
     assert "sid" in text and "dmd" in text
     assert "Published figures (from the papers, not measured here)" in text and "SiD²A" in text
     assert "1.97 (published)" in text and "0.5 (measured)" in text
     assert "not FINISHED" in text
+    assert "10,000 proxy" in text and "50,000" in text and "95% CI" in text and "[-1.013, 2.163]" in text
+    assert "fd_dinov2" in text and "precision" in text and "recall" in text  # the cifar10 table's other metrics
 
 
 def test_bench_and_experiment_filters(store, tmp_path):

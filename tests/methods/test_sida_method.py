@@ -73,10 +73,16 @@ def test_real_and_fake_share_one_call_with_the_same_sigma_and_noise(tiny_teacher
     calls: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
     sida.fake_score.register_forward_pre_hook(
         lambda m, args, kwargs: calls.append((args[0].detach().clone(), args[1].detach().clone(),
-                                              kwargs.get("return_bottleneck", False))), with_kwargs=True)
+                                              kwargs.get("return_bottleneck", False),
+                                              kwargs.get("decode_first"))), with_kwargs=True)
+    decoded: list[int] = []
+    for block in sida.fake_score.model.dec.values():
+        block.register_forward_hook(lambda m, a, out: decoded.append(out.shape[0]))
     sida._fake_score_loss(ctx, 4)
-    (x, sigma, bottleneck), = calls
+    (x, sigma, bottleneck, decode_first), = calls
     assert x.shape[0] == 8 and bottleneck and torch.equal(sigma[:4], sigma[4:])
+    # the real half needs only the encoder's logits: the decoder sees the generated half alone
+    assert decode_first == 4 and decoded and set(decoded) == {4}
     torch.testing.assert_close(x[:4] - generated[0], x[4:] - x_r)  # the same noise on both halves
 
 

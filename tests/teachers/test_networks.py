@@ -124,6 +124,31 @@ def test_bottleneck_shape_64x64(config: dict, channels: int) -> None:
     assert feats.shape == (2, channels, 8, 8) and feats is hooked
 
 
+@pytest.mark.parametrize("name", sorted(PARITY))
+def test_decode_first_stops_the_other_samples_after_the_encoder(name: str) -> None:
+    """`decode_first=k`: the first k outputs and every bottleneck as the full call's, the decoder
+    (every block after the bottleneck) run on k samples only."""
+    case = PARITY[name]
+    net = build_edm_network(case["constructor"]).eval()
+    net.load_state_dict(case["state_dict"], strict=True)
+    args = (case["x"], case["sigma"], case["class_labels"], case["augment_labels"])
+    seen: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.shape[0])) for m in net.model.dec.values()]
+    with torch.no_grad():
+        full, full_feats = net(*args, return_bottleneck=True)
+        decoded_full = list(seen)
+        seen.clear()
+        part, part_feats = net(*args, return_bottleneck=True, decode_first=1)
+    for h in hooks:
+        h.remove()
+    assert set(decoded_full) == {4} and set(seen) == {1} and len(seen) == len(decoded_full)
+    assert part.shape == (1, *full.shape[1:]) and part_feats.shape == full_feats.shape
+    torch.testing.assert_close(part_feats, full_feats, rtol=0, atol=0)
+    torch.testing.assert_close(part, full[:1], rtol=1e-6, atol=1e-6)  # another batch size: round-off only
+    with pytest.raises(ValueError, match="decode_first"):
+        net(*args, decode_first=1)  # without return_bottleneck the other samples would give nothing
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. Preconditioning formulas, conditioning inputs, variants that train.
 
