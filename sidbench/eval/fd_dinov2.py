@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from sidbench.eval import register_metric
 from sidbench.eval.base import Metric
 from sidbench.eval.frechet import frechet_distance
+from sidbench.eval.metric_refs import ReferenceFile
 from sidbench.eval.protocol import PROTOCOL_NUM_IMAGES
 from sidbench.eval.reference import load_reference_stats, validate_stats
 from sidbench.eval.sources import FeatureExtractor, accumulate_features
@@ -26,7 +27,7 @@ NAME = "fd_dinov2"
 
 
 @register_metric(NAME)
-class FDDINOv2(Metric):
+class FDDINOv2(ReferenceFile, Metric):
     """FD-DINOv2 of a uint8 image stream against reference statistics: an `.npz` written by
     `sidbench stats --metric fd_dinov2`, or `(mu, sigma)` in memory.
 
@@ -68,18 +69,6 @@ class FDDINOv2(Metric):
                      progress=progress)
         metric.reference_stats  # noqa: B018 - read and validated now
         return metric
-
-    @classmethod
-    def check_config(cls, cfg: DictConfig) -> None:
-        from sidbench.eval.metric_refs import require_reference
-
-        require_reference(cfg, NAME)
-
-    @classmethod
-    def measurement_settings(cls, cfg: DictConfig) -> dict[str, str]:
-        from sidbench.eval.metric_refs import configured_reference
-
-        return {"ref": str(configured_reference(cfg, NAME))}
 
     def caveats(self, num_images: int) -> list[str]:
         if num_images < PROTOCOL_NUM_IMAGES:

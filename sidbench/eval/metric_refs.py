@@ -88,3 +88,19 @@ def load_features(path: str | os.PathLike, metric: str) -> np.ndarray:
     if features.ndim != 2 or not np.issubdtype(features.dtype, np.floating) or not np.isfinite(features).all():
         raise InputError(f"{path}: 'features' must be finite floats [N, D], got {features.dtype} {list(features.shape)}")
     return features.astype(np.float32, copy=False)
+
+
+class ReferenceFile:
+    """A metric's settings check and recorded settings when it compares with a reference file named
+    by the dataset's `eval.refs.<metric name>` (else the cached default): mixed in before `Metric`
+    by FD-DINOv2 and precision/recall, whose `name` is set by `@register_metric`."""
+
+    name: str
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        require_reference(cfg, cls.name)
+
+    @classmethod
+    def measurement_settings(cls, cfg: DictConfig) -> dict[str, str]:
+        return {"ref": str(configured_reference(cfg, cls.name))}

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from sidbench.errors import InputError
 from sidbench.eval import register_metric
 from sidbench.eval.base import Metric
+from sidbench.eval.metric_refs import ReferenceFile
 from sidbench.eval.protocol import PROTOCOL_NUM_IMAGES
 from sidbench.eval.sources import FeatureExtractor, as_rgb
-from sidbench.errors import InputError
 
 NAME = "precision_recall"
 #: Neighbourhood size of the paper's and StyleGAN2-ADA's `pr50k3`.
@@ -88,7 +89,7 @@ def precision_recall(real: np.ndarray | torch.Tensor, generated: np.ndarray | to
 
 
 @register_metric(NAME)
-class PrecisionRecall(Metric):
+class PrecisionRecall(ReferenceFile, Metric):
     """Precision and recall (k = 3) of a uint8 image stream against the dataset's VGG16 features: an
     `.npz` written by `sidbench stats --metric precision_recall`, or an array [N, D] in memory.
 
@@ -132,18 +133,6 @@ class PrecisionRecall(Metric):
                      progress=progress)
         metric.reference_features  # noqa: B018 - read and validated now
         return metric
-
-    @classmethod
-    def check_config(cls, cfg: DictConfig) -> None:
-        from sidbench.eval.metric_refs import require_reference
-
-        require_reference(cfg, NAME)
-
-    @classmethod
-    def measurement_settings(cls, cfg: DictConfig) -> dict[str, str]:
-        from sidbench.eval.metric_refs import configured_reference
-
-        return {"ref": str(configured_reference(cfg, NAME))}
 
     def details(self) -> list[tuple[str, str]]:
         rows = [("reference", self.reference), ("k", str(self.k))]
