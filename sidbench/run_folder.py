@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from sidbench.config import ConfigError
+from sidbench.config import ConfigError, renamed_message
 from sidbench.errors import InputError
 from sidbench.eval.protocol import REPORTING_SETTINGS
 
@@ -100,6 +100,17 @@ def changed_settings(stored: dict[str, Any], cfg: DictConfig) -> list[str]:
         if a != b and not _resumable(key):
             out.append(f"{key} {'(none)' if a is missing else a} -> {'(none)' if b is missing else b}")
     return out
+
+
+def older_names(stored: dict[str, Any]) -> str | None:
+    """The first of a stored config's method settings that sidbench has renamed since, as the
+    rename's line; None when it has none (a run from before the names were unified)."""
+    method = stored.get("method") if isinstance(stored, dict) else None
+    for key in _flat(method) if isinstance(method, dict) else ():
+        message = renamed_message(f"method.{key}")
+        if message:
+            return message
+    return None
 
 
 def read_yaml(path: Path) -> Any:
@@ -207,7 +218,12 @@ def plan_start(cfg: DictConfig, run_dir: Path) -> Start:
         if run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
             raise ConfigError(f"{run_dir} exists and is not a run folder; choose another run_name")
         return Start(run_dir, "new")
-    changed = changed_settings(read_yaml(config) or {}, cfg)
+    stored = read_yaml(config) or {}
+    older = older_names(stored)
+    if older:
+        raise ConfigError(f"{where}: the run in {run_dir} was made by an older sidbench ({older}); resume it with "
+                          "the version that started it (its MLflow tag code_version), or choose another run_name")
+    changed = changed_settings(stored, cfg)
     if changed:
         shown = "; ".join(changed[:4]) + (f"; ... ({len(changed)} in all)" if len(changed) > 4 else "")
         raise ConfigError(f"{where}: the run in {run_dir} has other settings ({shown}); only where it runs, its budget "

@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from sidbench.config import ConfigError, compose
-from sidbench.run_folder import changed_settings, check_folder_name, merge_overrides
+from sidbench.run_folder import changed_settings, check_folder_name, merge_overrides, plan_start
 from sidbench.testing.tiny import tiny_overrides
 
 PLUGINS = str(Path(__file__).parent / "trainer" / "plugins")
@@ -83,6 +83,19 @@ def test_only_settings_that_do_not_change_the_computation_may_change_on_resume()
     assert changed_settings(stored, resumed) == []
     changed = compose(["trainer.seed=1", "method.alpha=1.0"])
     assert changed_settings(stored, changed) == ["method.alpha 1.2 -> 1.0", "trainer.seed 0 -> 1"]
+
+
+def test_a_run_made_before_a_setting_was_renamed_says_so_in_one_line(tmp_path: Path) -> None:
+    cfg = compose(["method=dmd2", "run_name=old"])
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    stored["method"]["lr_warmup"] = stored["method"].pop("warmup_iterations")  # as written before the rename
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    with pytest.raises(ConfigError, match=r"run_name=\S+: the run in .* was made by an older sidbench "
+                                          r"\(method.lr_warmup is now method.warmup_iterations\); resume it with"):
+        plan_start(cfg, tmp_path)
+    stored["method"]["warmup_iterations"] = stored["method"].pop("lr_warmup")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert plan_start(cfg, tmp_path).kind == "restart"  # today's names: the same settings, no checkpoint
 
 
 def test_a_continued_run_adds_to_and_overrides_its_first_command_line() -> None:
