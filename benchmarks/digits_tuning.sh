@@ -10,7 +10,7 @@ TRIALS=${TRIALS:-12}
 SEED=${SEED:-0}
 OUT=${OUT:-runs}
 RESULTS=${RESULTS:-results}
-METHODS=(sid sida dmd dmd2 progressive consistency)
+METHODS=(sid sida dmd dmd2 progressive consistency f_distill uni_instruct ect scd)
 SIDBENCH=${SIDBENCH:-sidbench}
 
 for m in "${METHODS[@]}"; do
@@ -23,18 +23,16 @@ for m in "${METHODS[@]}"; do
 done
 
 echo "# $(date -u +%FT%TZ) derived settings (results/README.md's bench)"
-$SIDBENCH bench methods=[sid,dmd,dmd2,progressive,consistency] datasets=[digits] seeds=3 \
-    budget.unit=flops budget.value=4e12 'overrides.progressive=[method.stage_iterations=110]' output_root="$OUT"
-$SIDBENCH bench methods=[sida] datasets=[digits] seeds=3 budget.unit=flops budget.value=4e12 id=digits-flops4e12 \
-    output_root="$OUT"
+$SIDBENCH bench methods=[sid,sida,dmd,dmd2,progressive,consistency,f_distill,uni_instruct,ect,scd] datasets=[digits] \
+    seeds=3 budget.unit=flops budget.value=4e12 'overrides.progressive=[method.stage_iterations=78]' output_root="$OUT"
 
 echo "# $(date -u +%FT%TZ) tuned settings"
 presets=()
 for m in "${METHODS[@]}"; do
     presets+=("overrides.$m=[preset_file=$OUT/tune/$m-digits-flops2e12-s$SEED/best.yaml]")
 done
-$SIDBENCH bench methods=[sid,sida,dmd,dmd2,progressive,consistency] datasets=[digits] seeds=3 \
-    budget.unit=flops budget.value=4e12 id=digits-flops4e12-tuned output_root="$OUT" "${presets[@]}"
+$SIDBENCH bench methods=[sid,sida,dmd,dmd2,progressive,consistency,f_distill,uni_instruct,ect,scd] datasets=[digits] \
+    seeds=3 budget.unit=flops budget.value=4e12 id=digits-flops4e12-tuned output_root="$OUT" "${presets[@]}"
 
 echo "# $(date -u +%FT%TZ) leaderboard"
 $SIDBENCH leaderboard --experiment digits --out "$RESULTS" output_root="$OUT"
