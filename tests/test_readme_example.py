@@ -62,3 +62,14 @@ def test_a_bad_setting_of_the_readme_example_is_one_line(run_env: Path) -> None:
                            env=env, capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr
     assert "method:\n  name: regress\n  lr: 0.0001\n  sigma_init: 80.0\n  teacher_sampler_steps: 4\n" in shown.stdout
+
+
+def test_the_readme_example_s_search_space_is_what_tune_searches(run_env: Path) -> None:
+    (run_env / "my_method.py").write_text(example_code())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"SIDBENCH_PLUGINS": "my_method"}
+    proc = subprocess.run([sys.executable, "-m", "sidbench.cli", "tune", "method=regress", "dataset=digits", "trials=2",
+                           "budget.unit=kimg", "budget.value=0.01", "--dry-run"], cwd=run_env, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert "space: method.lr log(1e-05,0.001), method.teacher_sampler_steps int(2,8)" in out
