@@ -3,15 +3,14 @@ barrier and loads the same file from the cache (2 processes on gloo, a local HTT
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
 import socket
-import threading
 from pathlib import Path
 
 import pytest
 import torch.multiprocessing as mp
 
+from sidbench.testing.file_server import serving
 from sidbench.testing.tiny import make_tiny_teacher
 
 
@@ -49,34 +48,14 @@ def _worker(rank: int, port: int, url: str, sha: str, cache: str, out: str, fail
 @pytest.mark.parametrize("fail", [False, True])
 def test_rank_zero_downloads_the_teacher_others_wait_and_load_it(tmp_path: Path, fail: bool) -> None:
     data = make_tiny_teacher(tmp_path / "t.safetensors").read_bytes()
-    requests: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # noqa: ANN002
-            pass
-
-        def do_GET(self) -> None:  # noqa: N802
-            requests.append(self.path)
-            if fail:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/teacher.safetensors"
+    # failing: the file is not served (404 on every try)
+    with serving({} if fail else {"/teacher.safetensors": data}) as server:
         out = tmp_path / "out"
         out.mkdir()
-        mp.start_processes(_worker, args=(_free_port(), url, hashlib.sha256(data).hexdigest(), str(tmp_path / "cache"), str(out), fail),
+        mp.start_processes(_worker, args=(_free_port(), server.url("/teacher.safetensors"), hashlib.sha256(data).hexdigest(),
+                                          str(tmp_path / "cache"), str(out), fail),
                            nprocs=2, start_method="spawn", join=True)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    requests = server.requests
     results = {r: (out / f"rank{r}").read_text() for r in (0, 1)}
     if fail:
         # rank 0 raises the download error itself; rank 1 hears of it instead of waiting forever

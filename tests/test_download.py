@@ -3,86 +3,33 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import importlib.util
 import io
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from sidbench.download import ChecksumError, DownloadError, cached_download, default_cache_dir, sha256_file
+from sidbench.testing.file_server import serving, without_proxies
 
 PAYLOAD = bytes((i * 7 + i // 251) % 256 for i in range(300_000))  # several chunks' worth, not uniform
 REPO = Path(__file__).resolve().parents[1]
 
 
-class _Server:
-    """Serves `files` on 127.0.0.1 (an ephemeral port) and logs the path of every request."""
-
-    def __init__(self) -> None:
-        self.requests: list[str] = []
-        self.files: dict[str, bytes] = {}
-        self.fail: dict[str, int] = {}  # path -> how many more requests get HTTP 500
-        self.delay: dict[str, float] = {}  # path -> seconds to wait before answering
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-            def do_GET(self):
-                server.requests.append(self.path)
-                time.sleep(server.delay.get(self.path, 0.0))
-                if server.fail.get(self.path, 0) > 0:
-                    server.fail[self.path] -= 1
-                    self.send_error(500)
-                    return
-                data = server.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("Content-Type", "application/octet-stream")
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def count(self, path: str) -> int:
-        return self.requests.count(path)
-
-
 @pytest.fixture()
 def server():
-    s = _Server()
-    s.thread.start()
-    try:
+    with serving() as s:
         yield s
-    finally:
-        s.httpd.shutdown()
-        s.httpd.server_close()
-        s.thread.join(timeout=5)
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     """No proxies (only 127.0.0.1 is ever contacted) and a private cache folder."""
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    without_proxies(monkeypatch)
     monkeypatch.setenv("SIDBENCH_CACHE", str(tmp_path / "cache"))
 
 

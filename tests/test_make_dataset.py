@@ -4,11 +4,9 @@ writes opens as training images with the right pixels and classes."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import pickle
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from PIL import Image
 from sidbench.cli import main
 from sidbench.data.make_dataset import member_name, write_edm_zip
 from sidbench.data.real import DataError, open_edm_dataset
+from sidbench.testing.file_server import serving, without_proxies
 
 CPU = torch.device("cpu")
 
@@ -97,33 +96,16 @@ def test_cifar10_through_torchvisions_download(tmp_path: Path, monkeypatch: pyte
                for _ in range(5)]
     archive, md5 = _cifar_archive(batches)
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(archive)))
-            self.end_headers()
-            self.wfile.write(archive)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    # torchvision's own download, extraction and MD5 checks, pointed at this archive
-    monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{httpd.server_address[1]}/cifar-10-python.tar.gz")
-    monkeypatch.setattr(CIFAR10, "tgz_md5", hashlib.md5(archive).hexdigest())
-    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
-    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": md5["batches.meta"]})
-    try:
+    with serving({"/cifar-10-python.tar.gz": archive}) as server:
+        without_proxies(monkeypatch)
+        # torchvision's own download, extraction and MD5 checks, pointed at this archive
+        monkeypatch.setattr(CIFAR10, "url", server.url("/cifar-10-python.tar.gz"))
+        monkeypatch.setattr(CIFAR10, "tgz_md5", hashlib.md5(archive).hexdigest())
+        monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+        monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+        monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": md5["batches.meta"]})
         out = tmp_path / "cifar10-32x32.zip"
         assert main(["dataset", "cifar10", "--out", str(out)]) == 0
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     pixels, classes = _all_images(out, (3, 32, 32), 10)
     # CIFAR-10 rows are 1024 red, 1024 green, 1024 blue values: CHW already
     want = np.concatenate([d for d, _ in batches]).reshape(-1, 3, 32, 32)

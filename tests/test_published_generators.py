@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import http.server
 import math
 import re
 import socket
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import yaml
 
 from sidbench.cli import main
 from sidbench.eval import published_generators as pg
+from sidbench.testing.file_server import FileServer, serving, without_proxies
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOGUE = yaml.safe_load((REPO / "sidbench" / "harness" / "published_generators.yaml").read_text())["generators"]
@@ -46,54 +45,14 @@ def _wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def env(run_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """run_env, and only 127.0.0.1 is ever contacted, without proxies."""
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    without_proxies(monkeypatch)
     return run_env
-
-
-class _Server:
-    """Serves `files` (path -> bytes) on an ephemeral port of 127.0.0.1 and logs the requested paths."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.requests.append(self.path)
-                data = server.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
 
 @pytest.fixture
 def server():
-    s = _Server()
-    s.thread.start()
-    try:
+    with serving() as s:
         yield s
-    finally:
-        s.httpd.shutdown()
-        s.httpd.server_close()
-        s.thread.join(timeout=5)
 
 
 def _closed_port() -> int:
@@ -302,7 +261,7 @@ def test_offline_the_download_fails_with_one_line(env: Path, tmp_path: Path, mon
     assert not (env / "mlflow.db").exists()  # nothing recorded: the store was never opened
 
 
-def test_released_generator_end_to_end(env: Path, tmp_path: Path, server: _Server, fake_fid: list[str],
+def test_released_generator_end_to_end(env: Path, tmp_path: Path, server: FileServer, fake_fid: list[str],
                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Download from a local server, safe load, one-step sampling at sigma 2.5, FID against the card's
     reference, the MLflow record, the cache, the warning without a hash and the check with one."""
@@ -374,7 +333,7 @@ def test_released_generator_end_to_end(env: Path, tmp_path: Path, server: _Serve
     assert len(_published_runs(env, "cifar10")) == 2
 
 
-def test_a_conditional_generator_gets_one_hot_labels(env: Path, tmp_path: Path, server: _Server, fake_fid: list[str],
+def test_a_conditional_generator_gets_one_hot_labels(env: Path, tmp_path: Path, server: FileServer, fake_fid: list[str],
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """cifar10-cond: a class-conditional file, scored with the protocol's labels (i mod 10), as a
@@ -433,7 +392,7 @@ def test_sida_class_names_load_as_the_edm_classes_they_extend(tmp_path: Path) ->
     assert gen.describe() == "sida, one_step (sigma 2.5), 1 NFE"
 
 
-def test_a_state_dict_generator_is_read_without_running_code(env: Path, tmp_path: Path, server: _Server, fake_fid: list[str],
+def test_a_state_dict_generator_is_read_without_running_code(env: Path, tmp_path: Path, server: FileServer, fake_fid: list[str],
                                                              monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """DMD2's format: a torch.save'd state dict, read with weights_only into the catalogue's

@@ -25,6 +25,7 @@ from sidbench.eval.precision_recall import PrecisionRecall, inside, manifold_rad
 from sidbench.eval.reference import ReferenceStatsError, load_reference_stats, save_reference_stats
 from sidbench.eval.vgg16 import VGG16_WEIGHTS, VGGFeatures
 from sidbench.eval.weights import detector_weights
+from sidbench.testing.file_server import serving, without_proxies
 
 
 def _console() -> Console:
@@ -326,58 +327,33 @@ def test_weights_download_from_a_local_server_and_load(tmp_path: Path, monkeypat
     those of the same file given by path."""
     import dataclasses
     import hashlib
-    import http.server
-    import threading
 
     import sidbench.eval.dinov2 as dinov2
     import sidbench.eval.vgg16 as vgg16
 
     files = {"/dinov2.pth": _tiny_dinov2(tmp_path / "d.pth").read_bytes(), "/vgg16.pth": _tiny_vgg(tmp_path / "v.pth").read_bytes()}
-    requests: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            requests.append(self.path)
-            data = files.get(self.path)
-            if data is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.delenv("SIDBENCH_DINOV2", raising=False)
-    monkeypatch.delenv("SIDBENCH_VGG16", raising=False)
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    monkeypatch.setattr(dinov2, "DINOV2_WEIGHTS", dataclasses.replace(DINOV2_WEIGHTS, url=url + "/dinov2.pth"))
-    vgg_sha = hashlib.sha256(files["/vgg16.pth"]).hexdigest()
-    monkeypatch.setattr(vgg16, "VGG16_WEIGHTS", dataclasses.replace(VGG16_WEIGHTS, url=url + "/vgg16.pth", sha256=vgg_sha))
-    cache = tmp_path / "cache"
-    try:
+    with serving(files) as server:
+        without_proxies(monkeypatch)
+        monkeypatch.delenv("SIDBENCH_DINOV2", raising=False)
+        monkeypatch.delenv("SIDBENCH_VGG16", raising=False)
+        url = server.url("")
+        monkeypatch.setattr(dinov2, "DINOV2_WEIGHTS", dataclasses.replace(DINOV2_WEIGHTS, url=url + "/dinov2.pth"))
+        vgg_sha = hashlib.sha256(files["/vgg16.pth"]).hexdigest()
+        monkeypatch.setattr(vgg16, "VGG16_WEIGHTS", dataclasses.replace(VGG16_WEIGHTS, url=url + "/vgg16.pth", sha256=vgg_sha))
+        cache = tmp_path / "cache"
         images = torch.from_numpy(_images(3, 1))
         for module, make, name in ((dinov2, dinov2.dinov2_extractor, "/dinov2.pth"), (vgg16, vgg16.vgg16_extractor, "/vgg16.pth")):
             downloaded = make(None, device="cpu", cache_dir=cache, progress=False)
             by_path = make(tmp_path / ("d.pth" if name == "/dinov2.pth" else "v.pth"), device="cpu")
             np.testing.assert_array_equal(downloaded(images), by_path(images))
             make(None, device="cpu", cache_dir=cache, progress=False)  # again: from the cache
-        assert requests == ["/dinov2.pth", "/vgg16.pth"]
+        assert server.requests == ["/dinov2.pth", "/vgg16.pth"]
         assert (cache / DINOV2_WEIGHTS.filename).read_bytes() == files["/dinov2.pth"]
         assert "records no SHA-256 for dinov2_vitl14_pretrain.pth" in capsys.readouterr().err  # printed once
         # a served file that is not the recorded one is refused
-        files["/vgg16.pth"] = b"other bytes"
+        server.files["/vgg16.pth"] = b"other bytes"
         from sidbench.download import ChecksumError
 
         with pytest.raises(ChecksumError):
             vgg16.vgg16_extractor(None, device="cpu", cache_dir=tmp_path / "cache2", progress=False)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+

@@ -4,8 +4,6 @@ server on 127.0.0.1 as an EDM-format pickle written by the test); the fake score
 teacher; a wrong architecture or a name that is none of these is one line."""
 from __future__ import annotations
 
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from sidbench.config import ConfigError, compose
 from sidbench.methods import METHODS
 from sidbench.teachers.load import load_teacher, save_native_teacher
 from sidbench.testing.edm_files import write_edm_pickle
+from sidbench.testing.file_server import FileServer, serving, without_proxies
 from sidbench.testing.tiny import make_tiny_teacher, tiny_overrides
 
 CPU = torch.device("cpu")
@@ -47,45 +46,11 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-class _Server:
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        files = self.files
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                data = files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch):
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    s = _Server()
-    s.thread.start()
-    try:
+    without_proxies(monkeypatch)
+    with serving() as s:
         yield s
-    finally:
-        s.httpd.shutdown()
-        s.httpd.server_close()
-        s.thread.join(timeout=5)
 
 
 def _catalogue(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, url: str) -> None:
@@ -108,7 +73,7 @@ def test_from_a_file_or_a_run_folder(tiny_teacher: Path, tmp_path: Path) -> None
         assert sid2a.sampling() == {"sampler": "one_step", "sigmas": [2.5], "nfe": 1}
 
 
-def test_from_a_released_generator_by_name(tiny_teacher: Path, tmp_path: Path, run_env: Path, server: _Server,
+def test_from_a_released_generator_by_name(tiny_teacher: Path, tmp_path: Path, run_env: Path, server: FileServer,
                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A released file, SiDA's class names and all: downloaded from the (local) address into the cache
     and loaded by the safe loader."""
@@ -124,7 +89,7 @@ def test_from_a_released_generator_by_name(tiny_teacher: Path, tmp_path: Path, r
 
 
 def test_a_released_generator_of_another_architecture_is_one_line(tiny_teacher: Path, tmp_path: Path, run_env: Path,
-                                                                  server: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                  server: FileServer, monkeypatch: pytest.MonkeyPatch) -> None:
     other = make_tiny_teacher(tmp_path / "other.safetensors", label_dim=10)
     teacher = load_teacher({"path": str(other)}, "cpu")
     server.files["/x.pkl"] = write_edm_pickle(tmp_path / "x.pkl", teacher.net, teacher.constructor).read_bytes()
