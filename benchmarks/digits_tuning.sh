@@ -2,7 +2,7 @@
 # The committed digits study (issue 26, docs/tuning.md): every built-in method tuned by the same
 # study (12 trials at 2e12 FLOPs, seed 0), then the derived-settings bench of results/README.md
 # (finished cells are skipped) and 3 seeds of each method at 4e12 FLOPs with its tuned settings,
-# then the leaderboard of the digits experiment with both kinds of rows. Run from the repository
+# then the leaderboard of the two benches, both kinds of rows side by side. Run from the repository
 # root; every step resumes where it stopped when the script is run again.
 set -euo pipefail
 
@@ -35,5 +35,5 @@ $SIDBENCH bench methods=[sid,sida,dmd,dmd2,progressive,consistency,f_distill,uni
     seeds=3 budget.unit=flops budget.value=4e12 id=digits-flops4e12-tuned output_root="$OUT" "${presets[@]}"
 
 echo "# $(date -u +%FT%TZ) leaderboard"
-$SIDBENCH leaderboard --experiment digits --out "$RESULTS" output_root="$OUT"
+$SIDBENCH leaderboard --bench digits-flops4e12 --bench digits-flops4e12-tuned --out "$RESULTS" output_root="$OUT"
 echo "# $(date -u +%FT%TZ) done"

@@ -245,6 +245,7 @@ LEADERBOARD_HELP = """Build the leaderboard from MLflow: leaderboard.csv, plots 
 
   sidbench leaderboard                                  # every experiment of the store -> runs/leaderboard/
   sidbench leaderboard --bench digits-flops4e12 --out results/
+  sidbench leaderboard --bench digits-flops4e12 --bench digits-flops4e12-tuned --out results/
   sidbench leaderboard --experiment digits tracking.uri=http://mlflow.example:5000
 
 Only finished runs count. Published numbers (the papers') are shown apart: their own CSV and table; so are
@@ -262,7 +263,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     cfg = compose(_overrides(args))
     out = Path(args.out) if args.out else Path(str(cfg.output_root)) / "leaderboard"
-    board = build_leaderboard(tracking_uri(cfg), out, experiments=args.experiment or None, bench=args.bench)
+    board = build_leaderboard(tracking_uri(cfg), out, experiments=args.experiment or None, bench=args.bench or None)
     # piped to a file or a CI log, rich would wrap the 15 columns into 80; keep one row a line
     print_leaderboard(board, RichConsole() if sys.stdout.isatty() else RichConsole(width=220))
     return 0
@@ -369,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description=LEADERBOARD_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. tracking.uri=... or output_root=...")
     p.add_argument("--experiment", action="append", default=[], metavar="NAME", help="an experiment (dataset) to include; repeatable")
-    p.add_argument("--bench", default=None, metavar="ID", help="only the runs of this bench")
+    p.add_argument("--bench", action="append", default=[], metavar="ID",
+                   help="only the runs of this bench; repeatable (e.g. a derived and a tuned bench side by side)")
     p.add_argument("--out", default=None, metavar="DIR", help="where leaderboard.csv and the plots go (default <output_root>/leaderboard)")
     p.set_defaults(func=cmd_leaderboard)
 

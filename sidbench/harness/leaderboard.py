@@ -496,9 +496,15 @@ def read_run_curve(client: MlflowClient, run: Run, metric: str) -> pd.DataFrame:
     return curve_frame(run.info.run_id, {k: client.get_metric_history(run.info.run_id, k) for k in keys})
 
 
-def read_runs(client: MlflowClient, experiments: Sequence[str] | None = None, bench: str | None = None
+def bench_ids(bench: str | Sequence[str] | None) -> list[str]:
+    """One bench id or several (`--bench` repeated: a derived and a tuned bench side by side) as a list."""
+    return [] if bench is None else [bench] if isinstance(bench, str) else list(bench)
+
+
+def read_runs(client: MlflowClient, experiments: Sequence[str] | None = None, bench: str | Sequence[str] | None = None
               ) -> tuple[list[dict[str, Any]], pd.DataFrame, list[str], list[str]]:
-    """(finished runs' infos, their tidy curves, the ids of runs left out, the experiment names read)."""
+    """(finished runs' infos, their tidy curves, the ids of runs left out, the experiment names read);
+    with `bench`, only the runs of that bench (or of those benches)."""
     if experiments:
         exps = []
         for name in experiments:
@@ -512,19 +518,24 @@ def read_runs(client: MlflowClient, experiments: Sequence[str] | None = None, be
     else:
         exps = all_pages(client.search_experiments)
     names = {e.experiment_id: e.name for e in exps}
-    if bench is not None and "'" in bench:
-        from sidbench.errors import InputError
+    benches = bench_ids(bench)
+    for b in benches:
+        if "'" in b:
+            from sidbench.errors import InputError
 
-        raise InputError(f"--bench {bench!r}: a bench id cannot contain a quote")
-    filt = f"tags.`sidbench.bench` = '{bench}'" if bench is not None else ""
-    runs = all_pages(client.search_runs, experiment_ids=list(names), filter_string=filt, max_results=1000) if names else []
-    if bench is not None and not runs:
-        from sidbench.errors import InputError
+            raise InputError(f"--bench {b!r}: a bench id cannot contain a quote")
 
-        every = all_pages(client.search_runs, experiment_ids=list(names), max_results=1000) if names else []
-        known = sorted({r.data.tags["sidbench.bench"] for r in every if "sidbench.bench" in r.data.tags})
-        raise InputError(f"--bench {bench}: no runs of this bench in the store (benches there: {', '.join(known) or 'none'}); "
-                         "nothing written")
+    def search(filt: str = "") -> list[Run]:
+        return all_pages(client.search_runs, experiment_ids=list(names), filter_string=filt, max_results=1000) if names else []
+
+    runs = [r for b in benches for r in search(f"tags.`sidbench.bench` = '{b}'")] if benches else search()
+    for b in benches:
+        if not any(r.data.tags.get("sidbench.bench") == b for r in runs):
+            from sidbench.errors import InputError
+
+            known = sorted({r.data.tags["sidbench.bench"] for r in search() if "sidbench.bench" in r.data.tags})
+            raise InputError(f"--bench {b}: no runs of this bench in the store (benches there: {', '.join(known) or 'none'}); "
+                             "nothing written")
     infos, curves, skipped = [], [], []
     for run in runs:
         # A teacher's or a released generator's measurement (sidbench.eval.teacher_metrics,
@@ -648,9 +659,10 @@ def _plot(client: MlflowClient, board: pd.DataFrame, runs: pd.DataFrame, curves:
     return written
 
 
-def build_leaderboard(uri: str, out: Path, experiments: list[str] | None = None, bench: str | None = None) -> Leaderboard:
+def build_leaderboard(uri: str, out: Path, experiments: list[str] | None = None, bench: str | Sequence[str] | None = None
+                      ) -> Leaderboard:
     """Read the finished runs at `uri` (all experiments, or the named ones; only a bench's runs when
-    `bench` is given) and write to `out`: leaderboard.csv (measured), leaderboard_published.csv
+    `bench` is given: one id or several) and write to `out`: leaderboard.csv (measured), leaderboard_published.csv
     (reference figures of the datasets read), leaderboard_runs.csv (the per-seed numbers),
     leaderboard_published_generators.csv (released generators measured here: of the datasets read,
     or of the bench's datasets), and per dataset and metric the curves and the final-samples mosaic
@@ -666,7 +678,8 @@ def build_leaderboard(uri: str, out: Path, experiments: list[str] | None = None,
         from sidbench.errors import InputError
 
         left = f" ({len(skipped)} not FINISHED)" if skipped else ""
-        raise InputError(f"no FINISHED runs{left} at {uri}{f' for --bench {bench}' if bench else ''}; nothing written to {out}")
+        which = f" for --bench {', '.join(bench_ids(bench))}" if bench else ""
+        raise InputError(f"no FINISHED runs{left} at {uri}{which}; nothing written to {out}")
     datasets = set(exp_names) | set(board["dataset"])
     published = load_published(datasets)
 

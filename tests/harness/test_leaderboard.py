@@ -362,6 +362,19 @@ def test_bench_and_experiment_filters(store, tmp_path):
     assert [p.name for p in committed.iterdir()] == ["leaderboard.csv"] and (committed / "leaderboard.csv").read_text() == "kept\n"
 
 
+def test_several_benches_are_read_together(store, tmp_path):
+    """`--bench` repeated (a derived and a tuned bench side by side): the union of their runs, and an
+    unknown id among them is still one error that writes nothing."""
+    from sidbench.errors import InputError
+
+    both = lb.build_leaderboard(store["uri"], tmp_path / "both", bench=["b1", "only-running"])
+    assert list(both.measured["method"]) == ["sid"] and both.measured["n_seeds"].iloc[0] == 3
+    assert sorted(both.skipped) == sorted([store["ids"]["sid", 3], store["ids"]["sid", 4]])  # one unfinished run of each
+    with pytest.raises(InputError, match=r"--bench nope: no runs of this bench"):
+        lb.build_leaderboard(store["uri"], tmp_path / "none", bench=["b1", "nope"])
+    assert not (tmp_path / "none").exists()
+
+
 def test_a_bench_without_finished_runs_writes_nothing(store, tmp_path):
     from sidbench.errors import InputError
 
@@ -378,6 +391,9 @@ def test_the_command_writes_under_output_root_by_default(store, tmp_path, monkey
     assert (tmp_path / "elsewhere" / "leaderboard" / "leaderboard.csv").is_file()
     assert main(["leaderboard", "--bench", "nope", f"tracking.uri={store['uri']}"]) == 1
     assert "no runs of this bench" in capsys.readouterr().err
+    assert main(["leaderboard", "--bench", "b1", "--bench", "only-running", "--out", "two", f"tracking.uri={store['uri']}"]) == 0
+    runs = pd.read_csv(tmp_path / "two" / "leaderboard_runs.csv")
+    assert sorted(runs["seed"]) == [0, 1, 2]  # b1's finished runs; only-running has none
 
 
 # -- the pure functions, directly --------------------------------------------------------------------
