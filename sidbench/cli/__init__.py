@@ -212,10 +212,16 @@ every cell (e.g. trainer.batch=64); hydra... keys go to Hydra. The same command 
 cells (found in MLflow by the bench id and each cell's config hash) and resumes interrupted ones."""
 
 
+def _table_console() -> Console:
+    """The error console, wide when it is a log file: a bench's or a study's table has ten columns,
+    which rich would squeeze into 80 and cut every value of."""
+    return console if console.is_terminal else Console(stderr=True, width=220)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from sidbench.harness.bench import run_bench
 
-    return run_bench(_overrides(args), console, dry_run=args.dry_run)
+    return run_bench(_overrides(args), _table_console(), dry_run=args.dry_run)
 
 
 TUNE_HELP = """Tune a method's settings: an Optuna study of ordinary `sidbench run`s at one budget (docs/tuning.md).
@@ -238,7 +244,7 @@ override for every trial; hydra... keys go to Hydra (the trials' launcher)."""
 def cmd_tune(args: argparse.Namespace) -> int:
     from sidbench.harness.tune import run_tune
 
-    return run_tune(_overrides(args), console, dry_run=args.dry_run)
+    return run_tune(_overrides(args), _table_console(), dry_run=args.dry_run)
 
 
 LEADERBOARD_HELP = """Build the leaderboard from MLflow: leaderboard.csv, plots and a table.
