@@ -18,7 +18,7 @@ for m in "${METHODS[@]}"; do
     # its 5 stages (K, K, K, 2K, 2K updates) must fit the trial's 219 updates: 5K < 219 (docs/tuning.md)
     if [ "$m" = progressive ]; then extra=("space.method.stage_iterations=intlog(8,43)"); fi
     echo "# $(date -u +%FT%TZ) tune $m"
-    $SIDBENCH tune method="$m" dataset=digits trials="$TRIALS" seed="$SEED" budget.unit=flops budget.value=2e12 \
+    $SIDBENCH tune method="$m" dataset=digits total="$TRIALS" seed="$SEED" budget.unit=flops budget.value=2e12 \
         output_root="$OUT" "${extra[@]}"
 done
 

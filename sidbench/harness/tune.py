@@ -60,6 +60,7 @@ class TunePlan:
     startup: int
     parallel: int
     trials: int
+    total: int | None             # the study's finished trials to end with (instead of adding `trials`)
     space: SearchSpace
     base: list[str]               # run overrides every trial shares
     run_overrides: list[str]      # those the user gave (recorded with the study)
@@ -106,6 +107,9 @@ def parse_args(args: list[str]) -> tuple[DictConfig, dict[str, Param | None], li
         raise ConfigError(f"objective={settings.objective}: must be one of {', '.join(OBJECTIVES)}")
     if settings.pruner not in PRUNERS:
         raise ConfigError(f"pruner={settings.pruner}: must be one of {', '.join(PRUNERS)}")
+    if settings.total is not None and (not isinstance(settings.total, int) or isinstance(settings.total, bool)
+                                       or settings.total < 1):
+        raise ConfigError(f"total={settings.total}: must be an integer >= 1 (or null: add `trials`)")
     for key in ("trials", "parallel", "startup"):
         v = settings[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "startup" else 1):
@@ -156,7 +160,8 @@ def plan(settings: DictConfig, changes: dict[str, Param | None], run_overrides: 
     return TunePlan(study, str(settings.storage) if settings.storage else default_storage(uri, output_root), uri,
                     output_root, method, dataset, seed, f"{budget.unit} {float(budget.value):.4g}", str(cfg.eval.metric),
                     str(settings.objective), str(settings.pruner), int(settings.startup), int(settings.parallel),
-                    int(settings.trials), space, base, list(run_overrides), command,
+                    int(settings.trials), None if settings.total is None else int(settings.total), space, base,
+                    list(run_overrides), command,
                     preset if preset in group_files("preset") else None)
 
 
@@ -254,9 +259,14 @@ def ask(study: Any, p: TunePlan) -> Any:
 
 
 def target_count(study: Any, p: TunePlan) -> int:
-    """How many finished trials this command ends with: a study stopped short of the target its last
-    command set gets there first; otherwise this command adds `trials`."""
+    """How many finished trials this command ends with: with `total`, that many (never fewer than are
+    done: a finished study runs nothing more, so a script can be run again); otherwise a study stopped
+    short of the target its last command set gets there first, then this command adds `trials`."""
     done = finished(study)
+    if getattr(p, "total", None) is not None:
+        target = max(int(p.total), done)
+        study.set_user_attr("sidbench_target", target)
+        return target
     target = study.user_attrs.get("sidbench_target")
     if target is None or done >= int(target):
         target = done + p.trials

@@ -62,6 +62,7 @@ def test_tune_keys_space_changes_run_and_hydra_overrides_are_told_apart() -> Non
     (["space.method.alpha=null", "space.method.lr=null", "space.trainer.ema_rampup=null"], "declares no search space"),
     (["objective=best"], "objective=best: must be one of area, final"),
     (["trials=0"], "trials=0: must be an integer >= 1"),
+    (["total=0"], "total=0: must be an integer >= 1"),
     (["study=a/b"], "study='a/b' must be a single folder name"),
     (["trainer.seed=3"], "give the study's trainer.seed as method=, dataset= or seed="),
     (["hydra/launcher=submitit_slurm"], "cannot write sqlite:"),
@@ -84,6 +85,20 @@ def test_the_same_command_adds_trials_and_a_study_stopped_short_first_reaches_it
     assert target_count(study, p) == 3  # stopped after 2 of 3: the same command finishes those 3
     study.tell(study.ask(), 1.0)
     assert target_count(study, p) == 6  # finished: the same command adds 3 more
+
+
+def test_a_total_ends_the_study_at_that_many_trials_however_often_the_command_runs() -> None:
+    """`total=N` (the committed study's scripts): run again after the study finished, nothing more runs."""
+    study = optuna.create_study()
+    p = SimpleNamespace(trials=12, total=3)
+    assert target_count(study, p) == 3
+    study.tell(study.ask(), 1.0)
+    assert target_count(study, p) == 3  # stopped after 1 of 3: resumes to 3
+    for _ in range(2):
+        study.tell(study.ask(), 1.0)
+    assert target_count(study, p) == 3  # finished: adds none
+    assert target_count(study, SimpleNamespace(trials=2, total=None)) == 5  # without total, the command adds its trials
+    assert target_count(study, SimpleNamespace(trials=2, total=2)) == 3  # never below the 3 done
 
 
 # -- studies ---------------------------------------------------------------------------------------
