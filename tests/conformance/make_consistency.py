@@ -33,7 +33,6 @@ import datetime
 import hashlib
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import types
@@ -43,6 +42,9 @@ import torch
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from make_sid import reference_commit  # noqa: E402
+
 FIXTURE = HERE / "fixtures" / "consistency.pt"
 
 #: the tiny networks: 8x8 SongUNets with a downsampling and an attention layer
@@ -355,12 +357,7 @@ def main() -> None:
     FIXTURE.parent.mkdir(exist_ok=True)
     torch.save(fixture, FIXTURE)
     reference = args.reference.resolve()
-    commit_file = reference / ".commit"
-    if commit_file.is_file():  # an extracted snapshot records its commit there
-        commit = commit_file.read_text().strip()
-    else:
-        git = ["git", "-C", str(reference), "rev-parse", "HEAD"]
-        commit = subprocess.run(git, capture_output=True, text=True).stdout.strip()
+    commit = reference_commit(reference)
     meta = {
         "reference": "https://github.com/openai/consistency_models",
         "commit": commit,

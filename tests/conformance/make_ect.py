@@ -28,7 +28,6 @@ import contextlib
 import copy
 import datetime
 import json
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -40,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from draws import Recorder  # noqa: E402
 from make_consistency import pack  # noqa: E402
+from make_sid import reference_commit  # noqa: E402
 
 FIXTURE = HERE / "fixtures" / "ect.pt"
 #: the tiny networks (the reference's DDPM++ options, run_ecm.sh --arch=ddpmpp, at 8x8)
@@ -164,12 +164,7 @@ def main() -> None:
                "cases": results, "sample": sample}
     FIXTURE.parent.mkdir(exist_ok=True)
     torch.save(fixture, FIXTURE)
-    commit_file = reference / ".commit"
-    if commit_file.is_file():  # an extracted snapshot records its commit there
-        commit = commit_file.read_text().strip()
-    else:
-        commit = subprocess.run(["git", "-C", str(reference), "rev-parse", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
+    commit = reference_commit(reference)
     meta = {
         "reference": "https://github.com/locuslab/ect",
         "commit": commit,

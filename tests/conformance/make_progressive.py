@@ -33,7 +33,6 @@ import argparse
 import ast
 import datetime
 import json
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -44,6 +43,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from draws import Recorder  # noqa: E402
+from make_sid import reference_commit  # noqa: E402
 
 CONSTRUCTOR = {
     "precond": "EDMPrecond", "img_resolution": 8, "img_channels": 1, "label_dim": 0, "model_type": "SongUNet",
@@ -131,13 +131,6 @@ def schedule_pairs(get_fn, start: int, k: int, steps: list[int] | None) -> torch
     return torch.tensor([[s, int(fn(s)[1])] for s in steps], dtype=torch.int64)
 
 
-def commit(path: Path) -> str:
-    marker = path / ".commit"
-    if marker.is_file():
-        return marker.read_text().strip()
-    return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path, required=True, help="a checkout of openai/consistency_models")
@@ -179,10 +172,10 @@ def main() -> None:
     torch.save(fixture, args.out / "progressive.pt")
     meta = {
         "references": [
-            {"repository": "openai/consistency_models", "commit": commit(args.reference),
+            {"repository": "openai/consistency_models", "commit": reference_commit(args.reference),
              "used": "cm/karras_diffusion.py KarrasDenoiser.progdist_losses (loss_norm l2, weight_schedule "
                      "truncated-snr, distillation False); reduction of cm/train_util.py (batch mean)"},
-            {"repository": "openai/consistency_models_cifar10", "commit": commit(args.jax_reference),
+            {"repository": "openai/consistency_models_cifar10", "commit": reference_commit(args.jax_reference),
              "used": "jcm/losses.py get_ema_scales_fn, progdist branch (run with numpy as jax.numpy); the clip of "
                      "configs/cifar10_ve_progressive_distillation.py (optim.grad_clip 1.0, optax.clip_by_global_norm)"},
         ],
