@@ -4,7 +4,8 @@
 micro-batch that fits: seconds per iteration, images/s, counted FLOPs per iteration and MFU (the
 achieved FLOP/s over the GPU's dense peak for that precision); FFHQ 64's peak memory with fp16
 autocast against EDM's fp16 form at the preset's micro-batch; `trainer.compile` off and on (compile
-time apart); and, given `--reference`, the official SiD iteration against sidbench's side by side.
+time apart); Adam as built (PyTorch's for-each kernels on CUDA) against its fused kernel
+(`trainer.optimizer_kernel`); and, given `--reference`, the official SiD iteration against sidbench's side by side.
 
     python benchmarks/gpu_check.py --out "$OUT"                       # on the GPU machine (gpu_check.sh)
     python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check      # on a CPU: every code path, tiny sizes
@@ -76,7 +77,7 @@ def measure(dataset: str, batch: int, precision: str, device: torch.device, warm
     from sidbench.trainer.speed import compile_seconds
 
     row: dict[str, Any] = {"dataset": dataset, "micro_batch": batch, "precision": precision, "compile": compile_on,
-                           "device": real_size.device_name(device), "torch": torch.__version__}
+                           "overrides": list(extra or []), "device": real_size.device_name(device), "torch": torch.__version__}
     start = time.perf_counter()
     trainer = None
     try:
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         with open(jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"{part}: {row['dataset']} {row.get('precision', '')} b{row.get('micro_batch', '')} compile={row.get('compile', '')}: "
+        print(f"{part}: {row['dataset']} {row.get('precision', '')} b{row.get('micro_batch', '')} compile={row.get('compile', '')} {' '.join(row.get('overrides') or [])}: "
               f"{row['status']} {row.get('seconds_per_iteration') or 0:.4g} s/it {row.get('images_per_second') or 0:.4g} img/s "
               f"MFU {row.get('mfu') or 0:.3f} peak {row.get('peak_memory_gib') or 0:.2f} GiB", flush=True)
 
@@ -185,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     for on in (False, True):
         if time_left():
             add(measure(cifar, batch, "bf16", device, warmup, iterations, compile_on=on), "compile")
-    # 4. official SiD against sidbench's, side by side (fp32, TF32 off as published)
+    # 4. Adam's fused kernel against the as-built one of part 3's first row (bf16, same micro-batch)
+    if time_left():
+        add(measure(cifar, batch, "bf16", device, warmup, iterations, extra=["trainer.optimizer_kernel=fused"]), "optimizer")
+    # 5. official SiD against sidbench's, side by side (fp32, TF32 off as published)
     if args.reference is not None and time_left():
         import side_by_side
 

@@ -15,7 +15,8 @@ rows), the method is built through the registry, and its iterations run through 
 - methods with stages are measured in their LAST stage, where a run spends nearly all of its time
   (SiDA with its adversarial term; progressive distillation's last student, with the promoted
   teacher beside it);
-- real images (SiDA, DMD2's GAN head, `method.data=real`) are random images of the teacher's shape
+- real images (the methods that read them: SiDA, Uni-Instruct, ECT, the GAN heads of DMD2 and
+  f-distill, `method.data=real`) are random images of the teacher's shape
   drawn through the trainer's `RealImages` interface (`dataset.images.path` names an empty
   temporary folder, which only passes the config check; nothing opens it);
 - teacher samples and DMD's regression pairs, made before training, are made for one micro-batch
@@ -34,6 +35,8 @@ Rows go in the order of `--datasets` then `--methods`; the defaults put the thre
 them (cifar10-cond, afhqv2-64) last, so that a time limit cuts the least informative rows. Each row
 is written to `--out` (Markdown, rewritten) and `--out` with `.jsonl` (appended) as soon as it is
 measured; rows not reached say so. `--stop-after` starts no row after that many seconds.
+The default rows are every registered method (a plugin's too) and DMD2's GAN variant; SiD²A has
+no row of its own: its iteration is SiDA's (`SAME_ITERATION`).
 """
 from __future__ import annotations
 
@@ -56,9 +59,21 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-#: rows of the matrix: a built-in method, or a variant = (method, its extra overrides)
-METHODS = ["sid", "sida", "dmd", "dmd2", "dmd2-gan", "progressive", "consistency"]
+#: a variant of a method = (the method, its extra overrides)
 VARIANTS = {"dmd2-gan": ("dmd2", ["method.gan.enabled=true"])}  # DMD2's published GAN run (ImageNet 64)
+#: methods whose iteration another row times: SiD²A is SiDA's iteration, started from a trained SiD
+#: generator (it is refused without one, `method.init`)
+SAME_ITERATION = {"sid2a": "sida"}
+
+
+def default_methods() -> list[str]:
+    """The matrix's rows: every registered method (plugins included), one per distinct iteration, SiD
+    first (a time limit cuts the last rows), each variant after its method."""
+    from sidbench.methods import METHODS as REGISTRY
+
+    names = sorted((n for n in REGISTRY.names() if n not in SAME_ITERATION), key=lambda n: (n != "sid", n))
+    return [row for n in names for row in (n, *(v for v, (base, _) in VARIANTS.items() if base == n))]
+
 #: the real datasets: distinct networks first (cifar10-cond and afhqv2-64 repeat cifar10's and ffhq64's)
 DATASETS = ["cifar10", "ffhq64", "imagenet64", "cifar10-cond", "afhqv2-64"]
 GIB = 2**30
@@ -380,7 +395,8 @@ def measure_matrix(methods: Sequence[str], datasets: Sequence[str], device: torc
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", default=METHODS, help=f"default: {' '.join(METHODS)}")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="default: every registered method, then the variants " + " ".join(VARIANTS))
     parser.add_argument("--datasets", nargs="+", default=DATASETS, help=f"default: {' '.join(DATASETS)}")
     parser.add_argument("--batch-gpu", type=int, default=None, help="micro-batch of every row (default: each preset's trainer.batch_gpu)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
@@ -396,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     header = (f"{device_name(device)}, torch {torch.__version__}, {dt.date.today().isoformat()}: "
               f"`python benchmarks/real_size.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
-    rows = measure_matrix(args.methods, args.datasets, device, batch_gpu=args.batch_gpu, warmup=args.warmup,
+    rows = measure_matrix(args.methods or default_methods(), args.datasets, device, batch_gpu=args.batch_gpu, warmup=args.warmup,
                           iterations=args.iterations, out=args.out, stop_after=args.stop_after, header=header)
     print(report(rows, header))
     return 0

@@ -33,7 +33,7 @@ import real_size  # noqa: E402
 
 BATCH = 2
 ROUNDS = 3
-METHOD_ROWS = ["sid", "sida", "dmd", "dmd2", "progressive", "consistency"]
+METHOD_ROWS = [m for m in real_size.default_methods() if m not in real_size.VARIANTS]  # every distinct iteration
 DATASETS = ["cifar10", "ffhq64"]
 RATIO_TARGET = 1.05
 OFFICIAL_TARGET = 1.25

@@ -24,7 +24,8 @@ def test_gpu_check_smoke_writes_every_part(tmp_path: Path, monkeypatch) -> None:
     rows = json.loads((tmp_path / "gpu_check.json").read_text())
     parts = [r["part"] for r in rows]
     assert parts[:len(mod.PRECISIONS)] == ["precision"] * len(mod.PRECISIONS)
-    assert parts.count("ffhq_memory") == 2 and parts.count("compile") == 2
+    assert parts.count("ffhq_memory") == 2 and parts.count("compile") == 2 and parts.count("optimizer") == 1
+    assert next(r for r in rows if r["part"] == "optimizer")["overrides"] == ["trainer.optimizer_kernel=fused"]
     assert all(r["status"] == "measured" for r in rows), [r["status"] for r in rows]
     for r in rows:
         assert r["seconds_per_iteration"] > 0 and r["flops_per_iteration"] > 0 and r["mfu"] is None  # no peak on a CPU

@@ -43,7 +43,19 @@ PASSES = {
     # DMD2's, plus the GAN term: fake score forward 1 and backward to x 1, head 2; the fake score's
     # update on [x_t, real, fake] 9 and the head's on 2 feature maps 6
     "dmd2-gan": (24, 1),
+    # DMD2-GAN's, plus the frozen GAN head on the DM term's bottleneck for the ratio r 1 (a head costs the
+    # passes of the UNet it sits beside, docs/compute.md; the bottleneck comes from the DM term's call)
+    "f_distill": (25, 1),
+    # SiDA's last phase: the ratio comes from the same fake-score call's logits, no extra pass
+    "uni_instruct": (14, 2),
+    # the student at t forward and backward 3, at r forward 1 (no graph); no teacher
+    "ect": (4, 0),
+    # teacher 1, student forward and backward 3, the tangent's JVP 2, the log-variance head 3
+    "scd": (9, 1),
 }
+#: UNet forwards of FLOPs per generated image where that differs from the passes (docs/compute.md: a
+#: JVP is 2 passes and about 3 forwards of FLOPs; the log-variance head is a few linear layers)
+FLOP_FORWARDS = {"scd": 7}
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +85,13 @@ def check_row(row: dict, forward_flops: float, encoder_flops: float = 0.0) -> No
     assert (row["passes_per_iteration"], row["teacher_passes_per_iteration"]) == PASSES[row["method"]]
     assert row["seconds_per_iteration"] > 0 and row["peak_memory_gib"] > 0.2
     assert row["flops_per_second"] == pytest.approx(row["flops_per_iteration"] / row["seconds_per_iteration"])
-    if row["method"] == "dmd2-gan":
+    if row["method"] in ("dmd2-gan", "f_distill"):
         # the head is a few convolutions, and the GAN term's backward runs through the encoder only:
-        # 15 whole-network passes and part of one
+        # 15 whole-network passes and part of one (f-distill's extra head call adds a few convolutions)
         assert 15 * forward_flops < row["flops_per_iteration"] < 16 * forward_flops
-    elif row["method"] == "sida":
+    elif row["method"] in FLOP_FORWARDS:
+        assert row["flops_per_iteration"] == pytest.approx(FLOP_FORWARDS[row["method"]] * forward_flops, rel=0.03)
+    elif row["method"] in ("sida", "uni_instruct"):
         # the real half of the fake score's update stops after the encoder: of its 3 passes (forward,
         # backward to the weights) only the encoder's part is spent; the passes count it whole
         decoder = forward_flops - encoder_flops
@@ -100,6 +114,27 @@ def test_sid_and_progressive_at_micro_batch_1(tmp_path: Path, forward_flops: flo
     assert "precomputation excluded" in progressive["notes"] and "precomputation" not in sid["notes"]
     table = out.read_text()
     assert table in capsys.readouterr().out and table.count("| cifar10 | fp32 | 1 | 1 |") == 2
+
+
+def test_the_default_rows_are_every_registered_method() -> None:
+    from sidbench.methods import METHODS
+
+    rows = real_size.default_methods()
+    assert rows[0] == "sid" and len(rows) == len(set(rows))
+    assert set(rows) == (set(METHODS.names()) - set(real_size.SAME_ITERATION)) | set(real_size.VARIANTS)
+    assert set(real_size.SAME_ITERATION.values()) <= set(rows)  # the row that times such a method exists
+    assert set(PASSES) == set(rows)  # and every row's passes are counted by hand above
+
+
+@pytest.mark.slow
+def test_the_frontier_methods_at_micro_batch_1(forward_flops: float, encoder_flops: float) -> None:
+    rows = real_size.measure_matrix(["f_distill", "uni_instruct", "ect", "scd"], ["cifar10"], CPU, batch_gpu=1,
+                                    warmup=0, iterations=1)
+    for row in rows:
+        check_row(vars(row), forward_flops, encoder_flops)
+    by_name = {r.method: r for r in rows}
+    assert by_name["uni_instruct"].stage == "uni-instruct (last of 3)" and by_name["ect"].stage.endswith("(last of 24)")
+    assert all(any(o.startswith("dataset.images.path=") for o in r.overrides) for r in rows)  # all read real images
 
 
 @pytest.mark.slow
