@@ -21,6 +21,11 @@ for m in "${METHODS[@]}"; do
     $SIDBENCH tune method="$m" dataset=digits total="$TRIALS" seed="$SEED" budget.unit=flops budget.value=2e12 \
         output_root="$OUT" "${extra[@]}"
 done
+# ECT again with its stage length within the trial's ~52 kimg, at least two stages (docs/tuning.md)
+ECT_STAGES=ect-digits-flops2e12-s$SEED-stages
+echo "# $(date -u +%FT%TZ) tune ect, stage_kimg narrowed"
+$SIDBENCH tune method=ect dataset=digits total="$TRIALS" seed="$SEED" budget.unit=flops budget.value=2e12 \
+    output_root="$OUT" study="$ECT_STAGES" "space.method.stage_kimg=uniform(2,26)"
 
 echo "# $(date -u +%FT%TZ) derived settings (results/README.md's bench)"
 $SIDBENCH bench methods=[sid,sida,dmd,dmd2,progressive,consistency,f_distill,uni_instruct,ect,scd] datasets=[digits] \
@@ -33,6 +38,8 @@ for m in "${METHODS[@]}"; do
 done
 $SIDBENCH bench methods=[sid,sida,dmd,dmd2,progressive,consistency,f_distill,uni_instruct,ect,scd] datasets=[digits] \
     seeds=3 budget.unit=flops budget.value=4e12 id=digits-flops4e12-tuned output_root="$OUT" "${presets[@]}"
+$SIDBENCH bench methods=[ect] datasets=[digits] seeds=3 budget.unit=flops budget.value=4e12 id=digits-flops4e12-tuned \
+    output_root="$OUT" "overrides.ect=[preset_file=$OUT/tune/$ECT_STAGES/best.yaml]"
 
 echo "# $(date -u +%FT%TZ) leaderboard"
 $SIDBENCH leaderboard --bench digits-flops4e12 --bench digits-flops4e12-tuned --out "$RESULTS" output_root="$OUT"

@@ -136,10 +136,11 @@ def lpips_fallback(method: DictConfig, device: torch.device) -> tuple[list[str],
 
 
 def compose_row(name: str, dataset: str, device: torch.device, batch_gpu: int | None,
-                images: Path) -> tuple[DictConfig, list[str], list[str]]:
+                images: Path, extra: Sequence[str] = ()) -> tuple[DictConfig, list[str], list[str]]:
     """(config, its overrides, notes): `sidbench run`'s config for the row, checked as it checks it.
     `images` is an empty folder named as the training images of methods that read them (the check
-    wants a dataset; `measure` serves random images instead, and nothing opens the folder)."""
+    wants a dataset; `measure` serves random images instead, and nothing opens the folder). `extra`
+    overrides come last."""
     from sidbench.config import compose
     from sidbench.methods import METHODS as REGISTRY
     from sidbench.schema import validate_run_config
@@ -151,6 +152,7 @@ def compose_row(name: str, dataset: str, device: torch.device, batch_gpu: int | 
     overrides += [f"trainer.batch={micro}", f"trainer.batch_gpu={micro}", *precompute_overrides(cfg.method, micro), *fallback]
     if REGISTRY.get(str(cfg.method.name)).uses_real_data(cfg.method):
         overrides.append(f"dataset.images.path={images}")
+    overrides += list(extra)
     cfg = compose(overrides)
     validate_run_config(cfg)
     notes = [note] if note else []

@@ -8,6 +8,7 @@ sidbench's, when a checkout of the authors' code is named by SID_REFERENCE.
         --benchmark-enable --benchmark-save=cpu -k "sid and cifar10"      # one row, a few minutes
     python -m pytest benchmarks/test_bench_methods.py ... --benchmark-enable --benchmark-compare   # against the last saved
     python -m pytest benchmarks/test_bench_methods.py ... --benchmark-enable --benchmark-compare-fail=min:10%
+    BENCH_SET="trainer.optimizer_kernel=fused" python -m pytest benchmarks/test_bench_methods.py ...  # every row with these overrides
 
 docs/speed.md says how the saved baseline is used. Each round runs the passes alone (pytest-benchmark's
 untimed `setup`, timed here) and then the iteration (timed by pytest-benchmark), so the two alternate
@@ -36,6 +37,8 @@ ROUNDS = 3
 METHOD_ROWS = [m for m in real_size.default_methods() if m not in real_size.VARIANTS]  # every distinct iteration
 DATASETS = ["cifar10", "ffhq64"]
 RATIO_TARGET = 1.05
+#: `sidbench run` overrides added to every row (space-separated), e.g. a speed option to compare
+EXTRA = os.environ.get("BENCH_SET", "").split()
 OFFICIAL_TARGET = 1.25
 
 
@@ -54,7 +57,7 @@ def test_iteration(benchmark: Any, method: str, dataset: str, tmp_path: Path) ->
     images = tmp_path / "images"
     images.mkdir()
     with real_size.scratch_folder():
-        cfg, overrides, notes = real_size.compose_row(method, dataset, device, BATCH, images)
+        cfg, overrides, notes = real_size.compose_row(method, dataset, device, BATCH, images, extra=EXTRA)
         teacher = real_size.random_teacher(cfg, device)
         trainer, stage = real_size.make_trainer(cfg, teacher, device, tmp_path / "run")
         p = trainer.progress

@@ -123,7 +123,9 @@ def test_the_default_rows_are_every_registered_method() -> None:
     assert rows[0] == "sid" and len(rows) == len(set(rows))
     assert set(rows) == (set(METHODS.names()) - set(real_size.SAME_ITERATION)) | set(real_size.VARIANTS)
     assert set(real_size.SAME_ITERATION.values()) <= set(rows)  # the row that times such a method exists
-    assert set(PASSES) == set(rows)  # and every row's passes are counted by hand above
+    # every built-in row's passes are counted by hand above (other tests may have registered toy plugins)
+    builtin = {r for r in rows if r in real_size.VARIANTS or METHODS.get(r).__module__.startswith("sidbench.methods.")}
+    assert set(PASSES) == builtin and len(builtin) == 11
 
 
 @pytest.mark.slow

@@ -43,9 +43,10 @@ class ECTSettings:
         doc="the sampling boundary f(x, sigma_min) = x of the reference's eval-mode network (published: 0.003)")
 
     #: `sidbench tune`'s ranges (sidbench.search_space): the LR around the published 1e-4 and the
-    #: digits 4e-4; the stage length (the doubling period) from a tenth to twice the digits preset's
-    #: share of its budget, inside the published 3200 kimg's proportion; ln t's mean and spread
-    #: around the published -1.1 and 2.0.
+    #: digits 4e-4; the stage length (the doubling period) from a tenth of the digits preset's 40
+    #: kimg to twice the published 3200 kimg, so one range serves every dataset (a study should
+    #: narrow it to its trials' budget, docs/tuning.md); ln t's mean and spread around the
+    #: published -1.1 and 2.0.
     search_space: ClassVar[SearchSpace] = {
         "method.lr": log_uniform(1e-5, 1e-3),
         "method.stage_kimg": uniform(4.0, 6400.0),
