@@ -6,7 +6,7 @@ sidbench's, when a checkout of the authors' code is named by SID_REFERENCE.
 
     SID_REFERENCE=/path/to/SiD python -m pytest benchmarks/test_bench_methods.py -p no:xdist -o addopts="" \\
         --benchmark-enable --benchmark-save=cpu -k "sid and cifar10"      # one row, a few minutes
-    python -m pytest benchmarks/test_bench_methods.py ... --benchmark-enable --benchmark-compare   # against the last saved
+    python -m pytest benchmarks/test_bench_methods.py ... --benchmark-enable --benchmark-compare=0002   # against saved run 0002
     python -m pytest benchmarks/test_bench_methods.py ... --benchmark-enable --benchmark-compare-fail=min:10%
     BENCH_SET="trainer.optimizer_kernel=fused" python -m pytest benchmarks/test_bench_methods.py ...  # every row with these overrides
 
