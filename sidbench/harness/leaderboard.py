@@ -631,10 +631,16 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def _source(row: pd.Series) -> str:
+    """The kind of a row's settings source: published, derived or tuned (without the study)."""
+    return str(row.get("settings_source", "derived")).split(":")[0]
+
+
 def _row_label(row: pd.Series, board: pd.DataFrame) -> str:
-    """The method, with its settings hash when the method has several rows on the dataset."""
+    """The method; when it has several rows on the dataset, also where their settings came from
+    and the settings hash."""
     same = board[(board["dataset"] == row["dataset"]) & (board["method"] == row["method"])]
-    return row["method"] if len(same) == 1 else f"{row['method']} [{str(row['settings'])[:8]}]"
+    return row["method"] if len(same) == 1 else f"{row['method']} {_source(row)} [{str(row['settings'])[:8]}]"
 
 
 def _plot(client: MlflowClient, board: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> list[Path]:
@@ -647,7 +653,8 @@ def _plot(client: MlflowClient, board: pd.DataFrame, runs: pd.DataFrame, curves:
             for _, row in rows.iterrows():
                 ids = str(row["run_ids"]).split(";")
                 points = [evaluation_points(curves[curves["run_id"] == i], metric) for i in ids]
-                series.append(plots.Series(_row_label(row, board), points))
+                series.append(plots.Series(_row_label(row, board), points, group=str(row["method"]),
+                                           dashed=_source(row) == "tuned"))
                 first = runs[runs["run_id"] == ids[0]].iloc[0]  # run_ids are in seed order
                 image = download_final_samples(client, ids[0], Path(tmp) / ids[0])
                 tiles.append((f"{_row_label(row, board)} (seed {first['seed']})\n{metric} {first['final']:.4g}", image))

@@ -24,10 +24,20 @@ MOSAIC_COLUMNS = 5
 @dataclass
 class Series:
     """One line of a figure: a leaderboard row, with each seed's evaluation points
-    (`leaderboard.evaluation_points`)."""
+    (`leaderboard.evaluation_points`). Lines of one `group` (a method) share a colour; `dashed`
+    marks a row whose settings were tuned, so a method's derived and tuned rows read as a pair."""
 
     label: str
     points: list[pd.DataFrame]
+    group: str = ""
+    dashed: bool = False
+
+
+def line_styles(series: Sequence[Series]) -> list[tuple[str, str]]:
+    """(colour, line style) of each series: one colour per group, in order of first appearance
+    (a series without a group is its own), solid or dashed."""
+    groups = list(dict.fromkeys(s.group or s.label for s in series))
+    return [(f"C{groups.index(s.group or s.label) % 10}", "--" if s.dashed else "-") for s in series]
 
 
 def mean_curve(points: Sequence[pd.DataFrame], x: str) -> pd.DataFrame:
@@ -52,7 +62,8 @@ def log_x(xs: Sequence[float]) -> bool:
 
 def curves_figure(title: str, metric: str, series: Sequence[Series], teachers: Sequence[tuple[float, str]], path: Path) -> Path:
     """Three panels (metric against FLOPs, kimg and training seconds), log y; one line per series
-    (mean over seeds) with its min-max band, and the teacher's value as a labelled dashed line."""
+    (mean over seeds) with its min-max band (`line_styles`), and the teacher's value as a labelled
+    black dashed line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
@@ -66,16 +77,15 @@ def curves_figure(title: str, metric: str, series: Sequence[Series], teachers: S
         log = log_x([v for c in curves for v in c["x"]])
         if log:  # the start (x = 0) has no place on a log axis: it is drawn at the left edge, hollow
             left = min(v for c in curves for v in c["x"] if v > 0) / 3
-        for i, (s, c) in enumerate(zip(series, curves)):
+        for s, c, (color, ls) in zip(series, curves, line_styles(series)):
             if c.empty:
                 continue
-            color = f"C{i % 10}"
             seeds = len(s.points)
             if log:
                 start = c["x"] <= 0
                 c = c.assign(x=c["x"].where(~start, left))
                 ax.plot(c["x"][start], c["mean"][start], marker="o", ms=5, mfc="none", ls="none", color=color)
-            ax.plot(c["x"], c["mean"], marker="o", ms=3, lw=1.5, color=color, label=f"{s.label} ({seeds} seed{'s' if seeds != 1 else ''})")
+            ax.plot(c["x"], c["mean"], marker="o", ms=3, lw=1.5, ls=ls, color=color, label=f"{s.label} ({seeds} seed{'s' if seeds != 1 else ''})")
             if seeds > 1:
                 ax.fill_between(c["x"], c["min"], c["max"], color=color, alpha=0.2, lw=0)
         for value, source in teachers:
@@ -92,7 +102,10 @@ def curves_figure(title: str, metric: str, series: Sequence[Series], teachers: S
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel(f"{metric} (mean over seeds; band: min-max)")
-    axes[0].legend(fontsize=8)
+    if len(series) > 8:  # a long legend would hide the first panel's curves: beside the panels instead
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    else:
+        axes[0].legend(fontsize=8)
     fig.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

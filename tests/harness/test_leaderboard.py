@@ -444,3 +444,21 @@ def test_panels_use_a_log_x_axis_when_points_span_decades():
     # log-spaced evaluations (2% of the budget first), and a method that starts at its charged precomputation
     assert log_x([0.0, 8e10, 5.6e11, 1e12, 4e12, 6.8e11, 4e12])
     assert not log_x([0.0, 10.0, 20.0, 40.0])  # evenly spaced points read best on a linear axis
+
+
+def test_a_methods_rows_share_a_colour_and_its_tuned_rows_are_dashed():
+    from sidbench.harness.plots import Series, line_styles
+
+    series = [Series("dmd derived [a]", [], "dmd"), Series("sid", [], "sid"), Series("dmd tuned [b]", [], "dmd", dashed=True),
+              Series("toy", [])]
+    assert line_styles(series) == [("C0", "-"), ("C1", "-"), ("C0", "--"), ("C2", "-")]
+    assert [c for c, _ in line_styles([Series(f"m{i}", [], f"m{i}") for i in range(11)])][-1] == "C0"  # tab10 wraps
+
+
+def test_a_methods_rows_are_labelled_with_their_settings_source():
+    from sidbench.harness.leaderboard import _row_label
+
+    board = pd.DataFrame({"dataset": ["digits"] * 3, "method": ["ect", "ect", "sid"], "settings": ["9a462baf3f", "0f964544aa", "a8a6"],
+                          "settings_source": ["tuned:ect-digits-flops2e12-s0-stages", "derived", "derived"]})
+    assert [_row_label(r, board) for _, r in board.iterrows()] == ["ect tuned [9a462baf]", "ect derived [0f964544]", "sid"]
+    assert _row_label(board.drop(columns="settings_source").iloc[1], board) == "ect derived [0f964544]"  # an older board
