@@ -653,11 +653,11 @@ def _plot(client: MlflowClient, board: pd.DataFrame, runs: pd.DataFrame, curves:
             for _, row in rows.iterrows():
                 ids = str(row["run_ids"]).split(";")
                 points = [evaluation_points(curves[curves["run_id"] == i], metric) for i in ids]
-                series.append(plots.Series(_row_label(row, board), points, group=str(row["method"]),
-                                           dashed=_source(row) == "tuned"))
+                label = _row_label(row, board)
+                series.append(plots.Series(label, points, group=str(row["method"]), dashed=_source(row) == "tuned"))
                 first = runs[runs["run_id"] == ids[0]].iloc[0]  # run_ids are in seed order
                 image = download_final_samples(client, ids[0], Path(tmp) / ids[0])
-                tiles.append((f"{_row_label(row, board)} (seed {first['seed']})\n{metric} {first['final']:.4g}", image))
+                tiles.append((f"{label} (seed {first['seed']})\n{metric} {first['final']:.4g}", image))
         teachers = rows.dropna(subset=["teacher_metric"]).drop_duplicates(["teacher_metric", "teacher_metric_source"])
         teacher_lines = [(float(t.teacher_metric), str(t.teacher_metric_source)) for t in teachers.itertuples()]
         stem = out / f"{_safe(dataset)}-{_safe(metric)}"
