@@ -142,6 +142,7 @@ class TrainerSchema:
     precision: str = setting(choices=_precisions)
     tf32: bool = setting()
     cudnn_benchmark: bool = setting()
+    flush_denormal: bool = setting()
     optimizer_kernel: str = setting(choices=_optimizer_kernels)
     compile: bool = setting()
     channels_last: bool = setting()

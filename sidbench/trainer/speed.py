@@ -26,7 +26,7 @@ import torch
 
 OPTIMIZER_KERNELS = ("as_built", "foreach", "fused")
 #: keyword arguments of `torch.compile` (tests trace with backend="aot_eager": inductor's C++
-#: build takes many minutes on a small CPU)
+#: build of even the digits networks takes over a minute on a 2-core CPU)
 COMPILE_OPTIONS: dict = {}
 
 
