@@ -24,10 +24,16 @@ from sidbench.testing.tiny import tiny_overrides
 PLUGINS = str(Path(__file__).parent / "trainer" / "plugins")
 
 
+def _default_sigint() -> None:
+    # A background job of a non-interactive shell (`.ci/run &`) starts with SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: the Ctrl-C tests must not depend on that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def sidbench(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "sidbench.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, preexec_fn=_default_sigint)
 
 
 def plugin_env(module: str, **extra: str) -> dict[str, str]:
