@@ -216,11 +216,10 @@ def make_trainer(cfg: DictConfig, teacher: Any, device: torch.device, run_dir: P
     description, empty for a one-stage method). Precomputation is done, as `Trainer.train` does it."""
     from sidbench.labels import label_frequencies, label_sampler
     from sidbench.methods import METHODS as REGISTRY
-    from sidbench.trainer.context import configure_cpu_math, configure_cuda_math
+    from sidbench.trainer.context import configure_math
     from sidbench.trainer.loop import Trainer
 
-    configure_cuda_math(bool(cfg.trainer.tf32), bool(cfg.trainer.cudnn_benchmark))
-    configure_cpu_math(bool(cfg.trainer.flush_denormal))
+    configure_math(cfg.trainer)
     torch.manual_seed(int(cfg.trainer.seed))
     method = REGISTRY.get(str(cfg.method.name))(teacher, cfg.method, device, cfg)
     sampler = None

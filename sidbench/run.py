@@ -24,7 +24,7 @@ from sidbench.run_folder import (
     CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RECORD_NAME, Start, claim, named_dir, new_folder, plan_start, record_mlflow_run, restart_records, resume_dir, write_records,
 )
 from sidbench.tracking import NullTracker, TrackingStoreError, code_version, run_tags, start_tracker, tracking_uri
-from sidbench.trainer.context import configure_cpu_math, configure_cuda_math
+from sidbench.trainer.context import configure_math
 from sidbench.trainer.interrupt import TrainingInterrupted
 from sidbench.trainer.loop import Trainer
 from sidbench.trainer.progress import Progress
@@ -135,8 +135,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> RunResult:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     device = pick_device(cfg.device, local_rank())
-    configure_cuda_math(bool(cfg.trainer.tf32), bool(cfg.trainer.cudnn_benchmark))
-    configure_cpu_math(bool(cfg.trainer.flush_denormal))
+    configure_math(cfg.trainer)
     rank, world = init_from_env(device)
     try:
         return _run(cfg, device, rank, world, overrides)

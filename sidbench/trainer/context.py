@@ -4,7 +4,8 @@ same for every method."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -52,6 +53,13 @@ def configure_cpu_math(flush_denormal: bool) -> None:
     CUDA ignores it (GPUs run subnormals at full speed); `set_flush_denormal` is a no-op where the
     CPU lacks the flag."""
     torch.set_flush_denormal(flush_denormal)
+
+
+def configure_math(trainer: Mapping[str, Any]) -> None:
+    """Every process-wide math switch from the run's `trainer` settings (CUDA's and the CPU's),
+    set once before anything is built: `sidbench run` and the benchmarks both start here."""
+    configure_cuda_math(bool(trainer["tf32"]), bool(trainer["cudnn_benchmark"]))
+    configure_cpu_math(bool(trainer["flush_denormal"]))
 
 
 #: loss_fn(micro_batch_size) -> (loss summed over the micro-batch's elements, {name: value to log}).
