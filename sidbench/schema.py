@@ -90,6 +90,12 @@ def _budget_units() -> Sequence[str]:
     return UNITS
 
 
+def _lr_anneals() -> Sequence[str]:
+    from sidbench.trainer.schedule import BUDGET_ANNEALING
+
+    return BUDGET_ANNEALING
+
+
 def _precisions() -> Sequence[str]:
     from sidbench.trainer.context import PRECISIONS
 
@@ -132,6 +138,13 @@ class LogPointsSchema:
 
 
 @dataclass
+class LrAnnealSchema:
+    shape: str = setting(choices=_lr_anneals)
+    start: float = setting(ge=0, lt=1)
+    final: float = setting(ge=0, le=1)
+
+
+@dataclass
 class TrainerSchema:
     budget: BudgetSchema
     kimg: float | None = setting(gt=0)
@@ -147,6 +160,7 @@ class TrainerSchema:
     compile: bool = setting()
     channels_last: bool = setting()
     edm_fp16: bool = setting()
+    lr_anneal: LrAnnealSchema
     ema_halflife_kimg: float = setting(ge=0)
     ema_rampup: float | None = setting(ge=0)
     ema_beta: float | None = setting(ge=0, lt=1)

@@ -34,7 +34,7 @@ from sidbench.trainer.context import StepContext
 from sidbench.trainer.ema import EMA
 from sidbench.trainer.interrupt import TrainingInterrupted, stop_requests
 from sidbench.trainer.progress import Progress, ProgressDisplay
-from sidbench.trainer.schedule import restart
+from sidbench.trainer.schedule import BudgetAnneal, apply_lr_factor, restart
 from sidbench.trainer.speed import compile_networks, compile_seconds, set_edm_fp16, set_optimizer_kernel, to_channels_last
 from sidbench.trainer.tally import DeviceTally
 from sidbench.tracking import NullTracker
@@ -108,6 +108,14 @@ class Trainer:
         if cfg.batch % world_size:
             raise ValueError(f"trainer.batch={cfg.batch} is not divisible by the {world_size} processes; pick a multiple")
         self.budget = budget_of(cfg)
+        anneal = cfg.get("lr_anneal") or {}
+        self.lr_anneal = BudgetAnneal(str(anneal.get("shape", "none")), float(anneal.get("start", 0.5)), float(anneal.get("final", 0.1)))
+        self.lr_factor = 1.0  # the anneal's factor in the last iteration
+        if self.lr_anneal.enabled:
+            chained = [k for k, sched in method.schedulers().items() if not isinstance(sched, torch.optim.lr_scheduler.LambdaLR)]
+            if chained:  # a chainable scheduler would multiply the factor into itself every iteration
+                raise TypeError(f"trainer.lr_anneal needs closed-form LambdaLR schedules; {chained} are not "
+                                "(build them with sidbench.trainer.schedule.lr_schedule)")
         self.stages = method.stages()
         generator = method.networks()[method.generator_name]
         self.ema = EMA(generator, cfg.ema_halflife_kimg, cfg.ema_rampup, beta=cfg.get("ema_beta"))
@@ -272,6 +280,9 @@ class Trainer:
         through the context). It advances no counter of `progress`: `train` does that around it
         (and benchmarks/real_size.py, which times iterations at real size without a run)."""
         self.ctx.iteration = self.progress.iteration
+        if self.lr_anneal.enabled:  # from the budget used before this iteration
+            self.lr_factor = self.lr_anneal(self.budget.fraction(self.progress.counters()))
+            apply_lr_factor(self.method.optimizers(), self.method.schedulers(), self.lr_factor)
         with self.counter.iteration():
             losses = self.method.train_step(self.ctx)
         for sched in self.method.schedulers().values():
@@ -348,6 +359,8 @@ class Trainer:
                 metrics: dict[str, float] = dict(stage_logs)
                 if reading is not None:
                     metrics.update(reading.means)
+                if reading is not None and reading.means and self.lr_anneal.enabled:
+                    metrics["train/lr_factor"] = self.lr_factor
                 fraction = self.budget.fraction(p.counters())
                 if (crossed(before, p.images_seen, cfg.eval_every_kimg)
                         or any(crossed_point(before, p.images_seen, k) for k in cfg.get("eval_at_kimg") or [])

@@ -1,10 +1,14 @@
 """Learning-rate schedules as `torch.optim.lr_scheduler.LambdaLR` factors: linear warm-up, then
 constant or annealed. The trainer steps every method's schedulers once per iteration (so a TTUR
 generator that steps every 5th iteration still follows the iteration count, as DMD2 does), saves
-them in checkpoints, and restarts them at a stage boundary that resets their optimiser."""
+them in checkpoints, and restarts them at a stage boundary that resets their optimiser.
+
+`BudgetAnneal` is the run-level option on top of them (`trainer.lr_anneal`, off by default): a
+factor of the budget's used fraction applied to every optimiser, whatever its method."""
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -53,3 +57,48 @@ def restart(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
     for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * factor(0)
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+
+BUDGET_ANNEALING = ("none", "linear", "cosine")
+#: the param-group key of an unscheduled optimiser's LR before the budget anneal (saved with it)
+UNANNEALED = "lr_unannealed"
+
+
+@dataclass(frozen=True)
+class BudgetAnneal:
+    """The LR factor at a used fraction of the run's budget: 1 until `start`, then down to `final`
+    at the end of the budget, linearly or along a half cosine. Off (`none`) by default: SiD and
+    most published distillation runs keep a constant LR (docs/speed.md measures what it buys)."""
+
+    shape: str = "none"
+    start: float = 0.5
+    final: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.shape not in BUDGET_ANNEALING:
+            raise ValueError(f"unknown LR anneal {self.shape!r}; use one of {', '.join(BUDGET_ANNEALING)}")
+        if not (0 <= self.start < 1 and 0 <= self.final <= 1):
+            raise ValueError(f"LR anneal start must be in [0, 1) and final in [0, 1], got {self.start} and {self.final}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.shape != "none"
+
+    def __call__(self, fraction: float) -> float:
+        if not self.enabled or fraction <= self.start:
+            return 1.0
+        f = min((fraction - self.start) / (1 - self.start), 1.0)
+        shape = 1 - f if self.shape == "linear" else 0.5 * (1 + math.cos(math.pi * f))
+        return self.final + (1 - self.final) * shape
+
+
+def apply_lr_factor(optimizers: Mapping[str, torch.optim.Optimizer], scheduled: Collection[str], factor: float) -> None:
+    """Each optimiser's LR becomes its unannealed LR times `factor`, before an iteration. A scheduled
+    optimiser's group holds its schedule's fresh LR then (the trainer steps the closed-form LambdaLR
+    schedules after every iteration, from their base LRs, so factors never compound); an
+    unscheduled one keeps its unannealed LR in the group under `UNANNEALED`, which its state dict
+    saves, so a resumed run goes on from the same value."""
+    for name, opt in optimizers.items():
+        for group in opt.param_groups:
+            base = group["lr"] if name in scheduled else group.setdefault(UNANNEALED, group["lr"])
+            group["lr"] = base * factor

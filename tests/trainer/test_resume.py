@@ -73,3 +73,14 @@ def test_staged_method_resumed_across_its_stage_boundary_matches_uninterrupted_r
     common = tiny_overrides(tiny_teacher, **{"method": "staged-toy", "trainer.kimg": 0.064,
                                              "trainer.checkpoint_every_kimg": 0.016, "trainer.eval_every_kimg": 0.032})
     kill_resume_and_compare(common, run_env, kill_env, "sidbench.testing.staged", kill_at=5, boundary=4)
+
+
+@pytest.mark.slow
+def test_lr_anneal_resumed_across_a_stage_boundary_matches_uninterrupted_run(tiny_teacher: Path, run_env: Path,
+                                                                          kill_env) -> None:  # noqa: ANN001
+    # As above, with the budget's LR anneal on from the start: the scheduled generator's LR comes
+    # back from its schedule, the unscheduled aux network's from its saved unannealed LR.
+    common = tiny_overrides(tiny_teacher, **{"method": "staged-toy", "trainer.kimg": 0.064,
+                                             "trainer.checkpoint_every_kimg": 0.016, "trainer.eval_every_kimg": 0.032,
+                                             "trainer.lr_anneal.shape": "cosine", "trainer.lr_anneal.start": 0.0})
+    kill_resume_and_compare(common, run_env, kill_env, "sidbench.testing.staged", kill_at=5, boundary=4)

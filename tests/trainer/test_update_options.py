@@ -1,6 +1,7 @@
 """Options of an update (joint networks, clipping), LR schedules, logged values, stages, averages."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,74 @@ def test_stage_boundary_resets_optimiser_and_ema_and_promotes_the_student(tiny_t
     assert toy.sampling() == {"sampler": "one_step", "sigmas": [2.5], "nfe": 1}
     # the method's own average moved with mu = 0.9
     assert not all(torch.equal(e, p) for e, p in zip(toy.aux_average.module.parameters(), toy.aux.parameters()))
+
+
+def test_budget_anneal_factor_follows_the_used_fraction() -> None:
+    from sidbench.trainer.schedule import BudgetAnneal
+
+    cos, lin = BudgetAnneal("cosine", start=0.5, final=0.1), BudgetAnneal("linear", start=0.0, final=0.0)
+    assert [cos(f) for f in (0.0, 0.25, 0.5)] == [1.0, 1.0, 1.0]
+    assert cos(0.75) == pytest.approx(0.55) and cos(1.0) == pytest.approx(0.1) and cos(1.3) == pytest.approx(0.1)
+    assert lin(0.25) == pytest.approx(0.75) and lin(1.0) == 0.0
+    assert BudgetAnneal()(0.9) == 1.0 and not BudgetAnneal().enabled  # off by default
+    with pytest.raises(ValueError, match="unknown LR anneal"):
+        BudgetAnneal("step")
+    with pytest.raises(ValueError, match="start must be in"):
+        BudgetAnneal("cosine", start=1.0)
+
+
+def _staged_trainer(tiny_teacher: Path, tmp_path: Path, *extra: str):  # noqa: ANN202
+    from sidbench.config import compose
+    from sidbench.schema import defaults
+    from sidbench.testing.staged import StagedToy
+    from sidbench.trainer.loop import Trainer
+
+    cfg = compose(["dataset=digits", f"dataset.teacher.path={tiny_teacher}", "trainer.kimg=0.064", "trainer.batch=8",
+                   "trainer.checkpoint_every_kimg=0", "trainer.eval_every_kimg=0", "device=cpu", *extra])
+    toy = StagedToy(load_teacher(cfg.dataset.teacher, CPU), OmegaConf.create(defaults(StagedToy.settings)), CPU)
+    return Trainer(cfg.trainer, toy, tmp_path, CPU), toy
+
+
+def test_lr_anneal_multiplies_each_optimisers_own_schedule_by_the_budget_factor(tiny_teacher: Path, tmp_path: Path) -> None:
+    # 8 iterations of batch 8 (a 64-image budget). The toy's generator has a 2-iteration warm-up,
+    # restarted at its stage boundary (iteration 4); its aux network has no schedule.
+    trainer, toy = _staged_trainer(tiny_teacher, tmp_path, "trainer.lr_anneal.shape=cosine",
+                                   "trainer.lr_anneal.start=0.25", "trainer.lr_anneal.final=0.1")
+    lrs: list[tuple[float, float]] = []
+    original = toy.train_step
+
+    def watch(ctx):  # noqa: ANN001, ANN202
+        lrs.append(tuple(toy.optimizers()[k].param_groups[0]["lr"] for k in ("generator", "aux")))
+        return original(ctx)
+
+    toy.train_step = watch
+    trainer.train()
+
+    def factor(t: int) -> float:  # the budget used before iteration t is t/8; cosine from 1/4 on
+        f = max(t / 8 - 0.25, 0.0) / 0.75
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f))
+
+    warmup = [0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0]
+    lr = toy.cfg.lr
+    assert len(lrs) == 8
+    for t, (g, a) in enumerate(lrs):
+        assert g == pytest.approx(lr * warmup[t] * factor(t), rel=1e-12, abs=1e-15), t
+        assert a == pytest.approx(lr * factor(t), rel=1e-12), t
+    assert lrs[7][1] < 0.3 * lr  # it did anneal
+    assert trainer.lr_factor == pytest.approx(factor(7))
+
+
+def test_lr_anneal_off_leaves_the_optimisers_as_built_and_refuses_chained_schedules(tiny_teacher: Path, tmp_path: Path) -> None:
+    from sidbench.trainer.schedule import UNANNEALED
+
+    trainer, toy = _staged_trainer(tiny_teacher, tmp_path)
+    trainer.train()
+    assert all(UNANNEALED not in g for o in toy.optimizers().values() for g in o.param_groups)
+    assert toy.optimizers()["aux"].param_groups[0]["lr"] == toy.cfg.lr
+
+    trainer, toy = _staged_trainer(tiny_teacher, tmp_path / "b")
+    toy._schedulers["aux"] = torch.optim.lr_scheduler.StepLR(toy.optimizers()["aux"], 2)  # noqa: SLF001
+    from sidbench.trainer.loop import Trainer
+
+    with pytest.raises(TypeError, match="closed-form LambdaLR"):
+        Trainer(OmegaConf.merge(trainer.cfg, {"lr_anneal": {"shape": "linear"}}), toy, tmp_path / "c", CPU)
