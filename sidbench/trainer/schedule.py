@@ -16,6 +16,13 @@ import torch
 ANNEALING = ("constant", "linear", "cosine")
 
 
+def annealed(shape: str, f: float, final: float) -> float:
+    """The factor a fraction `f` in [0, 1] of the way from 1 down to `final`: linearly or along a
+    half cosine."""
+    s = 1 - f if shape == "linear" else 0.5 * (1 + math.cos(math.pi * f))
+    return final + (1 - final) * s
+
+
 @dataclass(frozen=True)
 class WarmupAnneal:
     """The LR factor at iteration t: t / warmup during the warm-up (0 at the first step, as
@@ -38,9 +45,7 @@ class WarmupAnneal:
             return t / self.warmup
         if self.anneal == "constant" or self.anneal_iterations == 0:
             return 1.0
-        f = min((t - self.warmup) / self.anneal_iterations, 1.0)
-        shape = 1 - f if self.anneal == "linear" else 0.5 * (1 + math.cos(math.pi * f))
-        return self.final + (1 - self.final) * shape
+        return annealed(self.anneal, min((t - self.warmup) / self.anneal_iterations, 1.0), self.final)
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, warmup: int = 0, anneal: str = "constant",
@@ -87,9 +92,7 @@ class BudgetAnneal:
     def __call__(self, fraction: float) -> float:
         if not self.enabled or fraction <= self.start:
             return 1.0
-        f = min((fraction - self.start) / (1 - self.start), 1.0)
-        shape = 1 - f if self.shape == "linear" else 0.5 * (1 + math.cos(math.pi * f))
-        return self.final + (1 - self.final) * shape
+        return annealed(self.shape, min((fraction - self.start) / (1 - self.start), 1.0), self.final)
 
 
 def apply_lr_factor(optimizers: Mapping[str, torch.optim.Optimizer], scheduled: Collection[str], factor: float) -> None:
