@@ -54,10 +54,9 @@ class ProgressDisplay:
         self._bar = Bar(
             TextColumn("{task.fields[used]}"), BarColumn(bar_width=12), TextColumn("[bold]{task.fields[metric]}"),
             TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-            # No refresh thread: rich's redraws it 10 times a second, and on a CPU run each redraw
-            # takes the GIL from the training thread (measured on the digits default, one thread:
-            # 3.99 s/kimg in a terminal against 3.51 with output to a file). `update` redraws instead,
-            # at most once per `refresh_every_s`.
+            # No refresh thread: rich's would redraw 10 times a second, each time taking the GIL
+            # from the training thread. `update` redraws instead, at most once per
+            # `refresh_every_s` (benchmarks/test_bench_display.py measures both).
             console=self.console, disable=not self.live, auto_refresh=False,
         )
         self._task = self._bar.add_task("train", total=budget.value, completed=start, used="", speed="", losses="", metric="")

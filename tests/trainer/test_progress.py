@@ -27,8 +27,8 @@ def test_the_metric_survives_an_80_column_line_and_persists_between_evaluations(
 
 
 def test_a_terminal_display_runs_no_refresh_thread_and_redraws_at_most_once_per_interval() -> None:
-    # rich's own refresh thread took the GIL from training 10 times a second (a CPU run in a
-    # terminal was 14% slower per kimg); the display redraws from `update` instead, throttled.
+    # rich's own refresh thread would take the GIL from training 10 times a second; the display
+    # redraws from `update` instead, throttled.
     buf = io.StringIO()
     console = Console(file=buf, width=120, force_terminal=True, color_system=None)
     display = ProgressDisplay(Budget("kimg", 100.0), console=console, refresh_every_s=3600.0)
