@@ -108,8 +108,7 @@ class Trainer:
         if cfg.batch % world_size:
             raise ValueError(f"trainer.batch={cfg.batch} is not divisible by the {world_size} processes; pick a multiple")
         self.budget = budget_of(cfg)
-        anneal = cfg.get("lr_anneal") or {}
-        self.lr_anneal = BudgetAnneal(str(anneal.get("shape", "none")), float(anneal.get("start", 0.5)), float(anneal.get("final", 0.1)))
+        self.lr_anneal = BudgetAnneal(**dict(cfg.get("lr_anneal") or {}))  # off where the config has none
         self.lr_factor = 1.0  # the anneal's factor in the last iteration
         if self.lr_anneal.enabled:
             chained = [k for k, sched in method.schedulers().items() if not isinstance(sched, torch.optim.lr_scheduler.LambdaLR)]
