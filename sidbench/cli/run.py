@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 from omegaconf import DictConfig
 
@@ -66,17 +67,20 @@ def relaunch_with_torchrun(processes: int, overrides: list[str]) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")] + ["torch.distributed.elastic"]:
         logging.getLogger(name).setLevel(logging.CRITICAL)  # its modules' loggers carry levels of their own
-    args = get_args_parser().parse_args(
-        ["--standalone", f"--nproc_per_node={processes}", "-m", "sidbench.cli", "run", *overrides])
     os.environ[PARENT_ENV] = str(os.getpid())  # the workers die with us, even if we are SIGKILLed
-    try:
-        run(args)
-    except ChildFailedError as e:
-        return report_child_failure(e.failures)
-    except SignalException as e:
-        # Ctrl-C or a kill reached us: torchrun passed the signal on to the workers and waited for
-        # them; rank 0 printed what can be resumed.
-        return 128 + int(e.sigval)
+    # torchrun's own log folder (its workers' error files) would stay in the temp folder after
+    # every run; this one goes when the run ends, however it ends short of a SIGKILL.
+    with tempfile.TemporaryDirectory(prefix="sidbench-torchrun-") as logs:
+        args = get_args_parser().parse_args(
+            ["--standalone", f"--nproc_per_node={processes}", f"--log-dir={logs}", "-m", "sidbench.cli", "run", *overrides])
+        try:
+            run(args)
+        except ChildFailedError as e:
+            return report_child_failure(e.failures)
+        except SignalException as e:
+            # Ctrl-C or a kill reached us: torchrun passed the signal on to the workers and waited
+            # for them; rank 0 printed what can be resumed.
+            return 128 + int(e.sigval)
     return 0
 
 
