@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 from sidbench.config import compose
@@ -36,30 +37,26 @@ def _setup(counted: bool):  # noqa: ANN202
     return sid, counter, StepContext(sid.networks(), sid.optimizers(), device, batch=BATCH, counter=counter)
 
 
+@pytest.mark.usefixtures("one_thread")  # benchmarks/conftest.py
 def test_counting_overhead(benchmark) -> None:  # noqa: ANN001
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        runs = {"counted": _setup(True), "uncounted": _setup(False)}
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        first: list[float] = []
-        for r in range(ROUNDS + 2):
-            for name, (sid, counter, ctx) in runs.items():
-                ctx.iteration = r
-                t = time.process_time()
-                with counter.iteration():
-                    sid.train_step(ctx)
-                elapsed = time.process_time() - t
-                if r < 2:  # the first two iterations run under the FLOP counter (their kind is new)
-                    first.append(elapsed) if name == "counted" else None
-                else:
-                    times[name].append(elapsed)
-        counted, uncounted = min(times["counted"]), min(times["uncounted"])
-        result = {"counted_s": counted, "uncounted_s": uncounted, "overhead": counted / uncounted - 1,
-                  "target": TARGET, "measured_iteration_s": max(first), "flops_per_iteration": runs["counted"][1].cost.flops / (ROUNDS + 2)}
-        benchmark.extra_info.update(result)
-        print(result)
-        assert runs["counted"][1].cost.passes == (ROUNDS + 2) * 11 * BATCH  # the counter did count
-        benchmark.pedantic(lambda: None, rounds=1)
-    finally:
-        torch.set_num_threads(threads)
+    runs = {"counted": _setup(True), "uncounted": _setup(False)}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    first: list[float] = []
+    for r in range(ROUNDS + 2):
+        for name, (sid, counter, ctx) in runs.items():
+            ctx.iteration = r
+            t = time.process_time()
+            with counter.iteration():
+                sid.train_step(ctx)
+            elapsed = time.process_time() - t
+            if r < 2:  # the first two iterations run under the FLOP counter (their kind is new)
+                first.append(elapsed) if name == "counted" else None
+            else:
+                times[name].append(elapsed)
+    counted, uncounted = min(times["counted"]), min(times["uncounted"])
+    result = {"counted_s": counted, "uncounted_s": uncounted, "overhead": counted / uncounted - 1,
+              "target": TARGET, "measured_iteration_s": max(first), "flops_per_iteration": runs["counted"][1].cost.flops / (ROUNDS + 2)}
+    benchmark.extra_info.update(result)
+    print(result)
+    assert runs["counted"][1].cost.passes == (ROUNDS + 2) * 11 * BATCH  # the counter did count
+    benchmark.pedantic(lambda: None, rounds=1)

@@ -17,6 +17,7 @@ import subprocess
 import time
 from typing import Any
 
+import pytest
 import torch
 from rich.console import Console
 
@@ -41,53 +42,49 @@ def _display(refresh_thread: bool, terminal: Any) -> ProgressDisplay:
     return display
 
 
+@pytest.mark.usefixtures("one_thread")  # benchmarks/conftest.py
 def test_progress_bar_overhead(benchmark) -> None:  # noqa: ANN001
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = compose([])
-        device = torch.device("cpu")
-        sid = METHODS.get("sid")(load_teacher(cfg.dataset.teacher, device), cfg.method, device, cfg)
-        ctx = StepContext(sid.networks(), sid.optimizers(), device, batch=BATCH)
-        sid.train_step(ctx)  # Adam's states exist
+    cfg = compose([])
+    device = torch.device("cpu")
+    sid = METHODS.get("sid")(load_teacher(cfg.dataset.teacher, device), cfg.method, device, cfg)
+    ctx = StepContext(sid.networks(), sid.optimizers(), device, batch=BATCH)
+    sid.train_step(ctx)  # Adam's states exist
 
-        def run(display: ProgressDisplay | None) -> float:
-            t0 = time.perf_counter()
-            if display is None:
-                for i in range(ITERATIONS):
-                    ctx.iteration = i
-                    sid.train_step(ctx)
-                return time.perf_counter() - t0
-            with display:
-                threaded = display._bar.live._refresh_thread is not None  # noqa: SLF001
-                assert threaded == display._bar.live.auto_refresh  # noqa: SLF001 - the row is what it says
-                for i in range(ITERATIONS):
-                    ctx.iteration = i
-                    sid.train_step(ctx)
-                    display.update(Progress(images_seen=(i + 1) * BATCH, seconds=time.perf_counter() - t0), {"fake_score": 1.0})
+    def run(display: ProgressDisplay | None) -> float:
+        t0 = time.perf_counter()
+        if display is None:
+            for i in range(ITERATIONS):
+                ctx.iteration = i
+                sid.train_step(ctx)
             return time.perf_counter() - t0
+        with display:
+            threaded = display._bar.live._refresh_thread is not None  # noqa: SLF001
+            assert threaded == display._bar.live.auto_refresh  # noqa: SLF001 - the row is what it says
+            for i in range(ITERATIONS):
+                ctx.iteration = i
+                sid.train_step(ctx)
+                display.update(Progress(images_seen=(i + 1) * BATCH, seconds=time.perf_counter() - t0), {"fake_score": 1.0})
+        return time.perf_counter() - t0
 
-        # a pseudo-terminal drained by another process, as a terminal emulator drains a real one
-        master, slave = os.openpty()
-        drain = subprocess.Popen(["cat"], stdin=master, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        terminal = os.fdopen(slave, "w")
-        times: dict[str, list[float]] = {"none": [], "bar": [], "rich_refresh_thread": []}
-        try:
-            rows = [("none", lambda: None), ("bar", lambda: _display(False, terminal)),
-                    ("rich_refresh_thread", lambda: _display(True, terminal))]
-            for r in range(ROUNDS):  # the order rotates, so no row always runs first
-                for name, make in rows[r % 3:] + rows[:r % 3]:
-                    times[name].append(run(make()))
-        finally:
-            terminal.close()
-            drain.kill()
-            drain.wait()
-            os.close(master)
-        base = min(times["none"])
-        result = {"seconds_without": base, "overhead": min(times["bar"]) / base - 1,
-                  "overhead_rich_refresh_thread": min(times["rich_refresh_thread"]) / base - 1, "target": TARGET}
-        benchmark.extra_info.update(result)
-        print(result)
-        benchmark.pedantic(lambda: None, rounds=1)
+    # a pseudo-terminal drained by another process, as a terminal emulator drains a real one
+    master, slave = os.openpty()
+    drain = subprocess.Popen(["cat"], stdin=master, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    terminal = os.fdopen(slave, "w")
+    times: dict[str, list[float]] = {"none": [], "bar": [], "rich_refresh_thread": []}
+    try:
+        rows = [("none", lambda: None), ("bar", lambda: _display(False, terminal)),
+                ("rich_refresh_thread", lambda: _display(True, terminal))]
+        for r in range(ROUNDS):  # the order rotates, so no row always runs first
+            for name, make in rows[r % 3:] + rows[:r % 3]:
+                times[name].append(run(make()))
     finally:
-        torch.set_num_threads(threads)
+        terminal.close()
+        drain.kill()
+        drain.wait()
+        os.close(master)
+    base = min(times["none"])
+    result = {"seconds_without": base, "overhead": min(times["bar"]) / base - 1,
+              "overhead_rich_refresh_thread": min(times["rich_refresh_thread"]) / base - 1, "target": TARGET}
+    benchmark.extra_info.update(result)
+    print(result)
+    benchmark.pedantic(lambda: None, rounds=1)

@@ -42,12 +42,7 @@ EXTRA = os.environ.get("BENCH_SET", "").split()
 OFFICIAL_TARGET = 1.25
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # benchmarks/conftest.py
 
 
 @pytest.mark.parametrize("dataset", DATASETS)

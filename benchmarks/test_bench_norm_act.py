@@ -10,7 +10,8 @@ one. It bounds what a fused GroupNorm+SiLU could gain before anything is built f
 Each row prints the compiled form's time over eager's (fastest round of each, interleaved) and
 its first calls' compile time. Nothing about time is asserted; the two forms' input gradients
 are checked to agree.
-"""from __future__ import annotations
+"""
+from __future__ import annotations
 
 import json
 import time
@@ -58,12 +59,7 @@ def norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch
     return F.silu(F.group_norm(x, min(32, x.shape[1] // 4), weight, bias, 1e-5))
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # benchmarks/conftest.py
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
