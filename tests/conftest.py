@@ -65,3 +65,21 @@ def kill_env():
                 "SIDBENCH_TEST_KILL_AT": str(iteration), "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
 
     return env
+
+
+class RunTemp:
+    """An empty temp folder for a `sidbench run` subprocess (pass `env` to it as TMPDIR)."""
+
+    def __init__(self, path: Path) -> None:
+        path.mkdir()
+        self.path = path
+        self.env = {"TMPDIR": str(path)}
+
+    def left(self) -> list[str]:
+        """What the run left there, TorchInductor's cache (kept across runs by design) aside."""
+        return sorted(p.name for p in self.path.iterdir() if not p.name.startswith("torchinductor_"))
+
+
+@pytest.fixture
+def run_temp(run_env: Path) -> RunTemp:
+    return RunTemp(run_env / "temp")

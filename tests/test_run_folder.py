@@ -40,11 +40,6 @@ def plugin_env(module: str, **extra: str) -> dict[str, str]:
     return {"SIDBENCH_PLUGINS": module, "PYTHONPATH": os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]), **extra}
 
 
-def left_in_temp(temp: Path) -> list[str]:
-    """What a run left in its temp folder, TorchInductor's cache (kept across runs by design) aside."""
-    return sorted(p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_"))
-
-
 def one_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1, text
@@ -274,16 +269,14 @@ def test_a_second_run_in_a_held_folder_gets_one_line(tiny_teacher: Path, run_env
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_two_processes_checkpoints_says_one_line_and_exits_130(tiny_teacher: Path, run_env: Path) -> None:
+def test_ctrl_c_on_two_processes_checkpoints_says_one_line_and_exits_130(tiny_teacher: Path, run_env: Path, run_temp) -> None:  # noqa: ANN001
     # Ctrl-C reaches `sidbench run` (torchrun's launcher), which passes it to both workers
     args = ["run", *tiny_overrides(tiny_teacher, **{"trainer.kimg": 50, "trainer.checkpoint_every_kimg": 25}),
             "processes=2", "run_name=int", "tracking.enabled=false"]
-    temp = run_env / "temp"
-    temp.mkdir()
     proc = sidbench(args, run_env, plugin_env("signal_at_iteration", SIDBENCH_TEST_SIGNAL_AT="3",
-                                              SIDBENCH_TEST_SIGNAL_TO="launcher", TMPDIR=str(temp)))
+                                              SIDBENCH_TEST_SIGNAL_TO="launcher", **run_temp.env))
     assert proc.returncode == 130, proc.stderr
-    assert left_in_temp(temp) == []  # torchrun's log folder went with the run
+    assert run_temp.left() == []  # torchrun's log folder went with the run
     line = proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr and proc.stderr.count("stopped by SIGINT") == 1
     assert line.startswith("stopped by SIGINT at ") and "resume with resume=runs/digits/int" in line

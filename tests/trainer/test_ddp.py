@@ -143,17 +143,14 @@ def test_resume_with_another_process_count_or_micro_batch(tiny_teacher: Path, ru
 
 
 @pytest.mark.slow
-def test_a_process_killed_without_a_traceback_is_reported_with_its_signal(tiny_teacher: Path, run_env: Path, kill_env) -> None:
+def test_a_process_killed_without_a_traceback_is_reported_with_its_signal(tiny_teacher: Path, run_env: Path, kill_env, run_temp) -> None:  # noqa: ANN001
     # `sidbench run processes=2` starts torchrun itself; both ranks SIGKILL themselves at iteration 2
     # (tests/trainer/plugins/kill_at_iteration.py), as the kernel's OOM killer would: no traceback.
-    temp = run_env / "temp"
-    temp.mkdir()
     proc = subprocess.run([sys.executable, "-m", "sidbench.cli", "run", *common_overrides(tiny_teacher), "processes=2",
                            "run_name=killed", "tracking.enabled=false"],
-                          cwd=run_env, env={**kill_env(2), "TMPDIR": str(temp)}, capture_output=True, text=True, timeout=300)
+                          cwd=run_env, env={**kill_env(2), **run_temp.env}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 128 + 9, proc.stderr
-    # torchrun's log folder (where a worker's error file would go) went with the run
-    assert sorted(p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")) == []
+    assert run_temp.left() == []  # torchrun's log folder (where a worker's error file would go) went with the run
     assert re.search(r"training process [01] was killed by SIGKILL without a Python traceback", " ".join(proc.stderr.split()))
     assert "Traceback" not in proc.stderr
 
