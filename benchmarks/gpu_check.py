@@ -1,11 +1,18 @@
-"""The GPU measurements of docs/speed.md in one call (a few minutes on one H100): SiD's real iteration
-(random weights, the preset's network, `Trainer.step`) at the CIFAR-10 configuration, per precision
-(fp32 with TF32 off as published, TF32, bf16 and fp16 autocast, EDM's fp16 form), at the largest
-micro-batch that fits: seconds per iteration, images/s, counted FLOPs per iteration and MFU (the
-achieved FLOP/s over the GPU's dense peak for that precision); FFHQ 64's peak memory with fp16
-autocast against EDM's fp16 form at the preset's micro-batch; `trainer.compile` off and on (compile
-time apart); Adam as built (PyTorch's for-each kernels on CUDA) against its fused kernel
-(`trainer.optimizer_kernel`); and, given `--reference`, the official SiD iteration against sidbench's side by side.
+"""The GPU measurements of docs/speed.md in one call (a few minutes on one H100), in this order
+(the first parts matter most: a row starts only while `--stop-after` seconds have not passed):
+
+1. SiD's real iteration (random weights, the preset's network, `Trainer.step`) at the CIFAR-10
+   configuration per precision (fp32 with TF32 off as published, TF32, bf16 and fp16 autocast,
+   EDM's fp16 form), at the largest micro-batch that fits: seconds per iteration, images/s,
+   counted FLOPs per iteration and MFU (the achieved FLOP/s over the GPU's dense peak for that
+   precision);
+2. FFHQ 64's peak memory with fp16 autocast against EDM's fp16 form, at the preset's micro-batch;
+3. every built-in method's iteration against its network passes alone, at CIFAR-10's published
+   micro-batch (32), each in its preset's precision;
+4. Adam as built (PyTorch's for-each kernels on CUDA) against its fused kernel (`trainer.optimizer_kernel`);
+5. `trainer.compile` off and on (compile time apart);
+6. compiled with CUDA graphs (`trainer.compile_mode=reduce-overhead`);
+7. given `--reference`, the official SiD iteration against sidbench's, side by side.
 
     python benchmarks/gpu_check.py --out "$OUT"                       # on the GPU machine (gpu_check.sh)
     python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check      # on a CPU: every code path, tiny sizes
@@ -125,6 +132,58 @@ def measure(dataset: str, batch: int, precision: str, device: torch.device, warm
     return row
 
 
+def measure_ratio(method: str, dataset: str, batch: int, device: torch.device, rounds: int) -> dict[str, Any]:
+    """A built-in method's real iteration (its preset for `dataset`, random weights, micro-batch
+    `batch`) against its network passes replayed alone (benchmarks/passes.py), in turns, wall time
+    after a synchronise; fastest of `rounds` each."""
+    import passes as passes_mod
+    from side_by_side import Timer
+
+    row: dict[str, Any] = {"method": method, "dataset": dataset, "micro_batch": batch, "device": real_size.device_name(device),
+                           "torch": torch.__version__}
+    start = time.perf_counter()
+    trainer = None
+    try:
+        with real_size.scratch_folder() as scratch:
+            images = scratch / "images"  # named as training images for methods that read them; never opened
+            images.mkdir()
+            cfg, row["overrides"], notes = real_size.compose_row(method, dataset, device, batch, images)
+            row["precision"], row["notes"] = str(cfg.trainer.precision), "; ".join(notes)
+            trainer, row["stage"] = real_size.make_trainer(cfg, real_size.random_teacher(cfg, device), device)
+            p = trainer.progress
+
+            def step() -> None:
+                trainer.step()
+                p.iteration += 1
+                p.images_seen += batch
+
+            step()  # optimiser states exist; the compute counter has measured this kind
+            trainer.counter.take()
+            recorded = passes_mod.record_passes(passes_mod.method_networks(trainer.method), step)
+            row["counted_passes_per_iteration"] = trainer.counter.take().passes  # what the replay must repeat
+            timers = {"iteration": Timer(device), "passes": Timer(device)}
+            for _ in range(rounds):
+                timers["passes"](lambda: passes_mod.replay(recorded, trainer.ctx.autocast))
+                timers["iteration"](step)
+            iteration, passes = min(timers["iteration"].wall), min(timers["passes"].wall)
+            row.update(status="measured", seconds_per_iteration=iteration, passes_seconds=passes,
+                       images_per_second=batch / iteration, iteration_over_passes=iteration / passes,
+                       passes_per_iteration=passes_mod.passes_per_image(recorded))
+    except torch.cuda.OutOfMemoryError:
+        row["status"] = "out of memory"
+    except Exception as e:  # noqa: BLE001 - one failed row must not cost the others
+        row["status"] = f"failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    finally:
+        if trainer is not None:
+            trainer.counter.detach()
+        del trainer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    row["row_seconds"] = time.perf_counter() - start
+    return row
+
+
 def largest_batch(dataset: str, precision: str, device: torch.device, candidates: list[int]) -> int:
     """The largest candidate micro-batch whose iteration runs (one warm-up, one timed)."""
     best = candidates[0]
@@ -165,9 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         with open(jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"{part}: {row['dataset']} {row.get('precision', '')} b{row.get('micro_batch', '')} compile={row.get('compile', '')} {' '.join(row.get('overrides') or [])}: "
-              f"{row['status']} {row.get('seconds_per_iteration') or 0:.4g} s/it {row.get('images_per_second') or 0:.4g} img/s "
-              f"MFU {row.get('mfu') or 0:.3f} peak {row.get('peak_memory_gib') or 0:.2f} GiB", flush=True)
+        what = row["method"] if "method" in row else f"compile={row.get('compile', '')} {' '.join(row.get('overrides') or [])}"
+        detail = (f"iteration / passes {row.get('iteration_over_passes') or 0:.3f}" if "method" in row
+                  else f"MFU {row.get('mfu') or 0:.3f} peak {row.get('peak_memory_gib') or 0:.2f} GiB")
+        print(f"{part}: {row['dataset']} {row.get('precision', '')} b{row.get('micro_batch', '')} {what}: "
+              f"{row['status']} {row.get('seconds_per_iteration') or 0:.4g} s/it {row.get('images_per_second') or 0:.4g} img/s {detail}",
+              flush=True)
 
     def time_left() -> bool:
         return time.perf_counter() - begin < args.stop_after
@@ -182,14 +244,23 @@ def main(argv: list[str] | None = None) -> int:
     for precision in ("fp16", "edm_fp16"):
         if time_left():
             add(measure(ffhq, ffhq_batch, precision, device, warmup, iterations), "ffhq_memory")
-    # 3. compile off and on (bf16, the fastest precision expected)
+    # 3. every built-in method's iteration against its passes alone, at CIFAR-10's published micro-batch
+    #    (SiD's 256 over 8 GPUs), each in its preset's precision
+    for method in (m for m in real_size.default_methods() if m not in real_size.VARIANTS):
+        if time_left():
+            add(measure_ratio(method, cifar, 2 if args.smoke else 32, device, iterations), "methods")
+    # 4. Adam's fused kernel against the as-built one of part 1's bf16 row (same micro-batch)
+    if time_left():
+        add(measure(cifar, batch, "bf16", device, warmup, iterations, extra=["trainer.optimizer_kernel=fused"]), "optimizer")
+    # 5. compile off and on (bf16, the fastest precision expected)
     for on in (False, True):
         if time_left():
             add(measure(cifar, batch, "bf16", device, warmup, iterations, compile_on=on), "compile")
-    # 4. Adam's fused kernel against the as-built one of part 3's first row (bf16, same micro-batch)
+    # 6. compiled with CUDA graphs (part 5's compiled row recorded as graphs and replayed)
     if time_left():
-        add(measure(cifar, batch, "bf16", device, warmup, iterations, extra=["trainer.optimizer_kernel=fused"]), "optimizer")
-    # 5. official SiD against sidbench's, side by side (fp32, TF32 off as published)
+        add(measure(cifar, batch, "bf16", device, warmup, iterations, compile_on=True,
+                    extra=["trainer.compile_mode=reduce-overhead"]), "cuda_graphs")
+    # 7. official SiD against sidbench's, side by side (fp32, TF32 off as published)
     if args.reference is not None and time_left():
         import side_by_side
 

@@ -75,6 +75,12 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
+def method_networks(method: Any) -> dict[str, torch.nn.Module]:
+    """Every network a method's iteration can call: its frozen ones (the teacher), its averages'
+    modules (e.g. consistency distillation's target network) and the ones it trains."""
+    return {**method.frozen_networks(), **{k: a.module for k, a in method.averages().items()}, **method.networks()}
+
+
 def record_passes(networks: dict[str, torch.nn.Module], run: Callable[[], Any]) -> list[Pass]:
     """The network calls `run()` makes, in order (every network's own calls, not its submodules')."""
     passes: list[Pass] = []

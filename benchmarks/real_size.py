@@ -320,12 +320,26 @@ def scratch_folder() -> Iterator[Path]:
                 os.environ["SIDBENCH_CACHE"] = previous
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; else what `platform` knows): CPU timings and
+    digits curves differ between an Intel and an AMD machine of the same core count."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
 
-    return f"CPU ({os.cpu_count()}-core {platform.machine()}, {torch.get_num_threads()} torch threads)"
+    return f"CPU ({cpu_model()}, {os.cpu_count()}-core {platform.machine()}, {torch.get_num_threads()} torch threads)"
 
 
 # -- output ---------------------------------------------------------------------------------------------

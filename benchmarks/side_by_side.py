@@ -176,8 +176,7 @@ def measure(reference: Path, dataset: str = "cifar10", batch: int = 2, rounds: i
         official = Official(reference, constructor, method.teacher.net.state_dict(), cfg.method, batch, device)
     # the passes of one iteration, recorded from sidbench's (after a first one: Adam's state exists)
     sidbench_step()
-    nets = {**method.frozen_networks(), **method.networks()}
-    recorded = passes_mod.record_passes(nets, sidbench_step)
+    recorded = passes_mod.record_passes(passes_mod.method_networks(method), sidbench_step)
     timers = {name: Timer(device) for name in contenders}
     runs = {"official": official.step if official else None, "sidbench": sidbench_step,
             "passes": lambda: passes_mod.replay(recorded, trainer.ctx.autocast)}

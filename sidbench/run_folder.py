@@ -90,16 +90,28 @@ def _resumable(key: str) -> bool:
     return any(key == r or key.startswith(r + ".") for r in RESUMABLE)
 
 
-def changed_settings(stored: dict[str, Any], cfg: DictConfig) -> list[str]:
-    """The settings (other than `RESUMABLE`) whose values differ, as 'key old -> new'."""
+def changed_settings(stored: dict[str, Any], cfg: DictConfig, defaults: dict[str, Any] | None = None) -> list[str]:
+    """The settings (other than `RESUMABLE`) whose values differ, as 'key old -> new'. A setting the
+    stored run lacks (one sidbench added after the run started) is unchanged where it has its
+    default value (`defaults`, flat keys): a new setting's default keeps what runs computed before."""
     old, new = _flat(stored), _flat(OmegaConf.to_container(cfg, resolve=True))
+    defaults = defaults or {}
     missing = object()
     out = []
     for key in sorted(old.keys() | new.keys()):
         a, b = old.get(key, missing), new.get(key, missing)
+        if a is missing and key in defaults and defaults[key] == b:
+            continue
         if a != b and not _resumable(key):
             out.append(f"{key} {'(none)' if a is missing else a} -> {'(none)' if b is missing else b}")
     return out
+
+
+def default_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The flat defaults of `cfg`'s method on its dataset (the preset included), no override."""
+    from sidbench.config import compose
+
+    return _flat(OmegaConf.to_container(compose([f"method={cfg.method.name}", f"dataset={cfg.dataset.name}"]), resolve=True))
 
 
 def older_names(stored: dict[str, Any]) -> str | None:
@@ -223,7 +235,7 @@ def plan_start(cfg: DictConfig, run_dir: Path) -> Start:
     if older:
         raise ConfigError(f"{where}: the run in {run_dir} was made by an older sidbench ({older}); resume it with "
                           "the version that started it (its MLflow tag code_version), or choose another run_name")
-    changed = changed_settings(stored, cfg)
+    changed = changed_settings(stored, cfg, default_settings(cfg))
     if changed:
         shown = "; ".join(changed[:4]) + (f"; ... ({len(changed)} in all)" if len(changed) > 4 else "")
         raise ConfigError(f"{where}: the run in {run_dir} has other settings ({shown}); only where it runs, its budget "

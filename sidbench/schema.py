@@ -108,6 +108,12 @@ def _optimizer_kernels() -> Sequence[str]:
     return OPTIMIZER_KERNELS
 
 
+def _compile_modes() -> Sequence[str]:
+    from sidbench.trainer.speed import COMPILE_MODES
+
+    return COMPILE_MODES
+
+
 def _metric_names() -> Sequence[str]:
     """The registered metrics, plugins included (`sidbench.eval.METRICS`; naming them imports none)."""
     from sidbench.eval import METRICS
@@ -158,6 +164,7 @@ class TrainerSchema:
     flush_denormal: bool = setting()
     optimizer_kernel: str = setting(choices=_optimizer_kernels)
     compile: bool = setting()
+    compile_mode: str = setting(choices=_compile_modes)
     channels_last: bool = setting()
     edm_fp16: bool = setting()
     lr_anneal: LrAnnealSchema

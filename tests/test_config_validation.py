@@ -82,6 +82,7 @@ BAD: list[tuple[list[str], str, str, Callable[[Path], None] | None]] = [
     (["method=dmd2", "method.gan.enabled=maybe"], "method.gan.enabled=maybe:", "true or false", None),
     (["method=dmd2", "method.betas=[0.9,1.5]"], "method.betas=[0.9, 1.5]:", "in [0, 1)", None),
     (["trainer.precision=fp8"], "trainer.precision=fp8:", "one of fp32, bf16, fp16", None),
+    (["trainer.compile_mode=turbo"], "trainer.compile_mode=turbo:", "one of default, reduce-overhead, max-autotune", None),
     (["trainer.kimg=-5"], "trainer.kimg=-5:", "null or a number > 0", None),
     (["trainer.budget.unit=hours"], "trainer.budget.unit=hours:", "one of kimg, passes, flops, seconds", None),
     (["trainer.budget.value=0"], "trainer.budget.value=0:", "a number > 0", None),

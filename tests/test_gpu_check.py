@@ -26,8 +26,16 @@ def test_gpu_check_smoke_writes_every_part(tmp_path: Path, monkeypatch) -> None:
     assert parts[:len(mod.PRECISIONS)] == ["precision"] * len(mod.PRECISIONS)
     assert parts.count("ffhq_memory") == 2 and parts.count("compile") == 2 and parts.count("optimizer") == 1
     assert next(r for r in rows if r["part"] == "optimizer")["overrides"] == ["trainer.optimizer_kernel=fused"]
+    graphs = [r for r in rows if r["part"] == "cuda_graphs"]
+    assert len(graphs) == 1 and graphs[0]["compile"] and graphs[0]["overrides"] == ["trainer.compile_mode=reduce-overhead"]
+    methods = [r for r in rows if r["part"] == "methods"]
+    assert [r["method"] for r in methods] == [m for m in mod.real_size.default_methods() if m not in mod.real_size.VARIANTS]
     assert all(r["status"] == "measured" for r in rows), [r["status"] for r in rows]
+    for r in methods:  # the replay repeats exactly the passes the compute counter charged for that iteration
+        assert r["passes_per_iteration"] > 0 and r["passes_per_iteration"] == r["counted_passes_per_iteration"], r
+        assert r["seconds_per_iteration"] > 0 and r["passes_seconds"] > 0
     for r in rows:
-        assert r["seconds_per_iteration"] > 0 and r["flops_per_iteration"] > 0 and r["mfu"] is None  # no peak on a CPU
+        if r["part"] != "methods":
+            assert r["seconds_per_iteration"] > 0 and r["flops_per_iteration"] > 0 and r["mfu"] is None  # no peak on a CPU
     with open(tmp_path / "gpu_check.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)

@@ -91,6 +91,17 @@ def test_only_settings_that_do_not_change_the_computation_may_change_on_resume()
     assert changed_settings(stored, changed) == ["method.alpha 1.2 -> 1.0", "trainer.seed 0 -> 1"]
 
 
+def test_a_setting_added_since_a_run_started_resumes_at_its_default(tmp_path: Path) -> None:
+    cfg = compose(["method=dmd2", "run_name=old"])
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    del stored["trainer"]["compile_mode"]  # as written before the setting existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert plan_start(cfg, tmp_path).kind == "restart"  # no checkpoint yet: the same run starts again
+    other = compose(["method=dmd2", "run_name=old", "trainer.compile=true", "trainer.compile_mode=reduce-overhead"])
+    with pytest.raises(ConfigError, match=r"trainer.compile False -> True; trainer.compile_mode \(none\) -> reduce-overhead"):
+        plan_start(other, tmp_path)
+
+
 def test_a_run_made_before_a_setting_was_renamed_says_so_in_one_line(tmp_path: Path) -> None:
     cfg = compose(["method=dmd2", "run_name=old"])
     stored = OmegaConf.to_container(cfg, resolve=True)

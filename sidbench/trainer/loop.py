@@ -35,7 +35,8 @@ from sidbench.trainer.ema import EMA
 from sidbench.trainer.interrupt import TrainingInterrupted, stop_requests
 from sidbench.trainer.progress import Progress, ProgressDisplay
 from sidbench.trainer.schedule import BudgetAnneal, apply_lr_factor, restart
-from sidbench.trainer.speed import compile_networks, compile_seconds, set_edm_fp16, set_optimizer_kernel, to_channels_last
+from sidbench.trainer.speed import (compile_networks, compile_seconds, marks_cuda_graph_steps, set_edm_fp16, set_optimizer_kernel,
+                                    to_channels_last)
 from sidbench.trainer.tally import DeviceTally
 from sidbench.tracking import NullTracker
 
@@ -119,6 +120,8 @@ class Trainer:
         generator = method.networks()[method.generator_name]
         self.ema = EMA(generator, cfg.ema_halflife_kimg, cfg.ema_rampup, beta=cfg.get("ema_beta"))
         self.counter = ComputeCounter(count_flops=bool(cfg.get("count_flops", True)))
+        self.compile_mode = str(cfg.get("compile_mode") or "default")
+        self.mark_graph_steps = marks_cuda_graph_steps(bool(cfg.get("compile")), self.compile_mode, device)
         self.ctx = StepContext(
             method.networks(), method.optimizers(), device,
             batch=cfg.batch // world_size, batch_gpu=cfg.get("batch_gpu"), precision=cfg.precision,
@@ -147,7 +150,7 @@ class Trainer:
         if self.cfg.get("channels_last"):
             to_channels_last([*nets.values(), self.ema.module])
         if self.cfg.get("compile"):
-            compile_networks(nets.values())
+            compile_networks(nets.values(), self.compile_mode)
 
     def _own_frozen(self) -> dict[str, torch.nn.Module]:
         """Frozen networks that are not the loaded teacher (a promoted student): checkpointed."""
@@ -279,6 +282,8 @@ class Trainer:
         through the context). It advances no counter of `progress`: `train` does that around it
         (and benchmarks/real_size.py, which times iterations at real size without a run)."""
         self.ctx.iteration = self.progress.iteration
+        if self.mark_graph_steps:  # the last iteration's graph outputs may now be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         if self.lr_anneal.enabled:  # from the budget used before this iteration
             self.lr_factor = self.lr_anneal(self.budget.fraction(self.progress.counters()))
             apply_lr_factor(self.method.optimizers(), self.method.schedulers(), self.lr_factor)

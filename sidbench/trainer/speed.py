@@ -10,6 +10,9 @@ and the tolerances the tests hold them to):
 - `trainer.compile`: `torch.compile` of each network's UNet (the `model` inside EDM's
   preconditioning; the wrapper, where the compute counter's hooks sit, stays eager). The first
   calls of each shape compile; that time is reported apart (`compile_seconds`).
+  `trainer.compile_mode` is torch.compile's `mode`: `reduce-overhead` and `max-autotune` also record
+  CUDA graphs (one replay per network call instead of a launch per kernel; CUDA only, shapes
+  static); the trainer then marks each iteration as a new step for them (`marks_cuda_graph_steps`).
 - `trainer.channels_last`: the networks' 4-D weights in channels-last memory format (the
   convolutions then pick NHWC kernels).
 - `trainer.edm_fp16`: half precision the way EDM's and SiD's published fp16 runs do it: every
@@ -25,6 +28,9 @@ from collections.abc import Iterable
 import torch
 
 OPTIMIZER_KERNELS = ("as_built", "foreach", "fused")
+#: torch.compile's modes (`trainer.compile_mode`); those in CUDA_GRAPH_MODES record CUDA graphs on CUDA
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 #: keyword arguments of `torch.compile` (tests trace with backend="aot_eager": inductor's C++
 #: build of even the digits networks takes over a minute on a 2-core CPU)
 COMPILE_OPTIONS: dict = {}
@@ -58,15 +64,26 @@ def _unet(net: torch.nn.Module) -> torch.nn.Module:
     return inner if isinstance(inner, torch.nn.Module) else net
 
 
-def compile_networks(networks: Iterable[torch.nn.Module]) -> int:
-    """`torch.compile` each network's UNet in place, once (returns how many were newly compiled)."""
+def compile_networks(networks: Iterable[torch.nn.Module], mode: str = "default") -> int:
+    """`torch.compile` each network's UNet in place, once, in torch.compile's `mode` (returns how
+    many were newly compiled)."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; use one of {', '.join(COMPILE_MODES)}")
+    options = {**COMPILE_OPTIONS, **({"mode": mode} if mode != "default" else {})}
     done = 0
     for net in networks:
         target = _unet(net)
         if getattr(target, "_compiled_call_impl", None) is None:
-            target.compile(**COMPILE_OPTIONS)
+            target.compile(**options)
             done += 1
     return done
+
+
+def marks_cuda_graph_steps(compile_on: bool, mode: str, device: torch.device) -> bool:
+    """Whether each iteration must begin with `torch.compiler.cudagraph_mark_step_begin()`: compiled
+    networks recording CUDA graphs. A graph's outputs live in memory its next replay overwrites;
+    marking the step tells torch that the previous iteration's outputs are no longer read."""
+    return compile_on and mode in CUDA_GRAPH_MODES and device.type == "cuda"
 
 
 def to_channels_last(networks: Iterable[torch.nn.Module]) -> None:

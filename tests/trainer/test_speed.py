@@ -133,6 +133,42 @@ def test_compiled_networks_match(teacher_file: Path, tmp_path: Path, baseline, m
     torch._dynamo.reset()
 
 
+def test_compile_mode_reaches_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append(kw))
+    assert speed.compile_networks([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)], "reduce-overhead") == 2
+    assert calls == [{**speed.COMPILE_OPTIONS, "mode": "reduce-overhead"}] * 2
+    calls.clear()
+    speed.compile_networks([torch.nn.Linear(2, 2)])  # torch.compile's own default: no mode passed
+    assert calls == [dict(speed.COMPILE_OPTIONS)]
+    with pytest.raises(ValueError, match="unknown compile mode 'turbo'; use one of default, reduce-overhead"):
+        speed.compile_networks([torch.nn.Linear(2, 2)], "turbo")
+
+
+@pytest.mark.parametrize(("compile_on", "mode", "device", "marks"), [
+    (True, "reduce-overhead", "cuda", True), (True, "max-autotune", "cuda", True),
+    (True, "default", "cuda", False), (True, "max-autotune-no-cudagraphs", "cuda", False),
+    (False, "reduce-overhead", "cuda", False), (True, "reduce-overhead", "cpu", False)])
+def test_cuda_graph_steps_are_marked_only_where_graphs_are_recorded(compile_on: bool, mode: str, device: str, marks: bool) -> None:
+    assert speed.marks_cuda_graph_steps(compile_on, mode, torch.device(device)) is marks
+
+
+def test_the_trainer_marks_every_iteration_as_a_graph_step(teacher_file: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = compose(["method=sid", "dataset=digits", *tiny_overrides(teacher_file), "trainer.batch_gpu=4"])
+    teacher = load_teacher(cfg.dataset.teacher, CPU)
+    trainer = Trainer(cfg.trainer, METHODS.get("sid")(teacher, cfg.method, CPU, cfg), tmp_path, CPU)
+    assert not trainer.mark_graph_steps  # not compiled, and on the CPU
+    marked: list[int] = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marked.append(trainer.progress.iteration))
+    trainer.mark_graph_steps = True  # as on CUDA with trainer.compile_mode=reduce-overhead
+    for _ in range(3):
+        trainer.step()
+        trainer.progress.iteration += 1
+    assert marked == [0, 1, 2]  # once per iteration
+    trainer.counter.detach()
+
+
 def test_unknown_optimizer_kernel_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown optimizer kernel"):
         speed.set_optimizer_kernel([], "turbo")
