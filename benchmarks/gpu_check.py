@@ -100,6 +100,7 @@ def measure(dataset: str, batch: int, precision: str, device: torch.device, warm
         t0 = time.perf_counter()
         for _ in range(warmup):
             step()
+            real_size.as_mid_run(trainer)
         real_size.synchronize(device)
         row["warmup_seconds"] = time.perf_counter() - t0
         row["compile_seconds"] = compile_seconds() - compiled_before
@@ -158,6 +159,7 @@ def measure_ratio(method: str, dataset: str, batch: int, device: torch.device, r
                 p.images_seen += batch
 
             step()  # optimiser states exist; the compute counter has measured this kind
+            real_size.as_mid_run(trainer)
             trainer.counter.take()
             recorded = passes_mod.record_passes(passes_mod.method_networks(trainer.method), step)
             row["counted_passes_per_iteration"] = trainer.counter.take().passes  # what the replay must repeat

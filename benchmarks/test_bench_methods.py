@@ -63,6 +63,7 @@ def test_iteration(benchmark: Any, method: str, dataset: str, tmp_path: Path) ->
             p.images_seen += BATCH
 
         iteration()  # Adam's states exist; the compute counter has measured this kind
+        real_size.as_mid_run(trainer)
         recorded = passes_mod.record_passes(passes_mod.method_networks(trainer.method), iteration)
         passes_cpu: list[float] = []
         iteration_cpu: list[float] = []
