@@ -108,10 +108,16 @@ def changed_settings(stored: dict[str, Any], cfg: DictConfig, defaults: dict[str
 
 
 def default_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The flat defaults of `cfg`'s method on its dataset (the preset included), no override."""
+    """The flat defaults of `cfg`'s method on its dataset (the preset included), no override; none
+    where those names do not compose (a dataset card whose `name` is not its file's), so that
+    every difference counts."""
     from sidbench.config import compose
 
-    return _flat(OmegaConf.to_container(compose([f"method={cfg.method.name}", f"dataset={cfg.dataset.name}"]), resolve=True))
+    try:
+        defaults = compose([f"method={cfg.method.name}", f"dataset={cfg.dataset.name}"])
+    except ConfigError:
+        return {}
+    return _flat(OmegaConf.to_container(defaults, resolve=True))
 
 
 def older_names(stored: dict[str, Any]) -> str | None:

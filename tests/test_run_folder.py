@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from sidbench.config import ConfigError, compose
-from sidbench.run_folder import changed_settings, check_folder_name, merge_overrides, plan_start
+from sidbench.run_folder import changed_settings, check_folder_name, default_settings, merge_overrides, plan_start
 from sidbench.testing.tiny import tiny_overrides
 
 PLUGINS = str(Path(__file__).parent / "trainer" / "plugins")
@@ -100,6 +100,8 @@ def test_a_setting_added_since_a_run_started_resumes_at_its_default(tmp_path: Pa
     other = compose(["method=dmd2", "run_name=old", "trainer.compile=true", "trainer.compile_mode=reduce-overhead"])
     with pytest.raises(ConfigError, match=r"trainer.compile False -> True; trainer.compile_mode \(none\) -> reduce-overhead"):
         plan_start(other, tmp_path)
+    renamed = compose(["method=dmd2", "run_name=old", "dataset.name=my-digits"])  # a card named unlike its file
+    assert default_settings(renamed) == {}
 
 
 def test_a_run_made_before_a_setting_was_renamed_says_so_in_one_line(tmp_path: Path) -> None:
