@@ -31,6 +31,7 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,58 +80,61 @@ def build(dataset: str, batch: int, precision: str, device: torch.device, extra:
     return trainer
 
 
+def guarded(row: dict[str, Any], device: torch.device, body: Callable[[], None]) -> dict[str, Any]:
+    """Run a row's `body`, which fills `row`: a failure (out of memory, an unsupported option)
+    becomes the row's status and the others go on; the body's memory is released after it."""
+    start = time.perf_counter()
+    try:
+        body()
+    except torch.cuda.OutOfMemoryError:
+        row["status"] = "out of memory"
+    except Exception as e:  # noqa: BLE001 - one failed row must not cost the others
+        row["status"] = f"failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    row["row_seconds"] = time.perf_counter() - start
+    return row
+
+
 def measure(dataset: str, batch: int, precision: str, device: torch.device, warmup: int, iterations: int,
             compile_on: bool = False, extra: list[str] | None = None) -> dict[str, Any]:
     from sidbench.trainer.speed import compile_seconds
 
     row: dict[str, Any] = {"dataset": dataset, "micro_batch": batch, "precision": precision, "compile": compile_on,
                            "overrides": list(extra or []), "device": real_size.device_name(device), "torch": torch.__version__}
-    start = time.perf_counter()
-    trainer = None
-    try:
+
+    def body() -> None:
         compiled_before = compile_seconds()
         trainer = build(dataset, batch, precision, device, [*(extra or []), f"trainer.compile={str(compile_on).lower()}"])
-        p = trainer.progress
-
-        def step() -> None:
-            trainer.step()
-            p.iteration += 1
-            p.images_seen += batch
-
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            step()
-            real_size.as_mid_run(trainer)
-        real_size.synchronize(device)
-        row["warmup_seconds"] = time.perf_counter() - t0
-        row["compile_seconds"] = compile_seconds() - compiled_before
-        trainer.counter.take()
-        real_size.reset_peak(device)
-        t0 = time.perf_counter()
-        for _ in range(iterations):
-            step()
-        real_size.synchronize(device)
-        seconds = (time.perf_counter() - t0) / iterations
-        cost = trainer.counter.take()
-        peak, reserved = real_size.read_peak(device)
-        flops = cost.flops / iterations
-        peak_rate = peak_flops(device, precision)
-        row.update(status="measured", iterations=iterations, seconds_per_iteration=seconds, images_per_second=batch / seconds,
-                   flops_per_iteration=flops, flops_per_second=flops / seconds,
-                   mfu=(flops / seconds / peak_rate) if peak_rate else None, peak_memory_gib=peak, peak_reserved_gib=reserved)
-    except torch.cuda.OutOfMemoryError:
-        row["status"] = "out of memory"
-    except Exception as e:  # noqa: BLE001 - one failed row must not cost the others
-        row["status"] = f"failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-    finally:
-        if trainer is not None:
+        step = real_size.stepper(trainer, batch)
+        try:
+            t0 = time.perf_counter()
+            for _ in range(warmup):
+                step()
+                real_size.as_mid_run(trainer)
+            real_size.synchronize(device)
+            row["warmup_seconds"] = time.perf_counter() - t0
+            row["compile_seconds"] = compile_seconds() - compiled_before
+            trainer.counter.take()
+            real_size.reset_peak(device)
+            t0 = time.perf_counter()
+            for _ in range(iterations):
+                step()
+            real_size.synchronize(device)
+            seconds = (time.perf_counter() - t0) / iterations
+            cost = trainer.counter.take()
+            peak, reserved = real_size.read_peak(device)
+            flops = cost.flops / iterations
+            peak_rate = peak_flops(device, precision)
+            row.update(status="measured", iterations=iterations, seconds_per_iteration=seconds, images_per_second=batch / seconds,
+                       flops_per_iteration=flops, flops_per_second=flops / seconds,
+                       mfu=(flops / seconds / peak_rate) if peak_rate else None, peak_memory_gib=peak, peak_reserved_gib=reserved)
+        finally:
             trainer.counter.detach()
-        del trainer
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    row["row_seconds"] = time.perf_counter() - start
-    return row
+
+    return guarded(row, device, body)
 
 
 def measure_ratio(method: str, dataset: str, batch: int, device: torch.device, rounds: int) -> dict[str, Any]:
@@ -142,48 +146,33 @@ def measure_ratio(method: str, dataset: str, batch: int, device: torch.device, r
 
     row: dict[str, Any] = {"method": method, "dataset": dataset, "micro_batch": batch, "device": real_size.device_name(device),
                            "torch": torch.__version__}
-    start = time.perf_counter()
-    trainer = None
-    try:
+
+    def body() -> None:
         with real_size.scratch_folder() as scratch:
             images = scratch / "images"  # named as training images for methods that read them; never opened
             images.mkdir()
             cfg, row["overrides"], notes = real_size.compose_row(method, dataset, device, batch, images)
             row["precision"], row["notes"] = str(cfg.trainer.precision), "; ".join(notes)
             trainer, row["stage"] = real_size.make_trainer(cfg, real_size.random_teacher(cfg, device), device)
-            p = trainer.progress
+            step = real_size.stepper(trainer, batch)
+            try:
+                step()  # optimiser states exist; the compute counter has measured this kind
+                real_size.as_mid_run(trainer)
+                trainer.counter.take()
+                recorded = passes_mod.record_passes(passes_mod.method_networks(trainer.method), step)
+                row["counted_passes_per_iteration"] = trainer.counter.take().passes  # what the replay must repeat
+                timers = {"iteration": Timer(device), "passes": Timer(device)}
+                for _ in range(rounds):
+                    timers["passes"](lambda: passes_mod.replay(recorded, trainer.ctx.autocast))
+                    timers["iteration"](step)
+                iteration, passes = min(timers["iteration"].wall), min(timers["passes"].wall)
+                row.update(status="measured", seconds_per_iteration=iteration, passes_seconds=passes,
+                           images_per_second=batch / iteration, iteration_over_passes=iteration / passes,
+                           passes_per_iteration=passes_mod.passes_per_image(recorded))
+            finally:
+                trainer.counter.detach()
 
-            def step() -> None:
-                trainer.step()
-                p.iteration += 1
-                p.images_seen += batch
-
-            step()  # optimiser states exist; the compute counter has measured this kind
-            real_size.as_mid_run(trainer)
-            trainer.counter.take()
-            recorded = passes_mod.record_passes(passes_mod.method_networks(trainer.method), step)
-            row["counted_passes_per_iteration"] = trainer.counter.take().passes  # what the replay must repeat
-            timers = {"iteration": Timer(device), "passes": Timer(device)}
-            for _ in range(rounds):
-                timers["passes"](lambda: passes_mod.replay(recorded, trainer.ctx.autocast))
-                timers["iteration"](step)
-            iteration, passes = min(timers["iteration"].wall), min(timers["passes"].wall)
-            row.update(status="measured", seconds_per_iteration=iteration, passes_seconds=passes,
-                       images_per_second=batch / iteration, iteration_over_passes=iteration / passes,
-                       passes_per_iteration=passes_mod.passes_per_image(recorded))
-    except torch.cuda.OutOfMemoryError:
-        row["status"] = "out of memory"
-    except Exception as e:  # noqa: BLE001 - one failed row must not cost the others
-        row["status"] = f"failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-    finally:
-        if trainer is not None:
-            trainer.counter.detach()
-        del trainer
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    row["row_seconds"] = time.perf_counter() - start
-    return row
+    return guarded(row, device, body)
 
 
 def largest_batch(dataset: str, precision: str, device: torch.device, candidates: list[int]) -> int:

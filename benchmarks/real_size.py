@@ -51,7 +51,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,6 +242,18 @@ def make_trainer(cfg: DictConfig, teacher: Any, device: torch.device, run_dir: P
     return trainer, stage
 
 
+def stepper(trainer: Any, batch: int) -> Callable[[], None]:
+    """One iteration of `trainer` with its progress advanced as `Trainer.train` advances it."""
+    p = trainer.progress
+
+    def step() -> None:
+        trainer.step()
+        p.iteration += 1
+        p.images_seen += batch
+
+    return step
+
+
 #: the optimiser step count a timed iteration is given (`as_mid_run`)
 MID_RUN_STEP = 1000
 
@@ -264,13 +276,8 @@ def as_mid_run(trainer: Any, step: int = MID_RUN_STEP) -> None:
 def measure(row: Row, cfg: DictConfig, teacher: Any, device: torch.device, warmup: int, iterations: int) -> None:
     """Build the method and its trainer as `sidbench run` does and time `iterations` of its last stage."""
     trainer, row.stage = make_trainer(cfg, teacher, device)
-    p = trainer.progress
+    step = stepper(trainer, row.micro_batch)
     try:
-        def step() -> None:
-            trainer.step()
-            p.iteration += 1
-            p.images_seen += row.micro_batch
-
         for _ in range(warmup):
             step()
             as_mid_run(trainer)
