@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             add(measure(ffhq, ffhq_batch, precision, device, warmup, iterations), "ffhq_memory")
     # 3. every built-in method's iteration against its passes alone, at CIFAR-10's published micro-batch
     #    (SiD's 256 over 8 GPUs), each in its preset's precision
-    for method in (m for m in real_size.default_methods() if m not in real_size.VARIANTS):
+    for method in (m for m in real_size.builtin_methods() if m not in real_size.VARIANTS):
         if time_left():
             add(measure_ratio(method, cifar, 2 if args.smoke else 32, device, iterations), "methods")
     # 4. Adam's fused kernel against the as-built one of part 1's bf16 row (same micro-batch)

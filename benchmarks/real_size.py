@@ -74,6 +74,19 @@ def default_methods() -> list[str]:
     names = sorted((n for n in REGISTRY.names() if n not in SAME_ITERATION), key=lambda n: (n != "sid", n))
     return [row for n in names for row in (n, *(v for v, (base, _) in VARIANTS.items() if base == n))]
 
+def builtin_methods() -> list[str]:
+    """`default_methods()` without plugins: the rows of the methods sidbench ships."""
+    from sidbench.methods import METHODS as REGISTRY
+
+    def shipped(name: str) -> bool:
+        try:
+            return REGISTRY.get(VARIANTS.get(name, (name, []))[0]).__module__.startswith("sidbench.methods.")
+        except Exception:  # noqa: BLE001 - a plugin that does not even load is not one of ours
+            return False
+
+    return [m for m in default_methods() if shipped(m)]
+
+
 #: the real datasets: distinct networks first (cifar10-cond and afhqv2-64 repeat cifar10's and ffhq64's)
 DATASETS = ["cifar10", "ffhq64", "imagenet64", "cifar10-cond", "afhqv2-64"]
 GIB = 2**30

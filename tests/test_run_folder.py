@@ -310,10 +310,11 @@ def test_an_interrupt_before_training_says_there_is_nothing_to_resume(tiny_teach
 
 
 @pytest.mark.slow
-def test_killing_the_launcher_takes_its_workers_along(tiny_teacher: Path, run_env: Path) -> None:
+def test_killing_the_launcher_takes_its_workers_along(tiny_teacher: Path, run_env: Path, run_temp) -> None:  # noqa: ANN001
     args = [sys.executable, "-m", "sidbench.cli", "run", *tiny_overrides(tiny_teacher, **{"trainer.kimg": 50}),
             "processes=2", "run_name=orphans", "tracking.enabled=false"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # a SIGKILLed launcher cannot remove its torchrun log folder: keep it in the test's temp folder
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **run_temp.env}
     proc = subprocess.Popen(args, cwd=run_env, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = run_env / "runs" / "digits" / "orphans" / "metrics.jsonl"

@@ -96,7 +96,8 @@ def test_the_counter_charges_a_jvp_two_passes_and_its_flops() -> None:
 def test_jvp_under_ddp_matches_one_process(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", f"--log-dir={tmp_path / 'logs'}",
+           str(WORKER), str(out)]  # torchrun's log folder here, not left in the temp folder
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout
     report = json.loads(out.read_text())

@@ -39,7 +39,9 @@ def common_overrides(teacher: Path) -> list[str]:
 
 def launch(module_args: list[str], cwd: Path, nproc: int | None, timeout: float = 300, plugins: str = "") -> str:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "SIDBENCH_PLUGINS": plugins}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else [sys.executable]
+    # torchrun's log folder inside the test's folder: by default it makes one in the temp folder and leaves it there
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                 f"--log-dir={cwd / 'torchrun-logs'}"] if nproc else [sys.executable])
     proc = subprocess.run([*launcher, "-m", "sidbench.cli", "run", *module_args], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout
