@@ -113,7 +113,7 @@ def measure(dataset: str, batch: int, precision: str, device: torch.device, warm
             t0 = time.perf_counter()
             for _ in range(warmup):
                 step()
-                real_size.as_mid_run(trainer)
+            real_size.as_mid_run(trainer)  # after the warm-up made the optimisers' states
             real_size.synchronize(device)
             row["warmup_seconds"] = time.perf_counter() - t0
             row["compile_seconds"] = compile_seconds() - compiled_before

@@ -74,6 +74,7 @@ def default_methods() -> list[str]:
     names = sorted((n for n in REGISTRY.names() if n not in SAME_ITERATION), key=lambda n: (n != "sid", n))
     return [row for n in names for row in (n, *(v for v, (base, _) in VARIANTS.items() if base == n))]
 
+
 def builtin_methods() -> list[str]:
     """`default_methods()` without plugins: the rows of the methods sidbench ships."""
     from sidbench.methods import METHODS as REGISTRY
@@ -293,7 +294,7 @@ def measure(row: Row, cfg: DictConfig, teacher: Any, device: torch.device, warmu
     try:
         for _ in range(warmup):
             step()
-            as_mid_run(trainer)
+        as_mid_run(trainer)  # after the warm-up made the optimisers' states
         trainer.counter.take()  # the warm-up's and the precomputation's compute: not this row's
         row.peak_memory_kind = reset_peak(device)
         start = time.perf_counter()
@@ -365,12 +366,10 @@ def cpu_model() -> str:
     digits curves differ between an Intel and an AMD machine of the same core count."""
     import platform
 
-    try:
+    with contextlib.suppress(OSError):  # not Linux: platform's answer below
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 

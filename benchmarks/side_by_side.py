@@ -162,14 +162,7 @@ def measure(reference: Path, dataset: str = "cifar10", batch: int = 2, rounds: i
     device = device or torch.device("cpu")
     trainer, cfg = sidbench_trainer(dataset, batch, device, list(extra or []))
     method = trainer.method
-    p = trainer.progress
-
-    def sidbench_step() -> Any:
-        out = trainer.step()
-        p.iteration += 1
-        p.images_seen += batch
-        return out
-
+    sidbench_step = real_size.stepper(trainer, batch)
     official = None
     if "official" in contenders:
         constructor = {**method.teacher.constructor, "dropout": 0.0}

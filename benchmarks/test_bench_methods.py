@@ -55,13 +55,7 @@ def test_iteration(benchmark: Any, method: str, dataset: str, tmp_path: Path) ->
         cfg, overrides, notes = real_size.compose_row(method, dataset, device, BATCH, images, extra=EXTRA)
         teacher = real_size.random_teacher(cfg, device)
         trainer, stage = real_size.make_trainer(cfg, teacher, device, tmp_path / "run")
-        p = trainer.progress
-
-        def iteration() -> None:
-            trainer.step()
-            p.iteration += 1
-            p.images_seen += BATCH
-
+        iteration = real_size.stepper(trainer, BATCH)
         iteration()  # Adam's states exist; the compute counter has measured this kind
         real_size.as_mid_run(trainer)
         recorded = passes_mod.record_passes(passes_mod.method_networks(trainer.method), iteration)
