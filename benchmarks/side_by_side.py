@@ -2,7 +2,7 @@
 side by side in one process (same network, weights, batch, threads and machine).
 
     python benchmarks/side_by_side.py --reference /path/to/SiD-checkout                 # CIFAR-10, batch 2, 1 thread
-    python benchmarks/side_by_side.py --reference ... --set trainer.optimizer_kernel=fused --json out.json
+    python benchmarks/side_by_side.py --reference ... --set trainer.precision=bf16 --json out.json
 
 Three contenders, run in turns (A, B, C, A, B, C, ...: a change of the machine's load touches
 all of them alike), one warm-up round first:
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on shared cores)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--set", nargs="*", default=[], help="overrides of sidbench's config, e.g. trainer.optimizer_kernel=fused")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides of sidbench's config, e.g. trainer.precision=bf16")
     parser.add_argument("--only", nargs="+", default=["official", "sidbench", "passes"], choices=["official", "sidbench", "passes"])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ sidbench's, when a checkout of the authors' code is named by SID_REFERENCE.
         --benchmark-enable --benchmark-save=cpu -k "sid and cifar10"      # one row, a few minutes
     python -m pytest benchmarks/test_bench_methods.py ... --benchmark-enable --benchmark-compare=0002   # against saved run 0002
     python -m pytest benchmarks/test_bench_methods.py ... --benchmark-enable --benchmark-compare-fail=min:10%
-    BENCH_SET="trainer.optimizer_kernel=fused" python -m pytest benchmarks/test_bench_methods.py ...  # every row with these overrides
+    BENCH_SET="trainer.optimizer_kernel=as_built" python -m pytest benchmarks/test_bench_methods.py ...  # every row with these overrides
 
 docs/speed.md says how the saved baseline is used. Each round runs the passes alone (pytest-benchmark's
 untimed `setup`, timed here) and then the iteration (timed by pytest-benchmark), so the two alternate

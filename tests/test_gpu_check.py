@@ -25,7 +25,7 @@ def test_gpu_check_smoke_writes_every_part(tmp_path: Path, monkeypatch) -> None:
     parts = [r["part"] for r in rows]
     assert parts[:len(mod.PRECISIONS)] == ["precision"] * len(mod.PRECISIONS)
     assert parts.count("ffhq_memory") == 2 and parts.count("compile") == 2 and parts.count("optimizer") == 1
-    assert next(r for r in rows if r["part"] == "optimizer")["overrides"] == ["trainer.optimizer_kernel=fused"]
+    assert next(r for r in rows if r["part"] == "optimizer")["overrides"] == ["trainer.optimizer_kernel=as_built"]
     graphs = [r for r in rows if r["part"] == "cuda_graphs"]
     assert len(graphs) == 1 and graphs[0]["compile"] and graphs[0]["overrides"] == ["trainer.compile_mode=reduce-overhead"]
     methods = [r for r in rows if r["part"] == "methods"]
