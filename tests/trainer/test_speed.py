@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import DictConfig
 
 from sidbench.config import compose
 from sidbench.methods import METHODS
@@ -27,11 +28,16 @@ def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_iterations(teacher_file: Path, tmp_path: Path, method: str = "sid", *options: str) -> tuple[list[dict], dict]:
-    """(losses of each iteration, the generator's and the EMA's weights after them)."""
-    cfg = compose([f"method={method}", "dataset=digits", *tiny_overrides(teacher_file), "trainer.batch_gpu=4", *options])
+    """(losses of each iteration, the generator's and the EMA's weights after them), on the tiny teacher."""
+    return iterate(compose([f"method={method}", "dataset=digits", *tiny_overrides(teacher_file), "trainer.batch_gpu=4", *options]),
+                   tmp_path)
+
+
+def iterate(cfg: DictConfig, tmp_path: Path) -> tuple[list[dict], dict]:
+    """`run_iterations` of a composed config."""
     torch.manual_seed(0)
     teacher = load_teacher(cfg.dataset.teacher, CPU)
-    m = METHODS.get(method)(teacher, cfg.method, CPU, cfg)
+    m = METHODS.get(str(cfg.method.name))(teacher, cfg.method, CPU, cfg)
     trainer = Trainer(cfg.trainer, m, tmp_path, CPU)
     p, losses = trainer.progress, []
     for _ in range(ITERATIONS):
@@ -86,17 +92,7 @@ def test_half_precision_keeps_sids_losses_within_its_round_off(precision: str, f
     def losses(option: str) -> list[dict[str, float]]:
         cfg = compose(["method=sid", "dataset=digits", "processes=1", "device=cpu", "trainer.batch=16", "trainer.batch_gpu=16",
                        f"trainer.precision={option}"])
-        torch.manual_seed(0)
-        teacher = load_teacher(cfg.dataset.teacher, CPU)
-        trainer = Trainer(cfg.trainer, METHODS.get("sid")(teacher, cfg.method, CPU, cfg), tmp_path / option, CPU)
-        out = []
-        for _ in range(ITERATIONS):
-            step_losses, _ = trainer.step()
-            out.append({k: float(v) for k, v in step_losses.items()})
-            trainer.progress.iteration += 1
-            trainer.progress.images_seen += 16
-        trainer.counter.detach()
-        return out
+        return iterate(cfg, tmp_path / option)[0]
 
     for half, full in zip(losses(precision), losses("fp32")):
         assert half["fake_score"] == pytest.approx(full["fake_score"], rel=fake_score_rel)
