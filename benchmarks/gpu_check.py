@@ -10,7 +10,8 @@
 3. every built-in method's iteration against its network passes alone, at CIFAR-10's published
    micro-batch (32), each in its preset's precision;
 4. Adam as built (PyTorch's for-each kernels on CUDA) against its fused kernel (`trainer.optimizer_kernel`,
-   fused by default);
+   fused by default); consistency distillation's RAdam step compiled (`optimizer_kernel=compiled`)
+   against part 3's for-each row;
 5. `trainer.compile` off and on (compile time apart);
 6. compiled with CUDA graphs (`trainer.compile_mode=reduce-overhead`);
 7. given `--reference`, the official SiD iteration against sidbench's, side by side.
@@ -138,10 +139,11 @@ def measure(dataset: str, batch: int, precision: str, device: torch.device, warm
     return guarded(row, device, body)
 
 
-def measure_ratio(method: str, dataset: str, batch: int, device: torch.device, rounds: int) -> dict[str, Any]:
-    """A built-in method's real iteration (its preset for `dataset`, random weights, micro-batch
-    `batch`) against its network passes replayed alone (benchmarks/passes.py), in turns, wall time
-    after a synchronise; fastest of `rounds` each."""
+def measure_ratio(method: str, dataset: str, batch: int, device: torch.device, rounds: int,
+                  extra: list[str] | None = None) -> dict[str, Any]:
+    """A built-in method's real iteration (its preset for `dataset` plus the `extra` overrides,
+    random weights, micro-batch `batch`) against its network passes replayed alone
+    (benchmarks/passes.py), in turns, wall time after a synchronise; fastest of `rounds` each."""
     import passes as passes_mod
     from side_by_side import Timer
 
@@ -152,7 +154,7 @@ def measure_ratio(method: str, dataset: str, batch: int, device: torch.device, r
         with real_size.scratch_folder() as scratch:
             images = scratch / "images"  # named as training images for methods that read them; never opened
             images.mkdir()
-            cfg, row["overrides"], notes = real_size.compose_row(method, dataset, device, batch, images)
+            cfg, row["overrides"], notes = real_size.compose_row(method, dataset, device, batch, images, extra=extra or [])
             row["precision"], row["notes"] = str(cfg.trainer.precision), "; ".join(notes)
             trainer, row["stage"] = real_size.make_trainer(cfg, real_size.random_teacher(cfg, device), device)
             step = real_size.stepper(trainer, batch)
@@ -244,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     # 4. Adam as built against the fused kernel of part 1's bf16 row (the default; same micro-batch)
     if time_left():
         add(measure(cifar, batch, "bf16", device, warmup, iterations, extra=["trainer.optimizer_kernel=as_built"]), "optimizer")
+    #    and RAdam's step compiled (no fused RAdam exists), against part 3's consistency row
+    if time_left():
+        add(measure_ratio("consistency", cifar, 2 if args.smoke else 32, device, iterations,
+                          extra=["trainer.optimizer_kernel=compiled"]), "optimizer")
     # 5. compile off and on (bf16, the fastest precision expected)
     for on in (False, True):
         if time_left():

@@ -243,7 +243,8 @@ class Trainer:
         line = {**metrics, "kimg": p.kimg, "compute/passes": p.passes, "compute/teacher_passes": p.teacher_passes,
                 "compute/flops": p.flops, "budget/fraction": self.budget.fraction(p.counters()),
                 "seconds": p.seconds, "eval/seconds_total": p.eval_seconds}
-        if self.cfg.get("compile"):  # included in `seconds` (the first calls compile), and apart here
+        # included in `seconds` (the first calls compile), and apart here
+        if self.cfg.get("compile") or self.cfg.get("optimizer_kernel") == "compiled":
             line["compile_seconds"] = compile_seconds()
         # step = images seen: unique per line (several evaluations can fall in one kimg early on)
         # and the same axis for every method, so MLflow's charts line runs up by images.

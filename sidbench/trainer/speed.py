@@ -6,7 +6,11 @@ and the tolerances the tests hold them to):
   picks its for-each kernels on CUDA, one tensor at a time on the CPU); `foreach` asks for the
   for-each kernels everywhere (the same numbers, bit for bit, as one tensor at a time); `fused`
   asks for the fused kernel where the optimiser has one (Adam, AdamW: one pass over the
-  parameters instead of several; round-off differs in the last bit) and for-each elsewhere (RAdam).
+  parameters instead of several; round-off differs in the last bit) and for-each elsewhere (RAdam);
+  `compiled` is `fused` where a fused kernel exists and elsewhere `torch.compile` of the for-each
+  step (RAdam's update generated as a few fused loops; the compile is paid once per process and
+  reported in `compile_seconds`; a learning rate that changes between steps is handed to the
+  compiled step as a tensor, so a schedule does not recompile it).
 - `trainer.compile`: `torch.compile` of each network's UNet (the `model` inside EDM's
   preconditioning; the wrapper, where the compute counter's hooks sit, stays eager). The first
   calls of each shape compile; that time is reported apart (`compile_seconds`).
@@ -27,7 +31,7 @@ from collections.abc import Iterable
 
 import torch
 
-OPTIMIZER_KERNELS = ("as_built", "foreach", "fused")
+OPTIMIZER_KERNELS = ("as_built", "foreach", "fused", "compiled")
 #: torch.compile's modes (`trainer.compile_mode`); those in CUDA_GRAPH_MODES record CUDA graphs on CUDA
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -44,8 +48,9 @@ def set_optimizer_kernel(optimizers: Iterable[torch.optim.Optimizer], kernel: st
     if kernel == "as_built":
         return
     for opt in optimizers:
+        fusable = all("fused" in g and not g.get("differentiable", False) for g in opt.param_groups)
         for group in opt.param_groups:
-            if kernel == "fused" and "fused" in group and not group.get("differentiable", False):
+            if kernel in ("fused", "compiled") and fusable:
                 group["fused"], group["foreach"] = True, False
                 # the fused kernel reads its step count from the parameter's device
                 for p in group["params"]:
@@ -56,6 +61,38 @@ def set_optimizer_kernel(optimizers: Iterable[torch.optim.Optimizer], kernel: st
                 group["foreach"] = True
                 if "fused" in group:
                     group["fused"] = False
+        if kernel == "compiled" and not fusable:
+            compile_step(opt)
+
+
+def compile_step(opt: torch.optim.Optimizer) -> None:
+    """Replace `opt.step` by `torch.compile` of it (once; idempotent). Each group's LR is passed to
+    the compiled step as a tensor on its parameters' device, filled before each step and put back
+    as a float after it (state dicts keep floats): a float LR is a constant to TorchDynamo, so every
+    new value of a warm-up or anneal would compile the step again. Steps taken while the compute
+    counter measures an iteration's FLOPs (the first of each kind) run eagerly: TorchDynamo does
+    not trace under the counting dispatch mode."""
+    if getattr(opt, "_sidbench_compiled_step", False):
+        return
+    compiled = torch.compile(opt.step, **COMPILE_OPTIONS)  # whatever `step` is now (a scheduler may wrap it)
+    holders: dict[int, torch.Tensor] = {}
+
+    def step(closure=None):  # noqa: ANN001, ANN202 - torch.optim.Optimizer.step's signature
+        floats = [g["lr"] for g in opt.param_groups]
+        for i, g in enumerate(opt.param_groups):
+            if not isinstance(g["lr"], torch.Tensor):
+                holder = holders.setdefault(i, torch.zeros((), device=g["params"][0].device))
+                g["lr"] = holder.fill_(float(g["lr"]))
+        try:
+            return compiled(closure) if closure is not None else compiled()
+        finally:
+            for g, lr in zip(opt.param_groups, floats):
+                g["lr"] = lr
+
+    if hasattr(opt.step, "_wrapped_by_lr_sched"):  # an LR scheduler's call tracking, kept (it runs inside)
+        step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+    opt.step = step  # type: ignore[method-assign]
+    opt._sidbench_compiled_step = True  # type: ignore[attr-defined]
 
 
 def _unet(net: torch.nn.Module) -> torch.nn.Module:

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from sidbench.config import compose
 from sidbench.methods import METHODS
+from sidbench.run_folder import METRICS_NAME
 from sidbench.teachers.load import load_teacher
 from sidbench.testing.tiny import make_tiny_teacher, tiny_overrides
 from sidbench.trainer import speed
@@ -39,6 +40,8 @@ def iterate(cfg: DictConfig, tmp_path: Path) -> tuple[list[dict], dict]:
     teacher = load_teacher(cfg.dataset.teacher, CPU)
     m = METHODS.get(str(cfg.method.name))(teacher, cfg.method, CPU, cfg)
     trainer = Trainer(cfg.trainer, m, tmp_path, CPU)
+    with trainer.ctx.precompute():
+        m.prepare(trainer.ctx)  # as `Trainer.train` does first (e.g. consistency's teacher samples)
     p, losses = trainer.progress, []
     for _ in range(ITERATIONS):
         step_losses, _ = trainer.step()
@@ -298,3 +301,86 @@ def test_run_sets_the_cpu_switch_from_the_config(monkeypatch: pytest.MonkeyPatch
     finally:
         torch.set_num_threads(threads)  # the digits preset sets one thread
     assert seen == [True, False]
+
+
+#: RAdam compiled computes its bias corrections in float32 tensors (as PyTorch's capturable
+#: RAdam does) where the eager step uses Python floats: 1 - 0.999^t keeps about 5 digits for small t,
+#: so a step's size may differ by ~1e-5 of itself
+COMPILED_RADAM = {"rtol": 1e-4, "atol": 1e-5}
+
+
+def test_compiled_radam_step_matches_the_for_each_one(teacher_file: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # RAdam (consistency distillation, ECT, sCD) has no fused kernel; `compiled` compiles its
+    # for-each step instead. Traced with aot_eager (inductor's C++ build of a step takes minutes on
+    # a small CPU; the benchmark measures it): the same training up to that round-off.
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(speed, "COMPILE_OPTIONS", {"backend": "aot_eager"})
+    torch._dynamo.reset()
+    counters.clear()
+    few = "method.num_teacher_samples=16"
+    eager = run_iterations(teacher_file, tmp_path / "eager", "consistency", few, "trainer.optimizer_kernel=foreach")
+    assert counters["stats"]["unique_graphs"] == 0
+    compiled = run_iterations(teacher_file, tmp_path / "compiled", "consistency", few, "trainer.optimizer_kernel=compiled")
+    for a, b in zip(compiled[0], eager[0]):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=COMPILED_RADAM["rtol"], abs=COMPILED_RADAM["atol"]) for k in a)
+    for k in eager[1]:
+        torch.testing.assert_close(compiled[1][k], eager[1][k], **COMPILED_RADAM)
+    assert counters["stats"]["unique_graphs"] == 1  # the generator's step, compiled once for all iterations
+    torch._dynamo.reset()
+
+
+def test_a_changing_learning_rate_does_not_recompile_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(speed, "COMPILE_OPTIONS", {"backend": "aot_eager"})
+    torch._dynamo.reset()
+    counters.clear()
+    nets = [torch.nn.Linear(3, 2) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [torch.optim.RAdam(n.parameters(), lr=0.1) for n in nets]
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1 / (1 + t)) for o in opts]
+    speed.set_optimizer_kernel(opts[1:], "compiled")
+    speed.set_optimizer_kernel(opts[1:], "compiled")  # again, as after a state reload: no second wrapper
+    x = torch.randn(5, 3)
+    for _ in range(10):  # past RAdam's five un-rectified steps, and past dynamo's 8 recompiles
+        for net, opt, schedule in zip(nets, opts, schedules):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+            schedule.step()
+    assert counters["stats"]["unique_graphs"] == 1
+    assert isinstance(opts[1].param_groups[0]["lr"], float)  # a state dict saves the float
+    assert opts[1].state_dict()["param_groups"][0]["lr"] == pytest.approx(1 / 11 * 0.1)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(b, a, **COMPILED_RADAM)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("kernel", ["fused", "compiled"])
+def test_a_compiled_step_reports_its_compile_time(kernel: str, teacher_file: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.setattr(speed, "COMPILE_OPTIONS", {"backend": "aot_eager"})
+    torch._dynamo.reset()
+    cfg = compose(["method=consistency", "dataset=digits", *tiny_overrides(teacher_file), "trainer.batch_gpu=4",
+                   "method.num_teacher_samples=16", f"trainer.optimizer_kernel={kernel}"])
+    teacher = load_teacher(cfg.dataset.teacher, CPU)
+    m = METHODS.get("consistency")(teacher, cfg.method, CPU, cfg)
+    trainer = Trainer(cfg.trainer, m, tmp_path, CPU)
+    with trainer.ctx.precompute():
+        m.prepare(trainer.ctx)
+    for _ in range(3):  # the first two run eagerly: the compute counter measures them in a FLOP-counting mode, which dynamo skips
+        trainer.step()
+        trainer.progress.iteration += 1
+        trainer.progress.images_seen += int(cfg.trainer.batch)
+    trainer.log({})
+    trainer.counter.detach()
+    line = json.loads((tmp_path / METRICS_NAME).read_text().splitlines()[-1])
+    if kernel == "compiled":
+        assert line["compile_seconds"] > 0  # the RAdam step, traced on the first iteration
+    else:
+        assert "compile_seconds" not in line
+    torch._dynamo.reset()
