@@ -9,6 +9,7 @@ sidbench's, when a checkout of the authors' code is named by SID_REFERENCE.
     python -m pytest benchmarks/test_bench_methods.py ... --benchmark-enable --benchmark-compare=0002   # against saved run 0002
     python -m pytest benchmarks/test_bench_methods.py ... --benchmark-enable --benchmark-compare-fail=min:10%
     BENCH_SET="trainer.optimizer_kernel=as_built" python -m pytest benchmarks/test_bench_methods.py ...  # every row with these overrides
+    BENCH_ROUNDS=10 python -m pytest benchmarks/test_bench_methods.py ... -k "dmd2 and cifar10"        # more rounds (default 3)
 
 docs/speed.md says how the saved baseline is used. Each round runs the passes alone (pytest-benchmark's
 untimed `setup`, timed here) and then the iteration (timed by pytest-benchmark), so the two alternate
@@ -33,7 +34,8 @@ import passes as passes_mod  # noqa: E402
 import real_size  # noqa: E402
 
 BATCH = 2
-ROUNDS = 3
+#: rounds of (passes alone, iteration) per row; more steady the short iterations' ratios (DMD2's)
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 METHOD_ROWS = [m for m in real_size.default_methods() if m not in real_size.VARIANTS]  # every distinct iteration
 DATASETS = ["cifar10", "ffhq64"]
 RATIO_TARGET = 1.05
