@@ -35,8 +35,8 @@ from sidbench.trainer.ema import EMA
 from sidbench.trainer.interrupt import TrainingInterrupted, stop_requests
 from sidbench.trainer.progress import Progress, ProgressDisplay
 from sidbench.trainer.schedule import BudgetAnneal, apply_lr_factor, restart
-from sidbench.trainer.speed import (compile_networks, compile_seconds, marks_cuda_graph_steps, set_edm_fp16, set_optimizer_kernel,
-                                    to_channels_last)
+from sidbench.trainer.speed import (compile_networks, compile_seconds, marks_cuda_graph_steps, require_compiler, set_edm_fp16,
+                                    set_optimizer_kernel, to_channels_last)
 from sidbench.trainer.tally import DeviceTally
 from sidbench.tracking import NullTracker
 
@@ -122,6 +122,8 @@ class Trainer:
         self.counter = ComputeCounter(count_flops=bool(cfg.get("count_flops", True)))
         self.compile_mode = str(cfg.get("compile_mode") or "default")
         self.mark_graph_steps = marks_cuda_graph_steps(bool(cfg.get("compile")), self.compile_mode, device)
+        if cfg.get("compile") or cfg.get("optimizer_kernel") == "compiled":
+            require_compiler(device)
         self.ctx = StepContext(
             method.networks(), method.optimizers(), device,
             batch=cfg.batch // world_size, batch_gpu=cfg.get("batch_gpu"), precision=cfg.precision,

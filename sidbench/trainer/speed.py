@@ -95,6 +95,23 @@ def compile_step(opt: torch.optim.Optimizer) -> None:
     opt._sidbench_compiled_step = True  # type: ignore[attr-defined]
 
 
+def require_compiler(device: torch.device) -> None:
+    """Refuse, before training starts, a compile that cannot run: TorchInductor builds its CPU
+    kernels with a C++ compiler, and without one the first compiled call fails mid-run."""
+    if device.type != "cpu" or COMPILE_OPTIONS.get("backend", "inductor") != "inductor":
+        return
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # noqa: BLE001 - inductor's InvalidCxxCompiler, or whatever its search raises
+        from sidbench.config import ConfigError
+
+        raise ConfigError(f"trainer.compile=true and trainer.optimizer_kernel=compiled need a C++ compiler on the CPU "
+                          f"for TorchInductor, and none was found ({type(e).__name__}); install g++ or set CXX, "
+                          f"or leave both off") from e
+
+
 def _unet(net: torch.nn.Module) -> torch.nn.Module:
     """What to compile: EDM's UNet inside its preconditioning wrapper, else the network itself."""
     inner = getattr(net, "model", None)

@@ -387,3 +387,21 @@ def test_a_compiled_step_reports_its_compile_time(kernel: str, teacher_file: Pat
     else:
         assert "compile_seconds" not in line
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("option", ["trainer.compile=true", "trainer.optimizer_kernel=compiled"])
+def test_a_compile_without_a_cpp_compiler_is_refused_before_training(option: str, teacher_file: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor import cpp_builder
+
+    from sidbench.config import ConfigError
+
+    def no_compiler() -> str:
+        raise RuntimeError("no working C++ compiler found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    cfg = compose(["method=sid", "dataset=digits", *tiny_overrides(teacher_file), option])
+    with pytest.raises(ConfigError, match=r"need a C\+\+ compiler on the CPU for TorchInductor, and none was found \(RuntimeError\); install g\+\+ or set CXX"):
+        prepared_trainer(cfg, tmp_path)
+    monkeypatch.setattr(speed, "COMPILE_OPTIONS", {"backend": "aot_eager"})  # no code generation: nothing to refuse
+    prepared_trainer(cfg, tmp_path / "traced").counter.detach()
