@@ -81,8 +81,9 @@ def compile_step(opt: torch.optim.Optimizer) -> None:
         floats = [g["lr"] for g in opt.param_groups]
         for i, g in enumerate(opt.param_groups):
             if not isinstance(g["lr"], torch.Tensor):
-                holder = holders.setdefault(i, torch.zeros((), device=g["params"][0].device))
-                g["lr"] = holder.fill_(float(g["lr"]))
+                if i not in holders:
+                    holders[i] = torch.zeros((), device=g["params"][0].device)
+                g["lr"] = holders[i].fill_(float(g["lr"]))
         try:
             return compiled(closure) if closure is not None else compiled()
         finally:
