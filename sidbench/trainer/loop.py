@@ -122,7 +122,9 @@ class Trainer:
         self.counter = ComputeCounter(count_flops=bool(cfg.get("count_flops", True)))
         self.compile_mode = str(cfg.get("compile_mode") or "default")
         self.mark_graph_steps = marks_cuda_graph_steps(bool(cfg.get("compile")), self.compile_mode, device)
-        if cfg.get("compile") or cfg.get("optimizer_kernel") == "compiled":
+        # anything compiled (networks, or RAdam's step): its compile time is logged apart
+        self.compiles = bool(cfg.get("compile")) or cfg.get("optimizer_kernel") == "compiled"
+        if self.compiles:
             require_compiler(device)
         self.ctx = StepContext(
             method.networks(), method.optimizers(), device,
@@ -245,8 +247,7 @@ class Trainer:
         line = {**metrics, "kimg": p.kimg, "compute/passes": p.passes, "compute/teacher_passes": p.teacher_passes,
                 "compute/flops": p.flops, "budget/fraction": self.budget.fraction(p.counters()),
                 "seconds": p.seconds, "eval/seconds_total": p.eval_seconds}
-        # included in `seconds` (the first calls compile), and apart here
-        if self.cfg.get("compile") or self.cfg.get("optimizer_kernel") == "compiled":
+        if self.compiles:  # included in `seconds` (the first calls compile), and apart here
             line["compile_seconds"] = compile_seconds()
         # step = images seen: unique per line (several evaluations can fall in one kimg early on)
         # and the same axis for every method, so MLflow's charts line runs up by images.
