@@ -3,6 +3,7 @@
 the loop reads device values only at its decision points."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,19 +47,36 @@ def prepared_trainer(cfg: DictConfig, tmp_path: Path) -> Trainer:
     return trainer
 
 
-def iterate(cfg: DictConfig, tmp_path: Path) -> tuple[list[dict], dict]:
-    """`run_iterations` of a composed config."""
-    trainer = prepared_trainer(cfg, tmp_path)
-    m, p, losses = trainer.method, trainer.progress, []
+def step_through(trainer: Trainer) -> list[dict]:
+    """ITERATIONS of the trainer's iterations, counted as `Trainer.train` counts them; their losses."""
+    p, losses = trainer.progress, []
     for _ in range(ITERATIONS):
         step_losses, _ = trainer.step()
         losses.append({k: float(v) for k, v in step_losses.items()})
         p.iteration += 1
-        p.images_seen += int(cfg.trainer.batch)
+        p.images_seen += int(trainer.cfg.batch)
+    return losses
+
+
+def iterate(cfg: DictConfig, tmp_path: Path) -> tuple[list[dict], dict]:
+    """`run_iterations` of a composed config."""
+    trainer = prepared_trainer(cfg, tmp_path)
+    m, losses = trainer.method, step_through(trainer)
     trainer.counter.detach()
     weights = {f"g.{k}": v.detach().clone() for k, v in m.networks()[m.generator_name].state_dict().items()}
     weights |= {f"ema.{k}": v.detach().clone() for k, v in trainer.ema.module.state_dict().items()}
     return losses, weights
+
+
+@pytest.fixture
+def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """torch.compile through graph capture (TorchDynamo + AOTAutograd) without inductor's code
+    generation (minutes of C++ builds on a small CPU; the benchmarks and the GPU script measure
+    inductor), from a fresh dynamo state, and back to one after the test."""
+    monkeypatch.setattr(speed, "COMPILE_OPTIONS", {"backend": "aot_eager"})
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
 
 
 @pytest.fixture(scope="module")
@@ -155,17 +173,13 @@ def test_flushing_makes_adams_subnormal_moments_zero_and_keeps_its_step(kernel: 
 
 
 @pytest.mark.slow
-def test_compiled_networks_match(teacher_file: Path, tmp_path: Path, baseline, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    # Graph capture (TorchDynamo + AOTAutograd) of every network's UNet, run without inductor's
-    # code generation (minutes of C++ builds on a small CPU; the GPU script measures inductor).
-    monkeypatch.setattr(speed, "COMPILE_OPTIONS", {"backend": "aot_eager"})
-    torch._dynamo.reset()
+def test_compiled_networks_match(teacher_file: Path, tmp_path: Path, baseline, traced) -> None:  # noqa: ANN001
+    # every network's UNet, traced (the fixture)
     losses, weights = run_iterations(teacher_file, tmp_path, "sid", "trainer.compile=true")
     for a, b in zip(losses, baseline[0]):
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in a)
     for k in weights:
         torch.testing.assert_close(weights[k], baseline[1][k], rtol=1e-5, atol=1e-6)
-    torch._dynamo.reset()
 
 
 def test_compile_mode_reaches_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -316,15 +330,11 @@ def test_run_sets_the_cpu_switch_from_the_config(monkeypatch: pytest.MonkeyPatch
 COMPILED_RADAM = {"rtol": 1e-4, "atol": 1e-5}
 
 
-def test_compiled_radam_step_matches_the_for_each_one(teacher_file: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_radam_step_matches_the_for_each_one(teacher_file: Path, tmp_path: Path, traced) -> None:  # noqa: ANN001
     # RAdam (consistency distillation, ECT, sCD) has no fused kernel; `compiled` compiles its
-    # for-each step instead. Traced with aot_eager (inductor's C++ build of a step takes minutes on
-    # a small CPU; the benchmark measures it): the same training up to that round-off.
+    # for-each step instead (traced: the fixture): the same training up to that round-off.
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(speed, "COMPILE_OPTIONS", {"backend": "aot_eager"})
-    torch._dynamo.reset()
     counters.clear()
     few = "method.num_teacher_samples=16"
     eager = run_iterations(teacher_file, tmp_path / "eager", "consistency", few, "trainer.optimizer_kernel=foreach")
@@ -335,14 +345,11 @@ def test_compiled_radam_step_matches_the_for_each_one(teacher_file: Path, tmp_pa
     for k in eager[1]:
         torch.testing.assert_close(compiled[1][k], eager[1][k], **COMPILED_RADAM)
     assert counters["stats"]["unique_graphs"] == 1  # the generator's step, compiled once for all iterations
-    torch._dynamo.reset()
 
 
-def test_a_changing_learning_rate_does_not_recompile_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_changing_learning_rate_does_not_recompile_the_step(traced) -> None:  # noqa: ANN001
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(speed, "COMPILE_OPTIONS", {"backend": "aot_eager"})
-    torch._dynamo.reset()
     counters.clear()
     nets = [torch.nn.Linear(3, 2) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
@@ -362,23 +369,16 @@ def test_a_changing_learning_rate_does_not_recompile_the_step(monkeypatch: pytes
     assert opts[1].state_dict()["param_groups"][0]["lr"] == pytest.approx(1 / 11 * 0.1)
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(b, a, **COMPILED_RADAM)
-    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("kernel", ["fused", "compiled"])
-def test_a_compiled_step_reports_its_compile_time(kernel: str, teacher_file: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_compiled_step_reports_its_compile_time(kernel: str, teacher_file: Path, tmp_path: Path, traced) -> None:  # noqa: ANN001
     import json
 
-    monkeypatch.setattr(speed, "COMPILE_OPTIONS", {"backend": "aot_eager"})
-    torch._dynamo.reset()
     cfg = compose(["method=consistency", "dataset=digits", *tiny_overrides(teacher_file), "trainer.batch_gpu=4",
                    "method.num_teacher_samples=16", f"trainer.optimizer_kernel={kernel}"])
     trainer = prepared_trainer(cfg, tmp_path)
-    for _ in range(ITERATIONS):  # the first two step eagerly: the compute counter measures them in a FLOP-counting mode, which dynamo skips
-        trainer.step()
-        trainer.progress.iteration += 1
-        trainer.progress.images_seen += int(cfg.trainer.batch)
+    step_through(trainer)  # the first two step eagerly: the compute counter measures them in a FLOP-counting mode, which dynamo skips
     trainer.log({})
     trainer.counter.detach()
     line = json.loads((tmp_path / METRICS_NAME).read_text().splitlines()[-1])
@@ -386,7 +386,6 @@ def test_a_compiled_step_reports_its_compile_time(kernel: str, teacher_file: Pat
         assert line["compile_seconds"] > 0  # the RAdam step, traced on the third iteration
     else:
         assert "compile_seconds" not in line
-    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("option", ["trainer.compile=true", "trainer.optimizer_kernel=compiled"])
