@@ -35,8 +35,8 @@ from sidbench.trainer.ema import EMA
 from sidbench.trainer.interrupt import TrainingInterrupted, stop_requests
 from sidbench.trainer.progress import Progress, ProgressDisplay
 from sidbench.trainer.schedule import BudgetAnneal, apply_lr_factor, restart
-from sidbench.trainer.speed import (compile_networks, compile_seconds, marks_cuda_graph_steps, require_compiler, set_edm_fp16,
-                                    set_optimizer_kernel, to_channels_last)
+from sidbench.trainer.speed import (compile_networks, compile_seconds, compiles_step, marks_cuda_graph_steps, require_compiler,
+                                    set_edm_fp16, set_optimizer_kernel, to_channels_last)
 from sidbench.trainer.tally import DeviceTally
 from sidbench.tracking import NullTracker
 
@@ -122,8 +122,9 @@ class Trainer:
         self.counter = ComputeCounter(count_flops=bool(cfg.get("count_flops", True)))
         self.compile_mode = str(cfg.get("compile_mode") or "default")
         self.mark_graph_steps = marks_cuda_graph_steps(bool(cfg.get("compile")), self.compile_mode, device)
-        # anything compiled (networks, or RAdam's step): its compile time is logged apart
-        self.compiles = bool(cfg.get("compile")) or cfg.get("optimizer_kernel") == "compiled"
+        # anything compiled (networks, or an optimiser's step: RAdam's on CUDA): its compile time is logged apart
+        self.optimizer_kernel = str(cfg.get("optimizer_kernel") or "as_built")
+        self.compiles = bool(cfg.get("compile")) or any(compiles_step(o, self.optimizer_kernel) for o in method.optimizers().values())
         if self.compiles:
             require_compiler(device)
         self.ctx = StepContext(
@@ -148,7 +149,7 @@ class Trainer:
         m = self.method
         nets = {**m.frozen_networks(), **{k: a.module for k, a in m.averages().items()}, **m.networks()}
         self.counter.attach(nets)
-        set_optimizer_kernel(m.optimizers().values(), str(self.cfg.get("optimizer_kernel") or "as_built"))
+        set_optimizer_kernel(m.optimizers().values(), self.optimizer_kernel)
         if self.cfg.get("edm_fp16"):
             set_edm_fp16([*nets.values(), self.ema.module], True)
         if self.cfg.get("channels_last"):

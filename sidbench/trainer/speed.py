@@ -6,10 +6,11 @@ and the tolerances the tests hold them to):
   picks its for-each kernels on CUDA, one tensor at a time on the CPU); `foreach` asks for the
   for-each kernels everywhere (the same numbers, bit for bit, as one tensor at a time); `fused`
   asks for the fused kernel where the optimiser has one (Adam, AdamW: one pass over the
-  parameters instead of several; round-off differs in the last bit) and for-each elsewhere (RAdam);
+  parameters instead of several; round-off differs in the last bit; RAdam on the CPU: its update
+  made by Adam's fused kernel, `fused_radam`) and for-each elsewhere (RAdam on CUDA);
   `compiled` is `fused` where a fused kernel exists and elsewhere `torch.compile` of the for-each
-  step (RAdam's update generated as a few fused loops; the compile is paid once per process and
-  reported in `compile_seconds`; a learning rate that changes between steps is handed to the
+  step (RAdam's update on CUDA generated as a few fused loops; the compile is paid once per process
+  and reported in `compile_seconds`; a learning rate that changes between steps is handed to the
   compiled step as a tensor, so a schedule does not recompile it).
 - `trainer.compile`: `torch.compile` of each network's UNet (the `model` inside EDM's
   preconditioning; the wrapper, where the compute counter's hooks sit, stays eager). The first
@@ -27,9 +28,11 @@ and the tolerances the tests hold them to):
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
+
+from sidbench.trainer import fused_radam
 
 OPTIMIZER_KERNELS = ("as_built", "foreach", "fused", "compiled")
 #: torch.compile's modes (`trainer.compile_mode`); those in CUDA_GRAPH_MODES record CUDA graphs on CUDA
@@ -48,7 +51,7 @@ def set_optimizer_kernel(optimizers: Iterable[torch.optim.Optimizer], kernel: st
     if kernel == "as_built":
         return
     for opt in optimizers:
-        fusable = all("fused" in g and not g.get("differentiable", False) for g in opt.param_groups)
+        fusable = _has_fused_kernel(opt)
         for group in opt.param_groups:
             if kernel in ("fused", "compiled") and fusable:
                 group["fused"], group["foreach"] = True, False
@@ -61,8 +64,38 @@ def set_optimizer_kernel(optimizers: Iterable[torch.optim.Optimizer], kernel: st
                 group["foreach"] = True
                 if "fused" in group:
                     group["fused"] = False
-        if kernel == "compiled" and not fusable:
+        if kernel in ("fused", "compiled") and fused_radam.fuses(opt):
+            if not getattr(opt, "_sidbench_fused_radam", False):
+                _replace_step(opt, lambda closure=None, opt=opt: fused_radam.step_radam_fused(opt, closure))
+                opt._sidbench_fused_radam = True  # type: ignore[attr-defined]
+        elif compiles_step(opt, kernel):
             compile_step(opt)
+
+
+def _has_fused_kernel(opt: torch.optim.Optimizer) -> bool:
+    """Whether PyTorch's optimiser class has a fused kernel (Adam, AdamW, SGD, Adagrad)."""
+    return all("fused" in g and not g.get("differentiable", False) for g in opt.param_groups)
+
+
+def compiles_step(opt: torch.optim.Optimizer, kernel: str) -> bool:
+    """Whether `kernel` compiles this optimiser's step: `compiled`, and no fused kernel makes its
+    update (RAdam on CUDA)."""
+    return kernel == "compiled" and not _has_fused_kernel(opt) and not fused_radam.fuses(opt)
+
+
+def _replace_step(opt: torch.optim.Optimizer, step: Callable) -> None:
+    """Make `step` the optimiser's step, with what its own step keeps: the step hooks (through
+    `Optimizer.profile_hook_step`, as PyTorch wraps every optimiser class's step) and an LR
+    scheduler's record that the optimiser stepped, which would otherwise warn that `step` was
+    overridden (and a scheduler made later does not wrap it again)."""
+    hooked = torch.optim.Optimizer.profile_hook_step(lambda self, closure=None: step(closure))
+
+    def replaced(closure=None):  # noqa: ANN001, ANN202 - torch.optim.Optimizer.step's signature
+        opt._opt_called = True  # type: ignore[attr-defined]
+        return hooked(opt, closure)
+
+    replaced._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+    opt.step = replaced  # type: ignore[method-assign]
 
 
 def compile_step(opt: torch.optim.Optimizer) -> None:

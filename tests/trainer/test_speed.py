@@ -15,7 +15,7 @@ from sidbench.methods import METHODS
 from sidbench.run_folder import METRICS_NAME
 from sidbench.teachers.load import load_teacher
 from sidbench.testing.tiny import make_tiny_teacher, tiny_overrides
-from sidbench.trainer import speed
+from sidbench.trainer import fused_radam, speed
 from sidbench.trainer.context import configure_cpu_math
 from sidbench.trainer.loop import Trainer
 from sidbench.trainer.tally import DeviceTally
@@ -29,10 +29,11 @@ def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_teacher(tmp_path_factory.mktemp("teacher") / "tiny.safetensors")
 
 
-def run_iterations(teacher_file: Path, tmp_path: Path, method: str = "sid", *options: str) -> tuple[list[dict], dict]:
+def run_iterations(teacher_file: Path, tmp_path: Path, method: str = "sid", *options: str,
+                   iterations: int = ITERATIONS) -> tuple[list[dict], dict]:
     """(losses of each iteration, the generator's and the EMA's weights after them), on the tiny teacher."""
     return iterate(compose([f"method={method}", "dataset=digits", *tiny_overrides(teacher_file), "trainer.batch_gpu=4", *options]),
-                   tmp_path)
+                   tmp_path, iterations)
 
 
 def prepared_trainer(cfg: DictConfig, tmp_path: Path) -> Trainer:
@@ -47,10 +48,10 @@ def prepared_trainer(cfg: DictConfig, tmp_path: Path) -> Trainer:
     return trainer
 
 
-def step_through(trainer: Trainer) -> list[dict]:
-    """ITERATIONS of the trainer's iterations, counted as `Trainer.train` counts them; their losses."""
+def step_through(trainer: Trainer, iterations: int = ITERATIONS) -> list[dict]:
+    """`iterations` of the trainer's iterations, counted as `Trainer.train` counts them; their losses."""
     p, losses = trainer.progress, []
-    for _ in range(ITERATIONS):
+    for _ in range(iterations):
         step_losses, _ = trainer.step()
         losses.append({k: float(v) for k, v in step_losses.items()})
         p.iteration += 1
@@ -58,10 +59,10 @@ def step_through(trainer: Trainer) -> list[dict]:
     return losses
 
 
-def iterate(cfg: DictConfig, tmp_path: Path) -> tuple[list[dict], dict]:
+def iterate(cfg: DictConfig, tmp_path: Path, iterations: int = ITERATIONS) -> tuple[list[dict], dict]:
     """`run_iterations` of a composed config."""
     trainer = prepared_trainer(cfg, tmp_path)
-    m, losses = trainer.method, step_through(trainer)
+    m, losses = trainer.method, step_through(trainer, iterations)
     trainer.counter.detach()
     weights = {f"g.{k}": v.detach().clone() for k, v in m.networks()[m.generator_name].state_dict().items()}
     weights |= {f"ema.{k}": v.detach().clone() for k, v in trainer.ema.module.state_dict().items()}
@@ -77,6 +78,13 @@ def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def radam_unfused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RAdam as on CUDA, where Adam's fused kernel does not make its update (`fused_radam` is for the
+    CPU): `compiled` compiles its for-each step there."""
+    monkeypatch.setattr(fused_radam, "fuses", lambda opt: False)
 
 
 @pytest.fixture(scope="module")
@@ -260,9 +268,24 @@ def test_fused_kernel_survives_a_state_reload() -> None:
     speed.set_optimizer_kernel([opt2], "fused")  # what the trainer does after loading a state
     assert opt2.param_groups[0]["fused"] and not opt2.param_groups[0]["foreach"]
     opt2.step()
-    radam = torch.optim.RAdam(net.parameters())  # no fused kernel: for-each instead
+    radam = torch.optim.RAdam(net.parameters())  # its update by Adam's fused kernel on the CPU (test_fused_radam.py)
     speed.set_optimizer_kernel([radam], "fused")
-    assert radam.param_groups[0]["foreach"]
+    radam.load_state_dict(radam.state_dict())
+    speed.set_optimizer_kernel([radam], "fused")
+    assert radam._sidbench_fused_radam and radam.param_groups[0]["foreach"]  # for-each for its unrectified first steps
+
+
+def test_fused_radam_trains_consistency_distillation_as_for_each_does(teacher_file: Path, tmp_path: Path) -> None:
+    # 8 iterations: RAdam's update is rectified (and made by Adam's fused kernel) from the 6th
+    few = "method.num_teacher_samples=16"
+    eager = run_iterations(teacher_file, tmp_path / "eager", "consistency", few, "trainer.optimizer_kernel=foreach", iterations=8)
+    fused = run_iterations(teacher_file, tmp_path / "fused", "consistency", few, "trainer.optimizer_kernel=fused", iterations=8)
+    for a, b in zip(fused[0], eager[0]):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in a)
+    assert fused[1].keys() == eager[1].keys()
+    for k in eager[1]:
+        torch.testing.assert_close(fused[1][k], eager[1][k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(fused[1][k], eager[1][k]) for k in eager[1])  # another kernel: not bit for bit
 
 
 def test_tally_means_match_host_sums_and_streak_counts_nonfinite() -> None:
@@ -330,9 +353,9 @@ def test_run_sets_the_cpu_switch_from_the_config(monkeypatch: pytest.MonkeyPatch
 COMPILED_RADAM = {"rtol": 1e-4, "atol": 1e-5}
 
 
-def test_compiled_radam_step_matches_the_for_each_one(teacher_file: Path, tmp_path: Path, traced) -> None:  # noqa: ANN001
-    # RAdam (consistency distillation, ECT, sCD) has no fused kernel; `compiled` compiles its
-    # for-each step instead (traced: the fixture): the same training up to that round-off.
+def test_compiled_radam_step_matches_the_for_each_one(teacher_file: Path, tmp_path: Path, traced, radam_unfused) -> None:  # noqa: ANN001
+    # RAdam (consistency distillation, ECT, sCD) has no fused kernel on CUDA; `compiled` compiles
+    # its for-each step there (traced: the fixture): the same training up to that round-off.
     from torch._dynamo.utils import counters
 
     counters.clear()
@@ -347,7 +370,7 @@ def test_compiled_radam_step_matches_the_for_each_one(teacher_file: Path, tmp_pa
     assert counters["stats"]["unique_graphs"] == 1  # the generator's step, compiled once for all iterations
 
 
-def test_a_changing_learning_rate_does_not_recompile_the_step(traced) -> None:  # noqa: ANN001
+def test_a_changing_learning_rate_does_not_recompile_the_step(traced, radam_unfused) -> None:  # noqa: ANN001
     from torch._dynamo.utils import counters
 
     counters.clear()
@@ -372,7 +395,7 @@ def test_a_changing_learning_rate_does_not_recompile_the_step(traced) -> None:  
 
 
 @pytest.mark.parametrize("kernel", ["fused", "compiled"])
-def test_a_compiled_step_reports_its_compile_time(kernel: str, teacher_file: Path, tmp_path: Path, traced) -> None:  # noqa: ANN001
+def test_a_compiled_step_reports_its_compile_time(kernel: str, teacher_file: Path, tmp_path: Path, traced, radam_unfused) -> None:  # noqa: ANN001
     import json
 
     cfg = compose(["method=consistency", "dataset=digits", *tiny_overrides(teacher_file), "trainer.batch_gpu=4",
@@ -388,19 +411,34 @@ def test_a_compiled_step_reports_its_compile_time(kernel: str, teacher_file: Pat
         assert "compile_seconds" not in line
 
 
-@pytest.mark.parametrize("option", ["trainer.compile=true", "trainer.optimizer_kernel=compiled"])
-def test_a_compile_without_a_cpp_compiler_is_refused_before_training(option: str, teacher_file: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch._inductor import cpp_builder
 
-    from sidbench.config import ConfigError
-
-    def no_compiler() -> str:
+    def missing() -> str:
         raise RuntimeError("no working C++ compiler found")
 
-    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
-    cfg = compose(["method=sid", "dataset=digits", *tiny_overrides(teacher_file), option])
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+
+
+@pytest.mark.parametrize(("method", "option"), [("sid", "trainer.compile=true"), ("consistency", "trainer.optimizer_kernel=compiled")])
+def test_a_compile_without_a_cpp_compiler_is_refused_before_training(method: str, option: str, teacher_file: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch, no_compiler, radam_unfused) -> None:  # noqa: ANN001
+    from sidbench.config import ConfigError
+
+    cfg = compose([f"method={method}", "dataset=digits", *tiny_overrides(teacher_file), option, "method.num_teacher_samples=16"
+                   if method == "consistency" else "trainer.batch_gpu=4"])
     with pytest.raises(ConfigError, match=r"need a C\+\+ compiler on the CPU for TorchInductor, and none was found \(RuntimeError\); install g\+\+ or set CXX"):
         prepared_trainer(cfg, tmp_path)
     monkeypatch.setattr(speed, "COMPILE_OPTIONS", {"backend": "aot_eager"})  # no code generation: nothing to refuse
     prepared_trainer(cfg, tmp_path / "traced").counter.detach()
+
+
+@pytest.mark.parametrize("method", ["sid", "consistency"])
+def test_compiled_kernels_that_compile_nothing_need_no_compiler(method: str, teacher_file: Path, tmp_path: Path, no_compiler) -> None:  # noqa: ANN001
+    # on the CPU every built-in optimiser has a fused kernel (Adam's, or RAdam's update made by it)
+    cfg = compose([f"method={method}", "dataset=digits", *tiny_overrides(teacher_file), "trainer.optimizer_kernel=compiled",
+                   "method.num_teacher_samples=16" if method == "consistency" else "trainer.batch_gpu=4"])
+    trainer = prepared_trainer(cfg, tmp_path)
+    assert not trainer.compiles
+    trainer.counter.detach()
