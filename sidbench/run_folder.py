@@ -49,13 +49,13 @@ RESUMABLE = (
     "eval.enabled", "eval.batch_size", "eval.final_samples", *REPORTING_SETTINGS,
 )
 
-FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+FOLDER_NAME = re.compile(r"[A-Za-z0-9_.+-]+")  # '+': a bench's default id joins its datasets
 
 
 def check_folder_name(value: str, key: str) -> str:
-    """`value` as one folder name (letters, digits, '-', '_', '.'; not '.' or '..'), else one line."""
+    """`value` as one folder name (letters, digits, '-', '_', '.', '+'; not '.' or '..'), else one line."""
     if not FOLDER_NAME.fullmatch(value) or set(value) == {"."}:
-        raise ConfigError(f"{key}={value!r} must be a single folder name of letters, digits, '-', '_' and '.' "
+        raise ConfigError(f"{key}={value!r} must be a single folder name of letters, digits, '-', '_', '.' and '+' "
                          f"(not '..', no '/'), e.g. {key}=my-run")
     return value
 

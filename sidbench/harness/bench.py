@@ -120,10 +120,11 @@ def _per_cell_overrides(overrides: DictConfig, methods: list[str], datasets: lis
 
 
 def budget_overrides(budget: DictConfig) -> list[str]:
-    """The bench's budget as run overrides; none: each dataset card's own."""
+    """The bench's budget as run overrides; none: each dataset card's own, given explicitly, so that
+    a preset's own length (SiD's digits main job) never reaches a comparison."""
     unit, value = budget.get("unit"), budget.get("value")
     if unit is None and value is None:
-        return []
+        return ["trainer.budget.unit=${dataset.budget.unit}", "trainer.budget.value=${dataset.budget.value}"]
     if unit is None or value is None:
         raise ConfigError(f"budget.unit={unit} budget.value={value}: give both (e.g. budget.unit=flops budget.value=2e12), or neither for each card's budget")
     return [f"trainer.budget.unit={unit}", f"trainer.budget.value={float(value)}"]

@@ -63,6 +63,22 @@ def test_cells_carry_the_budget_the_evaluation_points_and_per_method_overrides(t
     assert len({c.config_hash for c in bench.cells}) == 4
 
 
+def test_without_a_budget_every_cell_gets_its_cards_even_where_a_preset_sets_its_own(run_env: Path) -> None:
+    # SiD's digits preset is the main job and runs longer (3.4e13 FLOPs) than the card's budget;
+    # a bench compares at the card's budget, which every cell gets explicitly
+    from sidbench.config import compose
+
+    assert compose(["method=sid", "dataset=digits"]).trainer.budget.value == 3.4e13
+    card = compose(["dataset=digits"]).dataset.budget
+    settings, run, _ = parse_args(["methods=[sid,dmd2]", "datasets=[digits,digits-cond]"])
+    bench = plan(settings, run)
+    assert bench.id == "digits+digits-cond-card"
+    budgets = {c.key: compose(list(c.overrides)).trainer.budget for c in bench.cells}
+    assert budgets["sid-digits-s0"] == budgets["dmd2-digits-s0"] == card
+    cond = compose(["dataset=digits-cond"]).dataset.budget
+    assert cond != card and budgets["sid-digits-cond-s0"] == budgets["dmd2-digits-cond-s0"] == cond
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["seeds=0"], "seeds=0: give a count >= 1"),
     (["budget.unit=flops"], "give both"),

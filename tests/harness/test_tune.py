@@ -206,7 +206,7 @@ def test_a_preset_file_comes_after_the_dataset_preset_and_before_the_command_lin
     for f in (write_preset(tmp_path / "a.yaml", ["sid_digits", "_self_"]), write_preset(tmp_path / "b.yaml")):
         cfg = compose([f"preset_file={f}"])
         assert (cfg.method.alpha, cfg.method.lr, cfg.trainer.ema_rampup) == (0.9, 2e-4, 0.3)
-        assert cfg.trainer.batch == 128 and cfg.method.dropout == 0.0  # the digits preset's, kept
+        assert cfg.trainer.batch == 256 and cfg.method.dropout == 0.0  # the digits preset's, kept
         assert cfg.settings_source == "tuned:x" and cfg.tuning_flops == 3e12 and cfg.preset_file == str(f)
     cfg = compose([f"preset_file={f}", "trainer.ema_rampup=0.1"])
     assert cfg.trainer.ema_rampup == 0.1 and cfg.settings_source == "tuned:x"
