@@ -156,7 +156,8 @@ def _staged_trainer(tiny_teacher: Path, tmp_path: Path, *extra: str):  # noqa: A
     from sidbench.testing.staged import StagedToy
     from sidbench.trainer.loop import Trainer
 
-    cfg = compose(["dataset=digits", f"dataset.teacher.path={tiny_teacher}", "trainer.kimg=0.064", "trainer.batch=8",
+    # the trainer's defaults: SiD's digits preset (the main job's LR decay, batch) is not the toy's
+    cfg = compose(["dataset=digits", "~preset", f"dataset.teacher.path={tiny_teacher}", "trainer.kimg=0.064", "trainer.batch=8",
                    "trainer.checkpoint_every_kimg=0", "trainer.eval_every_kimg=0", "device=cpu", *extra])
     toy = StagedToy(load_teacher(cfg.dataset.teacher, CPU), OmegaConf.create(defaults(StagedToy.settings)), CPU)
     return Trainer(cfg.trainer, toy, tmp_path, CPU), toy
