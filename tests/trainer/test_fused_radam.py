@@ -22,11 +22,15 @@ def mlp() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(20, 50), torch.nn.Tanh(), torch.nn.Linear(50, 3))
 
 
-def train(net: torch.nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 1, frozen_every: int = 0) -> None:
-    """`steps` steps of a regression with a decaying LR (a LambdaLR made before any kernel switch);
-    with `frozen_every`, the last layer's bias gets no gradient on those steps (RAdam skips it, so
-    its step count falls behind the others')."""
+def train(net: torch.nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 1, frozen_every: int = 0,
+          kernel: str | None = None) -> None:
+    """`steps` steps of a regression with a decaying LR; a `kernel` is switched on after the LR's
+    schedule is made, in the trainer's order (a method builds its schedules, the trainer then sets
+    the kernel; twice, as after a state reload). With `frozen_every`, the last layer's bias gets no
+    gradient on those steps (RAdam skips it, so its step count falls behind the others')."""
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 / (1 + 0.1 * i))
+    for _ in range(2 if kernel else 0):
+        speed.set_optimizer_kernel([opt], kernel)
     g = torch.Generator().manual_seed(seed)
     for i in range(steps):
         x = torch.randn(16, 20, generator=g)
@@ -39,8 +43,7 @@ def train(net: torch.nn.Module, opt: torch.optim.Optimizer, steps: int, seed: in
 
 
 def pair(**radam: object) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.nn.Module, torch.optim.Optimizer]:
-    """Two copies of one network, each with a RAdam of the same settings; the second is switched to
-    the fused kernel after its schedule wraps its step, as the trainer does."""
+    """Two copies of one network, each with a RAdam of the same settings."""
     a = mlp()
     b = copy.deepcopy(a)
     return a, torch.optim.RAdam(a.parameters(), lr=1e-2, **radam), b, torch.optim.RAdam(b.parameters(), lr=1e-2, **radam)
@@ -64,15 +67,12 @@ def count_kernels(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 def test_fused_radam_matches_torchs_radam(radam: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = count_kernels(monkeypatch)
     a, opt_a, b, opt_b = pair(**radam)
-    schedule_warnings = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(a, opt_a, STEPS)
-        speed.set_optimizer_kernel([opt_b], "fused")
-        speed.set_optimizer_kernel([opt_b], "fused")  # again, as after a state reload: one wrapper
-        train(b, opt_b, STEPS)
-        schedule_warnings = [str(w.message) for w in caught if "lr_scheduler" in str(w.message) or "optimizer.step" in str(w.message)]
-    assert schedule_warnings == []  # the scheduler sees its optimiser step, and no overridden step
+        train(b, opt_b, STEPS, kernel="fused")
+    # the scheduler made before the switch sees its optimiser step, and no overridden step
+    assert [str(w.message) for w in caught if "lr_scheduler" in str(w.message) or "optimizer.step" in str(w.message)] == []
     # RAdam's first steps are unrectified (SGD with momentum: its own kernel); the rest are Adam's fused
     assert calls["radam"] >= 1 and calls["adam"] >= STEPS - 8 and calls["radam"] + calls["adam"] == STEPS
     for p, q in zip(a.parameters(), b.parameters()):
@@ -82,9 +82,8 @@ def test_fused_radam_matches_torchs_radam(radam: dict, monkeypatch: pytest.Monke
 
 def test_its_state_is_radams_and_either_kernel_continues_the_other() -> None:
     a, opt_a, b, opt_b = pair()
-    speed.set_optimizer_kernel([opt_b], "fused")
     train(a, opt_a, 10)
-    train(b, opt_b, 10)
+    train(b, opt_b, 10, kernel="fused")
     saved = opt_b.state_dict()
     assert saved["state"].keys() == opt_a.state_dict()["state"].keys()
     assert all(s.keys() == {"step", "exp_avg", "exp_avg_sq"} and float(s["step"]) == 10 for s in saved["state"].values())
@@ -92,6 +91,11 @@ def test_its_state_is_radams_and_either_kernel_continues_the_other() -> None:
     plain.load_state_dict(saved)  # the fused kernel's state, continued by PyTorch's RAdam
     train(a, opt_a, 10, seed=2)
     train(b, plain, 10, seed=2)
+    fused = torch.optim.RAdam(b.parameters(), lr=1e-2)
+    fused.load_state_dict(plain.state_dict())  # and back: PyTorch's state, continued by the fused kernel
+    train(a, opt_a, 10, seed=3)
+    train(b, fused, 10, seed=3, kernel="fused")
+    assert fused._sidbench_fused_radam and float(fused.state[b[0].weight]["step"]) == 30
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(q, p, **ROUND_OFF)
 
@@ -99,9 +103,8 @@ def test_its_state_is_radams_and_either_kernel_continues_the_other() -> None:
 def test_parameters_at_different_step_counts_keep_radams_update(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = count_kernels(monkeypatch)
     a, opt_a, b, opt_b = pair()
-    speed.set_optimizer_kernel([opt_b], "fused")
     train(a, opt_a, STEPS, frozen_every=7)
-    train(b, opt_b, STEPS, frozen_every=7)
+    train(b, opt_b, STEPS, frozen_every=7, kernel="fused")
     assert float(opt_b.state[b[2].bias]["step"]) < float(opt_b.state[b[0].weight]["step"])
     # each count is its own call (the kernel's rectification is one number): the lagging bias
     # makes a second call on the steps it takes, and its own unrectified first steps
