@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,21 +91,68 @@ def _resumable(key: str) -> bool:
     return any(key == r or key.startswith(r + ".") for r in RESUMABLE)
 
 
-def changed_settings(stored: dict[str, Any], cfg: DictConfig, defaults: dict[str, Any] | None = None) -> list[str]:
-    """The settings (other than `RESUMABLE`) whose values differ, as 'key old -> new'. A setting the
-    stored run lacks (one sidbench added after the run started) is unchanged where it has its
-    default value (`defaults`, flat keys): a new setting's default keeps what runs computed before."""
+_MISSING = object()
+
+
+def _differences(stored: dict[str, Any], cfg: DictConfig, defaults: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, stored value, new value) of the settings (other than `RESUMABLE`) that differ; `_MISSING`
+    where one side lacks the key. A setting the stored run lacks (one sidbench added after the run
+    started) is unchanged where it has its default value (`defaults`, flat keys): a new setting's
+    default keeps what runs computed before."""
     old, new = _flat(stored), _flat(OmegaConf.to_container(cfg, resolve=True))
-    defaults = defaults or {}
-    missing = object()
     out = []
     for key in sorted(old.keys() | new.keys()):
-        a, b = old.get(key, missing), new.get(key, missing)
-        if a is missing and key in defaults and defaults[key] == b:
+        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        if a is _MISSING and key in defaults and defaults[key] == b:
             continue
         if a != b and not _resumable(key):
-            out.append(f"{key} {'(none)' if a is missing else a} -> {'(none)' if b is missing else b}")
+            out.append((key, a, b))
     return out
+
+
+def changed_settings(stored: dict[str, Any], cfg: DictConfig, defaults: dict[str, Any] | None = None) -> list[str]:
+    """The settings (other than `RESUMABLE`) whose values differ, as 'key old -> new' (see `_differences`)."""
+    shown = [(key, "(none)" if a is _MISSING else a, "(none)" if b is _MISSING else b)
+             for key, a, b in _differences(stored, cfg, defaults or {})]
+    return [f"{key} {a} -> {b}" for key, a, b in shown]
+
+
+def restoring_overrides(stored: dict[str, Any], cfg: DictConfig, defaults: dict[str, Any] | None = None) -> list[str]:
+    """Command-line overrides that give `cfg` the stored run's settings again (e.g. after a preset's
+    defaults changed): each differing key at its stored value, or at its default where the run
+    predates the key."""
+    defaults = defaults or {}
+    out = []
+    for key, a, b in _differences(stored, cfg, defaults):
+        if a is _MISSING:
+            if key in defaults:
+                out.append(f"{key}={_override_value(defaults[key])}")
+        else:
+            out.append(f"{'+' if b is _MISSING else ''}{key}={_override_value(a)}")
+    return out
+
+
+def _override_value(value: Any) -> str:
+    """`value` in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    plain = re.fullmatch(r"[\w./:+-]+", text) and text.lower() not in ("null", "true", "false", "nan", "inf", "-inf")
+    if plain:
+        try:
+            float(text)  # a string that reads as a number must stay a string
+            plain = False
+        except ValueError:
+            pass
+    return text if plain else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def default_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -241,11 +289,15 @@ def plan_start(cfg: DictConfig, run_dir: Path) -> Start:
     if older:
         raise ConfigError(f"{where}: the run in {run_dir} was made by an older sidbench ({older}); resume it with "
                           "the version that started it (its MLflow tag code_version), or choose another run_name")
-    changed = changed_settings(stored, cfg, default_settings(cfg))
+    defaults = default_settings(cfg)
+    changed = changed_settings(stored, cfg, defaults)
     if changed:
         shown = "; ".join(changed[:4]) + (f"; ... ({len(changed)} in all)" if len(changed) > 4 else "")
+        # a default that changed since the run started (a preset's) is given back by these
+        restore = shlex.join(restoring_overrides(stored, cfg, defaults))  # to paste into a shell
+        what = f"add {restore} to continue it as it started" + ("" if cfg.get("resume") else ", or choose another run_name")
         raise ConfigError(f"{where}: the run in {run_dir} has other settings ({shown}); only where it runs, its budget "
-                         "and its reporting may change on resume (README: Run folders); choose another run_name")
+                         f"and its reporting may change on resume (README: Run folders); {what}")
     if (run_dir / CHECKPOINT_NAME).is_file():
         from sidbench.trainer.checkpoint import load_checkpoint
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -115,6 +116,31 @@ def test_a_run_made_before_a_setting_was_renamed_says_so_in_one_line(tmp_path: P
     stored["method"]["warmup_iterations"] = stored["method"].pop("lr_warmup")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
     assert plan_start(cfg, tmp_path).kind == "restart"  # today's names: the same settings, no checkpoint
+
+
+def test_a_run_from_before_a_preset_changed_is_told_how_to_continue_as_it_started(tmp_path: Path) -> None:
+    # SiD's digits preset of 2026-12-06 (batch 128, lr 1e-4, ramp-up 0.15, no LR decay): a run it
+    # started is refused by today's preset, and the refusal gives the overrides that continue it
+    before = ["trainer.batch=128", "method.lr=1e-4", "trainer.ema_rampup=0.15", "trainer.lr_anneal.shape=none",
+              "trainer.lr_anneal.start=0.5", "trainer.lr_anneal.final=0.1", "dataset.description='a card, renamed'"]
+    stored = OmegaConf.to_container(compose(["run_name=old", *before]), resolve=True)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    with pytest.raises(ConfigError) as refused:
+        plan_start(compose(["run_name=old"]), tmp_path)
+    message = str(refused.value)
+    assert "\n" not in message and message.endswith("to continue it as it started, or choose another run_name")
+    restore = shlex.split(message.split("; add ", 1)[1].split(" to continue", 1)[0])  # as a shell reads it
+    assert "trainer.batch=128" in restore and "method.lr=0.0001" in restore and "dataset.description='a card, renamed'" in restore
+    assert plan_start(compose(["run_name=old", *restore]), tmp_path).kind == "restart"  # the same settings again
+
+
+@pytest.mark.parametrize(("value", "override"), [
+    (None, "null"), (True, "true"), (3, "3"), (2.8e-4, "0.00028"), ([0.9, 0.99], "[0.9,0.99]"), ("cosine", "cosine"),
+    ("1e-4", "'1e-4'"), ("null", "'null'"), ("it's", "'it\\'s'")])
+def test_restoring_overrides_keep_each_values_type(value: object, override: str) -> None:
+    from sidbench.run_folder import _override_value
+
+    assert _override_value(value) == override
 
 
 def test_a_continued_run_adds_to_and_overrides_its_first_command_line() -> None:
