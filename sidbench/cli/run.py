@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -68,6 +71,7 @@ def relaunch_with_torchrun(processes: int, overrides: list[str]) -> int:
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")] + ["torch.distributed.elastic"]:
         logging.getLogger(name).setLevel(logging.CRITICAL)  # its modules' loggers carry levels of their own
     os.environ[PARENT_ENV] = str(os.getpid())  # the workers die with us, even if we are SIGKILLed
+    sys.unraisablehook = ignore_rendezvous_timer_race(sys.unraisablehook)
     # torchrun's own log folder (its workers' error files) would stay in the temp folder after
     # every run; this one goes when the run ends, however it ends short of a SIGKILL.
     with tempfile.TemporaryDirectory(prefix="sidbench-torchrun-") as logs:
@@ -82,6 +86,34 @@ def relaunch_with_torchrun(processes: int, overrides: list[str]) -> int:
             # for them; rank 0 printed what can be resumed.
             return 128 + int(e.sigval)
     return 0
+
+
+def ignore_rendezvous_timer_race(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`hook` (a `sys.unraisablehook`), except for one harmless race of torchrun's: the rendezvous's
+    keep-alive timer (torch/distributed/elastic/rendezvous/utils.py, `_PeriodicTimer`) is stopped by
+    a `weakref.finalize` that sets its stop event and joins its thread; when the garbage collector
+    happens to run on that very thread (a Ctrl-C ends the run while it ticks), the join raises
+    "cannot join current thread" and Python prints a traceback, though the event is set and the
+    thread ends. Any other unraisable exception goes to `hook`. Idempotent."""
+    if getattr(hook, "_sidbench_rendezvous_race", False):
+        return hook
+
+    def filtered(unraisable: Any) -> None:
+        tb, frames = unraisable.exc_traceback, []
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code)
+            tb = tb.tb_next
+        race = (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "cannot join current thread"
+                and any(c.co_name == "_stop_thread" and c.co_filename.replace(os.sep, "/").endswith(RENDEZVOUS_UTILS)
+                        for c in frames))
+        if not race:
+            hook(unraisable)
+
+    filtered._sidbench_rendezvous_race = True  # type: ignore[attr-defined]
+    return filtered
+
+
+RENDEZVOUS_UTILS = "torch/distributed/elastic/rendezvous/utils.py"
 
 
 def report_child_failure(failures: dict) -> int:  # rank -> torch's ProcessFailure
