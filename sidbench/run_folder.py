@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from sidbench.config import ConfigError, renamed_message
 from sidbench.errors import InputError
 from sidbench.eval.protocol import REPORTING_SETTINGS
+from sidbench.search_space import value_override
 
 CONFIG_NAME = "config.yaml"
 OVERRIDES_NAME = "overrides.yaml"
@@ -126,33 +127,10 @@ def restoring_overrides(stored: dict[str, Any], cfg: DictConfig, defaults: dict[
     for key, a, b in _differences(stored, cfg, defaults):
         if a is _MISSING:
             if key in defaults:
-                out.append(f"{key}={_override_value(defaults[key])}")
+                out.append(value_override(key, defaults[key]))
         else:
-            out.append(f"{'+' if b is _MISSING else ''}{key}={_override_value(a)}")
+            out.append(value_override(("+" if b is _MISSING else "") + key, a))
     return out
-
-
-def _override_value(value: Any) -> str:
-    """`value` in Hydra's override grammar."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
-    text = str(value)
-    plain = re.fullmatch(r"[\w./:+-]+", text) and text.lower() not in ("null", "true", "false", "nan", "inf", "-inf")
-    if plain:
-        try:
-            float(text)  # a string that reads as a number must stay a string
-            plain = False
-        except ValueError:
-            pass
-    return text if plain else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def default_settings(cfg: DictConfig) -> dict[str, Any]:

@@ -237,11 +237,33 @@ def schema_field(key: str, method: str) -> tuple[Any, Mapping[str, Any]] | None:
 
 
 def value_override(key: str, value: Any) -> str:
-    """`key=value` for Hydra, the value written so that it reads back the same (floats by repr)."""
+    """`key=value` for Hydra, the value written so that it reads back the same (floats by repr;
+    lists and dicts element by element; a string quoted where Hydra would read it otherwise)."""
+    return f"{key}={_hydra_value(value)}"
+
+
+def _hydra_value(value: Any) -> str:
+    if value is None:
+        return "null"
     if isinstance(value, bool):
-        return f"{key}={str(value).lower()}"
+        return str(value).lower()
     if isinstance(value, float):
-        return f"{key}={value!r}"
-    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9_.+-]+", value):
-        return f"{key}='{value}'"
-    return f"{key}={value}"
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str) and (not re.fullmatch(r"[A-Za-z0-9_.+-]+", value) or _reads_as_another_type(value)):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(value)
+
+
+def _reads_as_another_type(text: str) -> bool:
+    """Whether Hydra would read `text`, unquoted, as a number, a bool or null."""
+    if text.lower() in ("null", "true", "false"):
+        return True
+    try:
+        float(text)  # also nan and inf
+    except ValueError:
+        return False
+    return True

@@ -138,9 +138,9 @@ def test_a_run_from_before_a_preset_changed_is_told_how_to_continue_as_it_starte
     (None, "null"), (True, "true"), (3, "3"), (2.8e-4, "0.00028"), ([0.9, 0.99], "[0.9,0.99]"), ("cosine", "cosine"),
     ("1e-4", "'1e-4'"), ("null", "'null'"), ("it's", "'it\\'s'")])
 def test_restoring_overrides_keep_each_values_type(value: object, override: str) -> None:
-    from sidbench.run_folder import _override_value
+    from sidbench.search_space import value_override  # the overrides a tuning study's trials get, too
 
-    assert _override_value(value) == override
+    assert value_override("k", value) == f"k={override}"
 
 
 def test_a_continued_run_adds_to_and_overrides_its_first_command_line() -> None:

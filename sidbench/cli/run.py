@@ -88,6 +88,10 @@ def relaunch_with_torchrun(processes: int, overrides: list[str]) -> int:
     return 0
 
 
+#: where torchrun's rendezvous keep-alive timer lives (its file, as a traceback names it)
+RENDEZVOUS_UTILS = "torch/distributed/elastic/rendezvous/utils.py"
+
+
 def ignore_rendezvous_timer_race(hook: Callable[[Any], None]) -> Callable[[Any], None]:
     """`hook` (a `sys.unraisablehook`), except for one harmless race of torchrun's: the rendezvous's
     keep-alive timer (torch/distributed/elastic/rendezvous/utils.py, `_PeriodicTimer`) is stopped by
@@ -111,9 +115,6 @@ def ignore_rendezvous_timer_race(hook: Callable[[Any], None]) -> Callable[[Any],
 
     filtered._sidbench_rendezvous_race = True  # type: ignore[attr-defined]
     return filtered
-
-
-RENDEZVOUS_UTILS = "torch/distributed/elastic/rendezvous/utils.py"
 
 
 def report_child_failure(failures: dict) -> int:  # rank -> torch's ProcessFailure
