@@ -39,22 +39,23 @@ class RunResult:
     metrics: dict[str, float]
     mlflow_run_id: str | None
     rank: int = 0
-    #: the teacher's own value of the metric (`reference_metrics`: measured, or `<metric>_published`)
+    #: the teacher's own values of the metric (`reference_metrics`: measured at the evaluations'
+    #: size as `<metric>`, at the end's as `<metric>_final`, or the published `<metric>_published`)
     teacher: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """The final metric and how it compares with the teacher's: `eval/fd_pixel 0.191 = 1.31x the
-        teacher's 0.146`."""
+        """The final metric and how it compares with the teacher's at the same number of images (or
+        its published figure): `eval/fd_pixel_final 0.0997 = 1.07x the teacher's 0.0928`."""
         parts = []
         for key, value in self.metrics.items():
             if key.removesuffix("_final").endswith("seconds"):
                 continue
-            name = key.removeprefix("eval/").removesuffix("_final")
+            name = key.removeprefix("eval/")
             text = f"{key} {value:.4g}"
             if self.teacher.get(name):
                 text += f" = {value / self.teacher[name]:.2f}x the teacher's {self.teacher[name]:.4g}"
-            elif self.teacher.get(f"{name}_published"):
-                ref = self.teacher[f"{name}_published"]
+            elif self.teacher.get(f"{name.removesuffix('_final')}_published"):
+                ref = self.teacher[f"{name.removesuffix('_final')}_published"]
                 text += f" = {value / ref:.2f}x the teacher's published {ref:.4g}"
             parts.append(text)
         return ", ".join(parts)
@@ -101,32 +102,46 @@ def claim_run_dir(cfg: DictConfig, overrides: list[str] | None) -> tuple[Start, 
 
 def reference_metrics(cfg: DictConfig, info: dict[str, Any], teacher_file: str | Path | None = None,
                       rank: int = 0) -> dict[str, float]:
-    """The teacher's own value of the run's metric, logged as `teacher/<metric>` beside the curve.
+    """The teacher's own value of the run's metric, logged as `teacher/<metric>` beside the curve,
+    and, where the run's end is scored on more images than its evaluations (`eval.final_samples`),
+    its value at that size as `teacher/<metric>_final`: a Frechet distance depends on the number of
+    images, so the end is only compared with a teacher measured at the end's size.
 
     In order: a measurement recorded in MLflow by `sidbench fid teacher dataset=<d>` for this
-    teacher file, metric, FID mode, reference and sample count (the run's evaluation size, else
-    its final size; see `sidbench.eval.teacher_metrics`); a value measured and stored with the
-    teacher's weights; the published figure of the dataset card, logged under a `_published`
-    suffix so nobody mistakes it for a measurement.
+    teacher file, metric, FID mode, reference and sample count (for the curve the run's evaluation
+    size, else its final size; for the end its final size; see `sidbench.eval.teacher_metrics`);
+    a value measured and stored with the teacher's weights (`metrics`, and `final_metrics` at
+    `final_metric_samples`); for what is still missing, the published figure of the dataset card,
+    logged under a `_published` suffix so nobody mistakes it for a measurement.
     """
     metric = str(cfg.eval.metric)
+    num, final = int(cfg.eval.num_samples), int(cfg.eval.final_samples)
+    out: dict[str, float] = {}
     if teacher_file is not None:
         from sidbench.eval import METRICS
         from sidbench.eval.teacher_metrics import lookup_teacher_metric
 
+        def lookup(counts: list[int]) -> float | None:
+            hit = lookup_teacher_metric(cfg, teacher_file, metric=metric, num_samples=counts,
+                                        steps=int(cfg.dataset.teacher.sampler_steps),
+                                        settings=METRICS.get(metric).measurement_settings(cfg))
+            return None if hit is None else float(hit["value"])
+
         # Rank 0 asks the store and tells the others (a collective: `_run` calls this on every
         # rank at the same point); parallel readers of a SQLite store would race its writer.
-        cached = broadcast_object(lookup_teacher_metric(
-            cfg, teacher_file, metric=metric, num_samples=[int(cfg.eval.num_samples), int(cfg.eval.final_samples)],
-            steps=int(cfg.dataset.teacher.sampler_steps), settings=METRICS.get(metric).measurement_settings(cfg),
-        ) if rank == 0 else None)
-        if cached is not None:
-            return {metric: float(cached["value"])}
-    measured = (info.get("metrics") or {}).get(metric)
-    if measured is not None:
-        return {metric: float(measured)}
+        cached = broadcast_object({metric: lookup([num, final]), **({f"{metric}_final": lookup([final])} if final != num else {})}
+                                  if rank == 0 else None)
+        out = {k: v for k, v in cached.items() if v is not None}
+    if metric not in out and (info.get("metrics") or {}).get(metric) is not None:
+        out[metric] = float(info["metrics"][metric])
+    if (final != num and f"{metric}_final" not in out and info.get("final_metric_samples") == final
+            and (info.get("final_metrics") or {}).get(metric) is not None):
+        out[f"{metric}_final"] = float(info["final_metrics"][metric])
+    # The published figure (at the protocol's size) stands in for whatever was not measured.
     published = (info.get("published") or {}).get(metric)
-    return {f"{metric}_published": float(published)} if published is not None else {}
+    if published is not None and (metric not in out or (final != num and f"{metric}_final" not in out)):
+        out[f"{metric}_published"] = float(published)
+    return out
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> RunResult:

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from sidbench.config import ConfigError
 from sidbench.distributed import pick_device
 from sidbench.teachers.edm_loss import edm_loss
 from sidbench.teachers.load import builtin_teacher_path, save_native_teacher
@@ -40,12 +41,26 @@ def measure_teacher(net: torch.nn.Module, cfg: DictConfig, device: torch.device,
     return {name: METRICS.get(name)().compute([images]) for name in ("fd_pixel", "fd_digits")}
 
 
+def teacher_measurements(net: torch.nn.Module, cfg: DictConfig, device: torch.device, steps: int) -> dict[str, Any]:
+    """The card's measurements: `metrics` at the size of a run's evaluations (`metric_samples`) and,
+    where a run's end is scored on more images, `final_metrics` at that size (`final_metric_samples`).
+    A Frechet distance depends on the number of images, so a run's values are only ever divided by
+    the teacher's at the same size (sidbench.run.reference_metrics)."""
+    num, final = int(cfg.dataset.teacher.train.eval_samples), int(cfg.eval.final_samples)
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"metrics": measure_teacher(net, cfg, device, num, steps), "metric_samples": num}
+    if final != num:
+        out |= {"final_metrics": measure_teacher(net, cfg, device, final, steps), "final_metric_samples": final}
+    out["measure_seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
 def train_teacher(cfg: DictConfig, out: str | Path | None = None, command: str = "") -> Path:
     """Train the teacher of `cfg.dataset` (a digits card) and write it; returns the file."""
     name = str(cfg.dataset.name)
     if not name.startswith("digits"):
-        raise ValueError(f"`sidbench teacher train` trains the small offline teachers (digits, digits-cond), not {name}; "
-                         "the real datasets use EDM's published teachers")
+        raise ConfigError(f"`sidbench teacher train` trains the small offline teachers (digits, digits-cond), not {name}; "
+                          "the real datasets use EDM's published teachers")
     from sidbench.data.digits import load_digits_tensors
 
     tcfg = cfg.dataset.teacher.train
@@ -78,21 +93,47 @@ def train_teacher(cfg: DictConfig, out: str | Path | None = None, command: str =
             console.print(f"teacher {name}: iteration {it + 1}/{iterations} loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
     train_seconds = time.perf_counter() - start
     steps = int(cfg.dataset.teacher.sampler_steps)
-    t0 = time.perf_counter()
-    metrics = measure_teacher(ema, cfg, device, int(tcfg.eval_samples), steps)
+    measured = teacher_measurements(ema, cfg, device, steps)
     info = {
-        "metrics": metrics,
-        "metric_samples": int(tcfg.eval_samples),
+        **measured,
         "sampler": {"name": "heun", "steps": steps, "nfe": 2 * steps - 1},
         "command": command or f"sidbench teacher train dataset={name}",
         "train_config": OmegaConf.to_container(tcfg, resolve=True),
         "train_seconds": round(train_seconds, 1),
-        "measure_seconds": round(time.perf_counter() - t0, 1),
         "parameters": sum(p.numel() for p in ema.parameters()),
         "torch": torch.__version__,
     }
     path = Path(out) if out else builtin_teacher_path(name, must_exist=False)
-    save_native_teacher(ema, constructor, path, info)
+    _write_teacher(ema, constructor, path, info)
+    console.print(f"teacher {name}: {json.dumps(measured['metrics'])} in {train_seconds:.0f} s")
+    return path
+
+
+def _write_teacher(net: torch.nn.Module, constructor: dict[str, Any], path: Path, info: dict[str, Any]) -> None:
+    save_native_teacher(net, constructor, path, info)
     path.with_name("card.json").write_text(json.dumps({"constructor": constructor, **info}, indent=2) + "\n")
-    console.print(f"teacher {name}: {json.dumps(metrics)} in {train_seconds:.0f} s")
+
+
+def measure_shipped_teacher(cfg: DictConfig, path: str | Path | None = None, command: str = "") -> Path:
+    """Measure a digits teacher file again (default: the package's, for `cfg.dataset`) at the sizes
+    of `teacher_measurements` and store the values with it, in its metadata and the card.json beside
+    it; its weights and the rest of its record stay as they are."""
+    from sidbench.teachers.load import load_native_teacher
+
+    name = str(cfg.dataset.name)
+    if not name.startswith("digits"):
+        raise ConfigError(f"`sidbench teacher measure` measures the small offline teachers (digits, digits-cond), not {name}; "
+                          f"for the others use `sidbench fid teacher dataset={name}`, which keeps the value in MLflow")
+    path = Path(path) if path else builtin_teacher_path(name)
+    constructor, state, info = load_native_teacher(path)
+    net = build_edm_network(constructor)
+    net.load_state_dict(state, strict=True)
+    device = pick_device(cfg.device)
+    net = net.to(device).eval().requires_grad_(False)
+    steps = int(info.get("sampler", {}).get("steps") or cfg.dataset.teacher.sampler_steps)
+    kept = {k: v for k, v in info.items() if k not in ("final_metrics", "final_metric_samples")}
+    info = {**kept, **teacher_measurements(net, cfg, device, steps),
+            "measure_command": command or f"sidbench teacher measure dataset={name}"}
+    _write_teacher(net, constructor, path, info)
+    console.print(f"teacher {name}: {json.dumps({k: info[k] for k in ('metrics', 'final_metrics') if k in info})}")
     return path

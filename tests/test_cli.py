@@ -135,3 +135,9 @@ def test_the_last_line_compares_the_metric_with_the_teacher() -> None:
     published = RunResult(Path("r"), Progress(), {"eval/fid_final": 2.2}, None, teacher={"fid_published": 1.97})
     assert published.summary() == "eval/fid_final 2.2 = 1.12x the teacher's published 1.97"
     assert RunResult(Path("r"), Progress(), {"eval/fid": 3.0}, None).summary() == "eval/fid 3"
+    # An end scored on more images than the evaluations is divided by the teacher at that size only.
+    both = {"fd_pixel": 0.146, "fd_pixel_final": 0.0928}
+    assert RunResult(Path("r"), Progress(), {"eval/fd_pixel_final": 0.0997}, None, teacher=both).summary() == \
+        "eval/fd_pixel_final 0.0997 = 1.07x the teacher's 0.0928"
+    assert RunResult(Path("r"), Progress(), {"eval/fd_pixel_final": 0.0997}, None,
+                     teacher={"fd_pixel": 0.146}).summary() == "eval/fd_pixel_final 0.0997"

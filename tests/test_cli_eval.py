@@ -269,6 +269,22 @@ def test_fid_teacher_on_digits_is_fd_pixel_and_cached(tiny_teacher: Path, run_en
     assert reference_metrics(cfg, info, tiny_teacher) == {"fd_pixel": 1.0}
 
 
+def test_teacher_reference_at_the_end_comes_from_a_measurement_at_the_ends_size(tiny_teacher: Path) -> None:
+    # The digits protocol scores the curve on 2000 images and the end on 20000: the card's values
+    # at each size go to each, and a value at another size goes nowhere.
+    from sidbench.config import compose
+    from sidbench.run import reference_metrics
+
+    cfg = compose(["tracking.enabled=false"])
+    assert (cfg.eval.num_samples, cfg.eval.final_samples) == (2000, 20000)
+    card = {"metrics": {"fd_pixel": 0.146}, "metric_samples": 2000,
+            "final_metrics": {"fd_pixel": 0.0928}, "final_metric_samples": 20000}
+    assert reference_metrics(cfg, card, tiny_teacher) == {"fd_pixel": 0.146, "fd_pixel_final": 0.0928}
+    assert reference_metrics(cfg, {**card, "final_metric_samples": 10000}, tiny_teacher) == {"fd_pixel": 0.146}
+    same = compose(["tracking.enabled=false", "eval.final_samples=2000"])
+    assert reference_metrics(same, card, tiny_teacher) == {"fd_pixel": 0.146}
+
+
 def test_teacher_reference_on_a_real_dataset_cached_else_published(tiny_teacher: Path, run_env: Path) -> None:
     from sidbench.config import compose
     from sidbench.eval.teacher_metrics import record_teacher_metric
@@ -287,12 +303,15 @@ def test_teacher_reference_on_a_real_dataset_cached_else_published(tiny_teacher:
     record(7.0, num_samples=1000)              # another sample count
     record(6.0, steps=40)                      # another sampler
     assert reference_metrics(cfg, info, tiny_teacher) == {"fid_published": 1.97}
-    record(2.01)                               # the final size (50k) matches ...
-    assert reference_metrics(cfg, info, tiny_teacher) == {"fid": 2.01}
-    record(2.2, num_samples=int(cfg.eval.num_samples))  # ... but the evaluation size (10k) is preferred
-    assert reference_metrics(cfg, info, tiny_teacher) == {"fid": 2.2}
+    record(2.2, num_samples=int(cfg.eval.num_samples))  # the evaluation size (10k): the curve's line; the
+    # end (50k images) is never divided by a 10k measurement, so the published figure stays for it
+    assert reference_metrics(cfg, info, tiny_teacher) == {"fid": 2.2, "fid_published": 1.97}
+    record(2.01)                               # the final size (50k): the end's, and the curve's without a 10k one
+    assert reference_metrics(cfg, info, tiny_teacher) == {"fid": 2.2, "fid_final": 2.01}
     record(2.3, num_samples=int(cfg.eval.num_samples))  # a newer measurement of the same wins
-    assert reference_metrics(cfg, info, tiny_teacher) == {"fid": 2.3}
+    assert reference_metrics(cfg, info, tiny_teacher) == {"fid": 2.3, "fid_final": 2.01}
+    only_final = compose(["dataset=cifar10", f"dataset.teacher.path={tiny_teacher}", "eval.num_samples=5000"])
+    assert reference_metrics(only_final, info, tiny_teacher) == {"fid": 2.01, "fid_final": 2.01}
     # Another teacher file (another SHA-256) does not match, nor does another dataset's experiment.
     other = run_env / "other.safetensors"
     other.write_bytes(tiny_teacher.read_bytes() + b" ")
@@ -333,10 +352,11 @@ def test_fid_teacher_on_a_real_dataset_uses_its_reference_and_is_cached(
     assert fake_inception[-1]["mode"] == "legacy_tensorflow" and str(fake_inception[-1]["device"]) == "cpu"
     assert "20 images; the protocol uses 50,000" in captured.err
 
-    # Cached for runs with that evaluation size: logged as a measurement, not the published 1.97.
+    # Cached for runs with that evaluation size: logged as a measurement, not the published 1.97,
+    # which stays only for the end (50k images, not measured).
     info = {"published": {"fid": 1.97}}
     assert reference_metrics(compose([*overrides, "eval.num_samples=20"]), info, teacher) == \
-        {"fid": pytest.approx(value, rel=1e-6)}
+        {"fid": pytest.approx(value, rel=1e-6), "fid_published": 1.97}
     assert reference_metrics(cfg, info, teacher) == {"fid_published": 1.97}  # 10k/50k images: not measured
     # Against another reference the value is FID all the same, but not the teacher's reference line.
     assert main(["fid", "teacher", *overrides, "--num", "20", "--ref", str(tmp_path / "cifar10-32x32.npz"),

@@ -29,6 +29,16 @@ def test_summary_reads_the_curve_against_the_teacher(tmp_path: Path) -> None:
     assert r["at"] == {16: 0.29, 30: 0.19, 100: None}
 
 
+def test_the_end_is_read_against_the_teacher_at_its_own_size(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    write_curve(path, [(0, 5.0), (8, 0.5), (16, 0.21)])
+    with path.open("a") as f:  # the run's end, on more images, with the teacher at that size
+        f.write('\n{"kimg": 16, "eval/fd_pixel_final": 0.11, "teacher/fd_pixel_final": 0.1}\n')
+    r = sweep.summarize("a", path, "fd_pixel", at=[16])
+    assert r["ratio"] == pytest.approx(0.21 / 0.2) and r["final"] == 0.11 and r["final_ratio"] == pytest.approx(1.1)
+    assert sweep.table([r], "fd_pixel", [16]).splitlines()[-1].endswith("| 0.1100 | 1.100 |")
+
+
 def test_a_repeated_kimg_keeps_its_last_line(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     write_curve(path, [(0, 5.0), (8, 0.5), (8, 0.4)])  # a resumed run logs kimg 8 again

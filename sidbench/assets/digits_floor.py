@@ -4,9 +4,10 @@ A Frechet distance estimated from finitely many samples is biased upwards, so ev
 generator does not score 0. This measures, for `fd_pixel` and `fd_digits`:
 
 * halves:    two disjoint random halves of the real digits (898 vs 899);
-* bootstrap: 2000 real digits drawn with replacement vs the full reference (the size at which
-             generators are scored): what a perfect generator scores;
-* gaussian:  2000 samples of a Gaussian with the real pixel mean and covariance vs the reference.
+* bootstrap: 2000 or 20000 real digits drawn with replacement vs the full reference (the sizes at
+             which generators are scored: every evaluation of a run, and its end): what a perfect
+             generator scores;
+* gaussian:  as many samples of a Gaussian with the real pixel mean and covariance vs the reference.
              In pixel space it isolates the size bias ("float": the samples' own statistics;
              "uint8": after `to_uint8`, whose clipping to [-1, 1] shifts the moments). Under
              `fd_digits` it is not a floor: it shows how far from digits such blobs look to the
@@ -55,8 +56,10 @@ def _gaussian_like(pixels: np.ndarray, n: int, rng: np.random.Generator) -> np.n
     return mu + rng.standard_normal((n, len(mu))) @ root
 
 
-def measure_floor(repeats: int = 100, seed: int = 0, num_samples: int = 2000, verbose: bool = True) -> dict:
-    """Floor of both metrics: {metric name: {estimate: {mean, std (ddof 1), median, min, max, n}}}.
+def measure_floor(repeats: int = 100, seed: int = 0, num_samples: Sequence[int] = (2000, 20000),
+                  verbose: bool = True) -> dict:
+    """Floor of both metrics: {metric name: {estimate: {mean, std (ddof 1), median, min, max, n}}},
+    the bootstrap and Gaussian estimates at each of `num_samples`.
 
     The halves' distribution is skewed to the right: std over 10 splits varies by a factor ~2
     between seeds, hence 100 repeats by default (each costs milliseconds).
@@ -69,25 +72,28 @@ def measure_floor(repeats: int = 100, seed: int = 0, num_samples: int = 2000, ve
     for metric in metrics:
         rng = np.random.default_rng(seed)  # every metric sees the same splits, resamples and Gaussians
         feats = metric.features([real])
-        halves, boot, gauss_float, gauss_uint8 = [], [], [], []
+        halves: list[float] = []
+        boot: dict[int, list[float]] = {n: [] for n in num_samples}
+        gauss_float: dict[int, list[float]] = {n: [] for n in num_samples}
+        gauss_uint8: dict[int, list[float]] = {n: [] for n in num_samples}
         for _ in range(repeats):
             perm = rng.permutation(n_real)
             a, b = perm[: n_real // 2], perm[n_real // 2 :]
             halves.append(frechet_distance(*feature_statistics(feats[a]), *feature_statistics(feats[b])))
-            boot.append(metric.distance(feats[rng.integers(0, n_real, num_samples)]))
-            g = _gaussian_like(pixels, num_samples, rng)
-            g_images = torch.from_numpy(g).float().reshape(-1, 1, 8, 8)
-            if isinstance(metric, FDPixel):
-                gauss_float.append(metric.distance(g))
-            gauss_uint8.append(metric.compute([to_uint8(g_images)]))
+            for n in num_samples:
+                boot[n].append(metric.distance(feats[rng.integers(0, n_real, n)]))
+                g = _gaussian_like(pixels, n, rng)
+                g_images = torch.from_numpy(g).float().reshape(-1, 1, 8, 8)
+                if isinstance(metric, FDPixel):
+                    gauss_float[n].append(metric.distance(g))
+                gauss_uint8[n].append(metric.compute([to_uint8(g_images)]))
         name = metric.name
-        result[name] = {
-            f"halves_{n_real // 2}_vs_{n_real - n_real // 2}": _summary(halves),
-            f"bootstrap_{num_samples}_vs_real": _summary(boot),
-        }
-        if gauss_float:
-            result[name][f"gaussian_{num_samples}_vs_real"] = _summary(gauss_float)
-        result[name][f"gaussian_{num_samples}_uint8_vs_real"] = _summary(gauss_uint8)
+        result[name] = {f"halves_{n_real // 2}_vs_{n_real - n_real // 2}": _summary(halves)}
+        for n in num_samples:
+            result[name][f"bootstrap_{n}_vs_real"] = _summary(boot[n])
+            if gauss_float[n]:
+                result[name][f"gaussian_{n}_vs_real"] = _summary(gauss_float[n])
+            result[name][f"gaussian_{n}_uint8_vs_real"] = _summary(gauss_uint8[n])
         if verbose:
             for key, s in result[name].items():
                 print(f"{name:10s} {key:32s} {s['mean']:9.4f} +- {s['std']:.4f}", flush=True)
@@ -99,11 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-samples", type=int, default=2000, help="size of the bootstrap and Gaussian sets")
+    parser.add_argument("--num-samples", type=int, nargs="+", default=[2000, 20000],
+                        help="sizes of the bootstrap and Gaussian sets (a run's evaluations, and its end)")
     args = parser.parse_args(argv)
     floor = measure_floor(args.repeats, args.seed, args.num_samples)
     record = {
-        "command": f"{MODULE_COMMAND} --repeats {args.repeats} --seed {args.seed} --num-samples {args.num_samples}",
+        "command": f"{MODULE_COMMAND} --repeats {args.repeats} --seed {args.seed} --num-samples "
+                   + " ".join(str(n) for n in args.num_samples),
         "reference": "all 1797 scikit-learn digits, through to_uint8 and x / 127.5 - 1, as the metrics see them",
         "std": "sample standard deviation (ddof 1) over the repeats",
         "notes": {

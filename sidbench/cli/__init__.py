@@ -86,6 +86,17 @@ def cmd_teacher_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teacher_measure(args: argparse.Namespace) -> int:
+    from sidbench.config import compose
+    from sidbench.teachers.train import measure_shipped_teacher
+
+    cfg = compose(_overrides(args))
+    command = " ".join(["sidbench teacher measure", *args.overrides] + (["--file", args.file] if args.file else []))
+    path = measure_shipped_teacher(cfg, path=args.file, command=command)
+    console.print(f"measurements written to {path} and the card.json beside it")
+    return 0
+
+
 def cmd_teacher_sample(args: argparse.Namespace) -> int:
     from sidbench.config import compose
     from sidbench.teachers.sample_cli import sample_teacher
@@ -298,12 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list methods, samplers, datasets and teachers, metrics and released generators")
     p.set_defaults(func=cmd_list)
 
-    teacher = sub.add_parser("teacher", help="train or sample a teacher")
+    teacher = sub.add_parser("teacher", help="train, measure or sample a teacher")
     tsub = teacher.add_subparsers(dest="teacher_command", required=True, metavar="ACTION")
     p = tsub.add_parser("train", help="train the small offline teacher (dataset=digits or digits-cond)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--out", default=None, help="output file (default: the package's builtin teacher file)")
     p.set_defaults(func=cmd_teacher_train)
+    p = tsub.add_parser("measure", help="measure a digits teacher's own distances again at a run's evaluation and final "
+                        "sizes and store them with its weights (dataset=digits or digits-cond)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--file", default=None, help="the teacher file (default: the package's builtin teacher file)")
+    p.set_defaults(func=cmd_teacher_measure)
     p = tsub.add_parser("sample", help="draw images from a teacher with the Heun sampler (PNG folder or .npz)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--out", required=True, help="a folder (PNGs) or a file ending in .npz")

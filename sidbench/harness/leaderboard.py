@@ -37,7 +37,11 @@ that carry `eval/<metric>`, and then summarised over the seeds of a row:
 - throughput at the end of training: images/s = 1000 * kimg / seconds and FLOP/s = FLOPs /
   seconds (training seconds only), mean over seeds.
 - teacher: `teacher/<metric>` (measured) or else `teacher/<metric>_published` (the published
-  figure, labelled `published` in `teacher_metric_source`, never as measured).
+  figure, labelled `published` in `teacher_metric_source`, never as measured). It is the
+  reference of the curve's thresholds (1.5x, 1.0x). The final metric is divided by the teacher
+  at the final's own size (`teacher_metric_final`): where a run's end is scored on more images
+  than its evaluations (`eval/<metric>_final`), `teacher/<metric>_final` or else the published
+  figure; a Frechet distance depends on the number of images, so never the curve's teacher.
 
 Where settings came from: `settings_source` is `published` (the paper's, for that dataset),
 `derived` (adapted by hand) or `tuned:<study>` (a `sidbench tune` study's best.yaml), and
@@ -115,7 +119,7 @@ COLUMNS = [
     *[f"metric_at_{_pct(f)}" for f in FRACTIONS],
     *[c for k in FACTORS for c in (f"flops_to_{_factor(k)}", f"passes_to_{_factor(k)}", f"kimg_to_{_factor(k)}", f"seeds_reached_{_factor(k)}")],
     "log_area", "nfe", "images_per_s", "flops_per_s",
-    "teacher", "teacher_metric", "teacher_metric_source", "code_versions", "budget", "bench", "stopped_by_time", "run_ids",
+    "teacher", "teacher_metric", "teacher_metric_source", "teacher_metric_final", "teacher_metric_final_source", "code_versions", "budget", "bench", "stopped_by_time", "run_ids",
 ]
 PUBLISHED_COLUMNS = ["source", "dataset", "method", "nfe", "metric", "value", "data"]
 DATA_LEGEND = "data: DF data-free, R real data, P teacher pairs"
@@ -282,6 +286,19 @@ def teacher_reference(metrics: Mapping[str, float], metric: str) -> tuple[float,
     return math.nan, None
 
 
+def final_teacher_reference(metrics: Mapping[str, float], metric: str) -> tuple[float, str | None]:
+    """The teacher's value at the size of the run's final metric: where the end was scored on more
+    images than the evaluations (`eval/<metric>_final`), the teacher measured at that size, else
+    its published figure (which is at the protocol's size), else unknown; otherwise the curve's."""
+    if f"eval/{metric}_final" not in metrics:
+        return teacher_reference(metrics, metric)
+    if f"teacher/{metric}_final" in metrics:
+        return float(metrics[f"teacher/{metric}_final"]), "measured"
+    if f"teacher/{metric}_published" in metrics:
+        return float(metrics[f"teacher/{metric}_published"]), "published"
+    return math.nan, None
+
+
 # -- one run, then one row ------------------------------------------------------------------------
 def run_summary(info: Mapping[str, Any], curve: pd.DataFrame) -> dict[str, Any]:
     """One run's numbers. `info` holds its identity (run_id, dataset, method, settings, seed,
@@ -359,6 +376,8 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         g = g.iloc[sorted(range(len(g)), key=lambda i: _seed_key(g["seed"].iloc[i]))]
         final = g["final"].astype(float)
         teacher = g["teacher_metric"].astype(float)
+        # the final's own size (older rows without the column: the curve's teacher, as then)
+        teacher_final = g["teacher_metric_final"].astype(float) if "teacher_metric_final" in g else teacher
         row: dict[str, Any] = {
             "source": MEASURED, "dataset": dataset, "method": method, "settings": settings, **provenance_of_row(g),
             "metric": _join(g["metric"]),
@@ -371,7 +390,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         row["final_images"] = int(images.min()) if len(images) and images.notna().all() else None
         row["proxy"] = None if row["final_images"] is None else bool(row["final_images"] < PROTOCOL_IMAGES)
         row |= value_summaries(g, value_columns)
-        row["final_vs_teacher"] = row["final_mean"] / teacher.mean() if teacher.notna().all() else math.nan
+        row["final_vs_teacher"] = row["final_mean"] / teacher_final.mean() if teacher_final.notna().all() else math.nan
         for f in FRACTIONS:
             row[f"metric_at_{_pct(f)}"] = _all_or_nan(g[f"metric_at_{_pct(f)}"].astype(float))
         for k in FACTORS:
@@ -388,6 +407,9 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         row["teacher"] = _join(g["teacher"])
         row["teacher_metric"] = float(teacher.mean()) if teacher.notna().any() else math.nan
         row["teacher_metric_source"] = _join(g["teacher_metric_source"])
+        row["teacher_metric_final"] = float(teacher_final.mean()) if teacher_final.notna().any() else math.nan
+        row["teacher_metric_final_source"] = (_join(g["teacher_metric_final_source"]) if "teacher_metric_final_source" in g
+                                              else row["teacher_metric_source"])
         row["code_versions"] = _join(sorted(set(g["code_version"].dropna().astype(str))))
         row["budget"] = _join(g["budget"])
         row["bench"] = _join(g["bench"])
@@ -469,6 +491,7 @@ def run_info(run: Run, experiment_name: str) -> dict[str, Any]:
     tags, params = run.data.tags, run.data.params
     metric = _metric_name(run) or ""
     teacher_value, teacher_source = teacher_reference(run.data.metrics, metric)
+    final_value, final_source = final_teacher_reference(run.data.metrics, metric)
     budget = tags.get("budget")
     if not budget and params.get("trainer.budget.unit"):
         budget = f"{params['trainer.budget.unit']} {params.get('trainer.budget.value', '')}".strip()
@@ -479,6 +502,7 @@ def run_info(run: Run, experiment_name: str) -> dict[str, Any]:
         "settings": tags.get("sidbench.settings") or f"run-{run.info.run_id[:8]}",
         "seed": tags.get("seed", params.get("trainer.seed")), "metric": metric, "nfe": tags.get("nfe"),
         "teacher": tags.get("teacher"), "teacher_metric": teacher_value, "teacher_metric_source": teacher_source,
+        "teacher_metric_final": final_value, "teacher_metric_final_source": final_source,
         "code_version": tags.get("code_version"), "budget": budget, "bench": tags.get("sidbench.bench"),
         "stopped_by": tags.get("stopped_by"), "run_dir": tags.get("sidbench.run_dir"),
         **settings_provenance(run),
@@ -733,6 +757,11 @@ def print_leaderboard(board: Leaderboard, console: Console) -> None:
     for (dataset, metric), rows in m.groupby(["dataset", "metric"], sort=False):
         teacher = ", ".join(f"{_fmt(r.teacher_metric)} ({r.teacher_metric_source})" for r in
                             rows.dropna(subset=["teacher_metric"]).drop_duplicates(["teacher_metric"]).itertuples()) or "unknown"
+        ends = (rows.dropna(subset=["teacher_metric_final"]).drop_duplicates(["teacher_metric_final"])
+                if "teacher_metric_final" in rows else rows.iloc[:0])
+        if any(r.teacher_metric_final != r.teacher_metric for r in ends.itertuples()):
+            teacher += "; at the final's size " + ", ".join(
+                f"{_fmt(r.teacher_metric_final)} ({r.teacher_metric_final_source})" for r in ends.itertuples())
         table = Table(title=f"{dataset}: {metric}, lower is better (measured, FINISHED runs)",
                       caption=f"teacher {teacher}; kimg to k x teacher: mean over seeds (seeds that got there / seeds); "
                               f"95% CI: Student's t over seeds; images: the final evaluation's (proxy: fewer than "

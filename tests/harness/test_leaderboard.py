@@ -16,7 +16,8 @@ from sidbench.harness import leaderboard as lb
 from sidbench.harness.plots import mean_curve
 
 ln = math.log
-TEACHER = 0.5  # the digits teacher's measured fd_pixel in this store
+TEACHER = 0.5  # the digits teacher's measured fd_pixel in this store, at the evaluations' size
+TEACHER_FINAL = 0.4  # ... and at the size of SiD's final evaluations (eval/fd_pixel_final)
 BUDGET_FLOPS = 1e12  # every digits run: flops = fraction * 1e12, kimg = 100 * fraction
 KIMG = 100.0
 PASSES = 1.1e6
@@ -52,7 +53,7 @@ COLUMNS = [
     "flops_to_1.5x", "passes_to_1.5x", "kimg_to_1.5x", "seeds_reached_1.5x",
     "flops_to_1.0x", "passes_to_1.0x", "kimg_to_1.0x", "seeds_reached_1.0x",
     "log_area", "nfe", "images_per_s", "flops_per_s",
-    "teacher", "teacher_metric", "teacher_metric_source", "code_versions", "budget", "bench", "stopped_by_time", "run_ids",
+    "teacher", "teacher_metric", "teacher_metric_source", "teacher_metric_final", "teacher_metric_final_source", "code_versions", "budget", "bench", "stopped_by_time", "run_ids",
 ]
 
 
@@ -119,7 +120,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
         # seed 0's last grid is red, the earlier ones blue: the mosaic must show the red one
         grids = {0.0: (0, 0, 255), 25.0: (0, 0, 255), 100.0: (255, 0, 0)} if seed == 0 else None
         ids["sid", seed] = _log_run(client, digits, tmp, method="sid", seed=seed, settings="set-sid", fractions=f, values=v, final=final,
-                                    seconds=sec, teacher={"fd_pixel": TEACHER}, bench="b1",
+                                    seconds=sec, teacher={"fd_pixel": TEACHER, "fd_pixel_final": TEACHER_FINAL}, bench="b1",
                                     code="abc124+dirty" if seed == 2 else "abc123", grids=grids)
     # unfinished: its curve (all 100) would change every mean if it were read
     ids["sid", 3] = _log_run(client, digits, tmp, method="sid", seed=3, settings="set-sid", fractions=SID[0][0], values=[100.0] * 5,
@@ -156,9 +157,14 @@ def test_final_metric_statistics(store):
     assert sid["final_mean"] == pytest.approx(mean)
     assert sid["final_std"] == pytest.approx(math.sqrt(((0.52 - mean) ** 2 + (0.41 - mean) ** 2 + (0.44 - mean) ** 2) / 2))
     assert (sid["final_min"], sid["final_max"]) == (pytest.approx(0.41), pytest.approx(0.52))
-    assert sid["final_vs_teacher"] == pytest.approx(mean / 0.5)
+    # divided by the teacher at the final evaluation's own size, never by the curve's
+    assert sid["final_vs_teacher"] == pytest.approx(mean / TEACHER_FINAL)
+    assert (sid["teacher_metric_final"], sid["teacher_metric_final_source"]) == (pytest.approx(TEACHER_FINAL), "measured")
     dmd = _row(store["board"].measured, "digits", "dmd")
     assert dmd["final_mean"] == pytest.approx((0.7 + 0.45) / 2)  # no _final: the last evaluation
+    assert dmd["final_vs_teacher"] == pytest.approx(dmd["final_mean"] / TEACHER) and dmd["teacher_metric_final"] == pytest.approx(TEACHER)
+    dmd2 = _row(store["board"].measured, "cifar10", "dmd2")  # its end on 10k images, the teacher published
+    assert dmd2["final_vs_teacher"] == pytest.approx(dmd2["final_mean"] / 1.97)
     assert dmd["final_std"] == pytest.approx(math.sqrt((0.7 - 0.575) ** 2 + (0.45 - 0.575) ** 2))
     assert store["ids"]["sid", 3] in store["board"].skipped
 
@@ -274,6 +280,16 @@ def test_throughput_nfe_teacher_and_labels(store):
     assert (c10["teacher_metric"], c10["teacher_metric_source"]) == (1.97, "published")  # never shown as measured
     assert c10["metric"] == "fid" and c10["n_seeds"] == 1 and math.isnan(c10["final_std"])
     assert c10["final_mean"] == 2.5 and c10["kimg_to_1.5x"] == 100.0  # 2.5 <= 1.5 x 1.97 at the end
+
+
+def test_the_final_is_compared_with_the_teacher_at_its_own_size():
+    curve_only = {"eval/fd_pixel": 0.15, "teacher/fd_pixel": 0.146}
+    assert lb.final_teacher_reference(curve_only, "fd_pixel") == (0.146, "measured")
+    # an end on more images than the curve: a measurement at that size, else the published figure, else unknown
+    end = {**curve_only, "eval/fd_pixel_final": 0.0997}
+    assert math.isnan(lb.final_teacher_reference(end, "fd_pixel")[0])
+    assert lb.final_teacher_reference({**end, "teacher/fd_pixel_final": 0.0928}, "fd_pixel") == (0.0928, "measured")
+    assert lb.final_teacher_reference({**end, "teacher/fd_pixel_published": 0.09}, "fd_pixel") == (0.09, "published")
 
 
 def test_csv_columns_rows_and_published_kept_apart(store):
