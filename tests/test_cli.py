@@ -57,8 +57,8 @@ def test_list_shows_methods_and_datasets(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_help_of_each_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
-    for args in (["--help"], ["run", "--help"], ["list", "--help"], ["teacher", "train", "--help"], ["teacher", "sample", "--help"],
-                 ["fid", "--help"], ["stats", "--help"]):
+    for args in (["--help"], ["run", "--help"], ["list", "--help"], ["teacher", "train", "--help"],
+                 ["teacher", "measure", "--help"], ["teacher", "sample", "--help"], ["fid", "--help"], ["stats", "--help"]):
         with pytest.raises(SystemExit) as e:
             main(args)
         assert e.value.code == 0
