@@ -119,7 +119,8 @@ COLUMNS = [
     *[f"metric_at_{_pct(f)}" for f in FRACTIONS],
     *[c for k in FACTORS for c in (f"flops_to_{_factor(k)}", f"passes_to_{_factor(k)}", f"kimg_to_{_factor(k)}", f"seeds_reached_{_factor(k)}")],
     "log_area", "nfe", "images_per_s", "flops_per_s",
-    "teacher", "teacher_metric", "teacher_metric_source", "teacher_metric_final", "teacher_metric_final_source", "code_versions", "budget", "bench", "stopped_by_time", "run_ids",
+    "teacher", "teacher_metric", "teacher_metric_source", "teacher_metric_final", "teacher_metric_final_source",
+    "code_versions", "budget", "bench", "stopped_by_time", "run_ids",
 ]
 PUBLISHED_COLUMNS = ["source", "dataset", "method", "nfe", "metric", "value", "data"]
 DATA_LEGEND = "data: DF data-free, R real data, P teacher pairs"

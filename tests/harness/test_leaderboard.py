@@ -53,7 +53,8 @@ COLUMNS = [
     "flops_to_1.5x", "passes_to_1.5x", "kimg_to_1.5x", "seeds_reached_1.5x",
     "flops_to_1.0x", "passes_to_1.0x", "kimg_to_1.0x", "seeds_reached_1.0x",
     "log_area", "nfe", "images_per_s", "flops_per_s",
-    "teacher", "teacher_metric", "teacher_metric_source", "teacher_metric_final", "teacher_metric_final_source", "code_versions", "budget", "bench", "stopped_by_time", "run_ids",
+    "teacher", "teacher_metric", "teacher_metric_source", "teacher_metric_final", "teacher_metric_final_source",
+    "code_versions", "budget", "bench", "stopped_by_time", "run_ids",
 ]
 
 
