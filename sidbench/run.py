@@ -119,18 +119,21 @@ def reference_metrics(cfg: DictConfig, info: dict[str, Any], teacher_file: str |
     out: dict[str, float] = {}
     if teacher_file is not None:
         from sidbench.eval import METRICS
-        from sidbench.eval.teacher_metrics import lookup_teacher_metric
+        from sidbench.eval.teacher_metrics import lookup_teacher_metrics
 
-        def lookup(counts: list[int]) -> float | None:
-            hit = lookup_teacher_metric(cfg, teacher_file, metric=metric, num_samples=counts,
-                                        steps=int(cfg.dataset.teacher.sampler_steps),
-                                        settings=METRICS.get(metric).measurement_settings(cfg))
-            return None if hit is None else float(hit["value"])
+        def ask() -> dict[str, float | None]:
+            # One search of the store and one hash of the teacher file serve both sizes.
+            found = lookup_teacher_metrics(cfg, teacher_file, metric=metric, num_samples=[num, final],
+                                           steps=int(cfg.dataset.teacher.sampler_steps),
+                                           settings=METRICS.get(metric).measurement_settings(cfg))
+            value = {n: hit["value"] for n, hit in found.items()}
+            # The curve: a measurement at its own size, else at the final size; the end: at its own.
+            return {metric: value.get(num, value.get(final)),
+                    **({f"{metric}_final": value.get(final)} if final != num else {})}
 
         # Rank 0 asks the store and tells the others (a collective: `_run` calls this on every
         # rank at the same point); parallel readers of a SQLite store would race its writer.
-        cached = broadcast_object({metric: lookup([num, final]), **({f"{metric}_final": lookup([final])} if final != num else {})}
-                                  if rank == 0 else None)
+        cached = broadcast_object(ask() if rank == 0 else None)
         out = {k: v for k, v in cached.items() if v is not None}
     if metric not in out and (info.get("metrics") or {}).get(metric) is not None:
         out[metric] = float(info["metrics"][metric])

@@ -310,6 +310,15 @@ def test_teacher_reference_on_a_real_dataset_cached_else_published(tiny_teacher:
     assert reference_metrics(cfg, info, tiny_teacher) == {"fid": 2.2, "fid_final": 2.01}
     record(2.3, num_samples=int(cfg.eval.num_samples))  # a newer measurement of the same wins
     assert reference_metrics(cfg, info, tiny_teacher) == {"fid": 2.3, "fid_final": 2.01}
+    # Both sizes come from one search and one hash of the file (an EDM teacher is hundreds of MB).
+    import sidbench.eval.teacher_metrics as teacher_metrics
+
+    hashed: list[Path] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(teacher_metrics, "teacher_fingerprint",
+                      lambda f, _real=teacher_metrics.teacher_fingerprint: hashed.append(f) or _real(f))
+        assert reference_metrics(cfg, info, tiny_teacher) == {"fid": 2.3, "fid_final": 2.01}
+    assert hashed == [tiny_teacher]
     only_final = compose(["dataset=cifar10", f"dataset.teacher.path={tiny_teacher}", "eval.num_samples=5000"])
     assert reference_metrics(only_final, info, tiny_teacher) == {"fid": 2.01, "fid_final": 2.01}
     # Another teacher file (another SHA-256) does not match, nor does another dataset's experiment.

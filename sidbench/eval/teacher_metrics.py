@@ -90,31 +90,30 @@ def record_teacher_metric(
     return run_id
 
 
-def lookup_teacher_metric(
+def lookup_teacher_metrics(
     cfg: DictConfig,
     teacher_file: str | os.PathLike,
     *,
     metric: str,
-    num_samples: int | Iterable[int],
+    num_samples: Iterable[int],
     steps: int,
     settings: Mapping[str, str] | None = None,
-) -> dict[str, Any] | None:
-    """The newest measurement run of this teacher and setting, as its tags plus `run_id` and
-    `value`; None if there is none or `cfg.tracking.enabled` is false.
+) -> dict[int, dict[str, Any]]:
+    """The newest measurement run of this teacher and setting at each of `num_samples` that has
+    one, as its tags plus `run_id` and `value`; empty if none or `cfg.tracking.enabled` is false.
 
-    `settings` must match the measurement's (see `record_teacher_metric`). `num_samples` may be
-    several counts in order of preference (e.g. the run's evaluation size, then its final size):
-    the first count with a measurement wins. FIDs on other counts are never
-    returned, since FID depends on the number of images.
+    `settings` must match the measurement's (see `record_teacher_metric`). FIDs on other counts
+    are never returned, since FID depends on the number of images; the caller picks among counts.
+    One search of the store and one hash of the teacher file serve every count.
     """
     if not cfg.tracking.enabled:
-        return None
+        return {}
     from sidbench.tracking import all_pages, open_store, retry_locked, tracking_uri
 
     client = open_store(tracking_uri(cfg))
     exp = retry_locked(lambda: client.get_experiment_by_name(str(cfg.dataset.name)))
     if exp is None:
-        return None
+        return {}
     # The store narrows to this metric and sampler; the rest is compared here, so that a `ref`
     # (a path or address) is never quoted into a filter, and the file is hashed only when some
     # measurement could match it (hashing reads the whole file, hundreds of MB for an EDM teacher).
@@ -123,16 +122,17 @@ def lookup_teacher_metric(
     runs = all_pages(client.search_runs, experiment_ids=[exp.experiment_id], filter_string=filt,
                      order_by=["attributes.start_time DESC"])
     if not runs:
-        return None
+        return {}
     try:
         sha = teacher_fingerprint(teacher_file)
     except OSError:
-        return None
-    counts = [num_samples] if isinstance(num_samples, int) else list(num_samples)
-    for n in counts:
-        want = {"teacher_sha256": sha, "num_samples": str(int(n)), **{k: str(v) for k, v in (settings or {}).items()}}
+        return {}
+    found: dict[int, dict[str, Any]] = {}
+    for n in dict.fromkeys(int(n) for n in num_samples):
+        want = {"teacher_sha256": sha, "num_samples": str(n), **{k: str(v) for k, v in (settings or {}).items()}}
         for run in runs:  # newest first
             value = run.data.metrics.get(f"teacher/{metric}")
             if value is not None and all(run.data.tags.get(k) == v for k, v in want.items()):
-                return {**run.data.tags, "run_id": run.info.run_id, "value": float(value)}
-    return None
+                found[n] = {**run.data.tags, "run_id": run.info.run_id, "value": float(value)}
+                break
+    return found

@@ -278,26 +278,20 @@ def end_throughput(curve: pd.DataFrame) -> tuple[float, float]:
     return 1000.0 * kimg / seconds, flops / seconds
 
 
-def teacher_reference(metrics: Mapping[str, float], metric: str) -> tuple[float, str | None]:
-    """The teacher's value of the metric and where it comes from: measured, else published."""
-    if f"teacher/{metric}" in metrics:
-        return float(metrics[f"teacher/{metric}"]), "measured"
+def teacher_reference(metrics: Mapping[str, float], metric: str, *, size: str = "") -> tuple[float, str | None]:
+    """The teacher's value of the metric and where it comes from: measured (`teacher/<metric>`, or
+    with `size="_final"` at the end's size), else published (at the protocol's size), else unknown."""
+    if f"teacher/{metric}{size}" in metrics:
+        return float(metrics[f"teacher/{metric}{size}"]), "measured"
     if f"teacher/{metric}_published" in metrics:
         return float(metrics[f"teacher/{metric}_published"]), "published"
     return math.nan, None
 
 
 def final_teacher_reference(metrics: Mapping[str, float], metric: str) -> tuple[float, str | None]:
-    """The teacher's value at the size of the run's final metric: where the end was scored on more
-    images than the evaluations (`eval/<metric>_final`), the teacher measured at that size, else
-    its published figure (which is at the protocol's size), else unknown; otherwise the curve's."""
-    if f"eval/{metric}_final" not in metrics:
-        return teacher_reference(metrics, metric)
-    if f"teacher/{metric}_final" in metrics:
-        return float(metrics[f"teacher/{metric}_final"]), "measured"
-    if f"teacher/{metric}_published" in metrics:
-        return float(metrics[f"teacher/{metric}_published"]), "published"
-    return math.nan, None
+    """The teacher's value at the size of the run's final metric: the end's size where the end was
+    scored on more images than the evaluations (`eval/<metric>_final`), otherwise the curve's."""
+    return teacher_reference(metrics, metric, size="_final" if f"eval/{metric}_final" in metrics else "")
 
 
 # -- one run, then one row ------------------------------------------------------------------------
