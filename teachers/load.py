@@ -61,7 +61,7 @@ def _examples(keys: set[str], n: int = 3) -> str:
     return ", ".join(shown[:n]) + (f", ... ({len(shown)} in all)" if len(shown) > n else "")
 
 
-def _build(constructor: dict[str, Any], state: dict[str, torch.Tensor], path: str, kind: str = "teacher") -> torch.nn.Module:
+def build_teacher_network(constructor: dict[str, Any], state: dict[str, torch.Tensor], path: str, kind: str = "teacher") -> torch.nn.Module:
     """The network of `constructor` with the file's weights, loaded strictly; a file that does not
     fit says which tensors are missing, extra, of another shape or of another kind of number (an
     integer tensor would be cast silently by `load_state_dict`), in one line."""
@@ -102,9 +102,9 @@ def load_teacher_file(path: str | Path, kind: str = "teacher") -> tuple[torch.nn
         from sidbench.teachers.edm_pickle import load_edm_checkpoint
 
         ckpt = load_edm_checkpoint(path)
-        return _build(ckpt.constructor, ckpt.state_dict, str(path), kind), ckpt.constructor, {}
+        return build_teacher_network(ckpt.constructor, ckpt.state_dict, str(path), kind), ckpt.constructor, {}
     constructor, state, info = load_native_teacher(path, kind)
-    return _build(constructor, state, str(path), kind), constructor, info
+    return build_teacher_network(constructor, state, str(path), kind), constructor, info
 
 
 def load_state_dict_file(path: str | Path, constructor: dict[str, Any], kind: str = "generator") -> torch.nn.Module:
@@ -121,7 +121,7 @@ def load_state_dict_file(path: str | Path, constructor: dict[str, Any], kind: st
                                f"{' '.join(str(e).split())[:200]})") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise TeacherLoadError(f"{kind} file {path} is not a state dict of tensors (name -> tensor)")
-    return _build(dict(constructor), state, str(path), kind)
+    return build_teacher_network(dict(constructor), state, str(path), kind)
 
 
 def resolve_teacher_path(cfg: DictConfig | dict[str, Any]) -> str:

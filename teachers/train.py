@@ -118,16 +118,15 @@ def measure_shipped_teacher(cfg: DictConfig, path: str | Path | None = None, com
     """Measure a digits teacher file again (default: the package's, for `cfg.dataset`) at the sizes
     of `teacher_measurements` and store the values with it, in its metadata and the card.json beside
     it; its weights and the rest of its record stay as they are."""
-    from sidbench.teachers.load import load_native_teacher
+    from sidbench.teachers.load import build_teacher_network, load_native_teacher
 
     name = str(cfg.dataset.name)
     if not name.startswith("digits"):
         raise ConfigError(f"`sidbench teacher measure` measures the small offline teachers (digits, digits-cond), not {name}; "
                           f"for the others use `sidbench fid teacher dataset={name}`, which keeps the value in MLflow")
     path = Path(path) if path else builtin_teacher_path(name)
-    constructor, state, info = load_native_teacher(path)
-    net = build_edm_network(constructor)
-    net.load_state_dict(state, strict=True)
+    constructor, state, info = load_native_teacher(path)  # ours only: the file is written back in that form
+    net = build_teacher_network(constructor, state, str(path))
     device = pick_device(cfg.device)
     net = net.to(device).eval().requires_grad_(False)
     steps = int(info.get("sampler", {}).get("steps") or cfg.dataset.teacher.sampler_steps)

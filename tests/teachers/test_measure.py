@@ -39,3 +39,18 @@ def test_measure_of_a_real_dataset_says_what_to_use(tmp_path: Path, capsys: pyte
     assert main(["teacher", "measure", "dataset=cifar10", "--file", str(tmp_path / "none.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "sidbench fid teacher dataset=cifar10" in err and "Traceback" not in err
+
+
+def test_measure_of_a_file_that_does_not_fit_its_constructor_says_which_and_keeps_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import save_file
+
+    path = make_tiny_teacher(tmp_path / "teacher.safetensors")
+    constructor, state, info = load_native_teacher(path)
+    state.pop(sorted(state)[0])
+    save_file(state, str(path), metadata={"constructor": json.dumps(constructor), "info": json.dumps(info)})
+    before = path.read_bytes()
+    assert main(["teacher", "measure", *SIZES, "--file", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "missing in the file" in err and "Traceback" not in err
+    assert path.read_bytes() == before
