@@ -115,7 +115,7 @@ def test_digits_default_iteration(benchmark: Any, tmp_path: Path) -> None:
     process's micro-batch, one thread: its time against its passes alone, and the seconds per kimg
     two such processes would take side by side. The convolutions are most of it, so the CPU's vector
     width sets the pace (`cpu_capability`: a 2-core AVX-512 AMD EPYC ran the main job at about 1.1
-    s/kimg, an AVX2-only one at 1.5-2.2, docs/speed.md)."""
+    s/kimg, an AVX2-only one at 1.7-2.3, docs/speed.md)."""
     from sidbench.config import compose
     from sidbench.teachers.load import load_teacher
 
