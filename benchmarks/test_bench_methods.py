@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,17 @@ OFFICIAL_TARGET = 1.25
 pytestmark = pytest.mark.usefixtures("one_thread")  # benchmarks/conftest.py
 
 
+def cpu_timed(run: Callable[[], Any], times: list[float]) -> Callable[[], None]:
+    """`run`, appending the process CPU time of each call to `times` (other jobs on shared cores
+    move it less than wall time)."""
+    def timed() -> None:
+        c0 = time.process_time()
+        run()
+        times.append(time.process_time() - c0)
+
+    return timed
+
+
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("method", METHOD_ROWS)
 def test_iteration(benchmark: Any, method: str, dataset: str, tmp_path: Path) -> None:
@@ -66,16 +78,8 @@ def test_iteration(benchmark: Any, method: str, dataset: str, tmp_path: Path) ->
         recorded = passes_mod.record_passes(passes_mod.method_networks(trainer.method), iteration)
         passes_cpu: list[float] = []
         iteration_cpu: list[float] = []
-
-        def passes_alone() -> None:
-            c0 = time.process_time()
-            passes_mod.replay(recorded, trainer.ctx.autocast)
-            passes_cpu.append(time.process_time() - c0)
-
-        def timed_iteration() -> None:
-            c0 = time.process_time()
-            iteration()
-            iteration_cpu.append(time.process_time() - c0)
+        passes_alone = cpu_timed(lambda: passes_mod.replay(recorded, trainer.ctx.autocast), passes_cpu)
+        timed_iteration = cpu_timed(iteration, iteration_cpu)
 
         real_size.reset_peak(device)
         rounds = 1 if benchmark.disabled else ROUNDS
@@ -133,16 +137,8 @@ def test_digits_default_iteration(benchmark: Any, tmp_path: Path) -> None:
         recorded = passes_mod.record_passes(passes_mod.method_networks(trainer.method), iteration)
         passes_cpu: list[float] = []
         iteration_cpu: list[float] = []
-
-        def passes_alone() -> None:
-            c0 = time.process_time()
-            passes_mod.replay(recorded, trainer.ctx.autocast)
-            passes_cpu.append(time.process_time() - c0)
-
-        def timed_iteration() -> None:
-            c0 = time.process_time()
-            iteration()
-            iteration_cpu.append(time.process_time() - c0)
+        passes_alone = cpu_timed(lambda: passes_mod.replay(recorded, trainer.ctx.autocast), passes_cpu)
+        timed_iteration = cpu_timed(iteration, iteration_cpu)
 
         rounds = 1 if benchmark.disabled else max(ROUNDS, 15)  # short rounds: more of them steady the ratio
         benchmark.pedantic(timed_iteration, setup=passes_alone, rounds=rounds, warmup_rounds=0)
