@@ -119,22 +119,30 @@ def test_channels_last_matches_within_round_off(teacher_file: Path, tmp_path: Pa
         torch.testing.assert_close(weights[k], baseline[1][k], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(("precision", "fake_score_rel", "generator_rel"), [("bf16", 0.015, 0.25), ("fp16", 0.005, 0.05)])
+@pytest.mark.parametrize(("precision", "fake_score_rel", "generator_rel", "generator_of_scale"),
+                         [("bf16", 0.015, 0.25, 0.06), ("fp16", 0.005, 0.05, 0.005)])
 def test_half_precision_keeps_sids_losses_within_its_round_off(precision: str, fake_score_rel: float, generator_rel: float,
-                                                               tmp_path: Path) -> None:
+                                                               generator_of_scale: float, tmp_path: Path) -> None:
     """Autocast on the shipped digits teacher (the tiny test teacher's outputs barely depend on its
-    weights): SiD's losses over 3 iterations, against float32's. Measured on 2026-12-06 (AMD EPYC):
-    the fake score's loss within 0.43% (bf16) and 0.10% (fp16); the generator's within 10% and
-    1.6%: it is made of the difference of the teacher's and the fake score's outputs, nearly equal
-    at the start, so their round-off does not cancel (docs/speed.md). Bounds: about 2.5x those."""
+    weights): SiD's losses over 3 iterations, against float32's. Measured on 2026-12-06 (AMD EPYC
+    with AVX-512): the fake score's loss within 0.43% (bf16) and 0.10% (fp16); the generator's within
+    10% and 1.6%: it is made of the difference of the teacher's and the fake score's outputs, nearly
+    equal at the start, so their round-off does not cancel (docs/speed.md). Bounds: about 2.5x those.
+    The generator's loss also nears zero (0.083 at the third iteration, after 0.59 and 0.91), where
+    the same round-off is a larger fraction of it: on an AVX2-only AMD EPYC (2026-12-07) bf16 moved
+    that third loss by 27% (0.022), fp16 by 1.2%. Round-off scales with the terms, not with their
+    difference, so the generator's loss may also move by a fraction of its largest value over the
+    run: measured there at most 2.4% (bf16) and 0.17% (fp16); bounds about 2.5-3x those."""
     def losses(option: str) -> list[dict[str, float]]:
         cfg = compose(["method=sid", "dataset=digits", "processes=1", "device=cpu", "trainer.batch=16", "trainer.batch_gpu=16",
                        f"trainer.precision={option}"])
         return iterate(cfg, tmp_path / option)[0]
 
-    for half, full in zip(losses(precision), losses("fp32")):
+    halves, fulls = losses(precision), losses("fp32")
+    scale = max(abs(full["generator"]) for full in fulls)
+    for half, full in zip(halves, fulls):
         assert half["fake_score"] == pytest.approx(full["fake_score"], rel=fake_score_rel)
-        assert half["generator"] == pytest.approx(full["generator"], rel=generator_rel)
+        assert half["generator"] == pytest.approx(full["generator"], rel=generator_rel, abs=generator_of_scale * scale)
         assert half != full  # the networks did run in half precision
 
 
