@@ -16,9 +16,12 @@ its mask from torch's global stream, and each call gets the reference's mask for
 it starts from, in order of first appearance. A target call from a state of its own has no
 recorded mask and fails. The LPIPS cases need the `lpips` package (skipped without it): sidbench's
 LPIPS is built on it with random weights shared with the fixture's piq LPIPS. Comparing the two
-metrics alone, the gradients to the 8x8 image get rtol 1e-3 (and 1e-5 of the largest): each sums
-a VGG16 backward over 224x224 positions, and piq's input normalisation ((x + 1)/2 - mean)/std
-rounds differently from lpips' (x - shift)/scale, the same map in exact arithmetic.
+metrics alone, the gradients to the 8x8 image get rtol 1e-3 and an atol of 2e-4 of the largest:
+each sums a VGG16 backward over 224x224 positions, and piq's input normalisation
+((x + 1)/2 - mean)/std rounds differently from lpips' (x - shift)/scale, the same map in exact
+arithmetic. The atol is for a CPU's own kernels: on an AVX2-only CPU (oneDNN's avx2 convolutions
+sum in another order than the AVX-512 machine that recorded the fixture) one small element of 384
+was off by 7.3e-5 of the largest gradient.
 """
 from __future__ import annotations
 
@@ -186,4 +189,4 @@ def test_lpips_is_piqs_with_the_same_weights(fixture: dict, pooling: str, monkey
     d.sum().backward()
     torch.testing.assert_close(d.detach(), ref[pooling]["distance"], rtol=RTOL, atol=0)
     want = ref[pooling]["grad_x"]
-    torch.testing.assert_close(x.grad, want, rtol=1e-3, atol=1e-5 * float(want.abs().max()))
+    torch.testing.assert_close(x.grad, want, rtol=1e-3, atol=2e-4 * float(want.abs().max()))
