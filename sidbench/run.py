@@ -24,7 +24,7 @@ from sidbench.run_folder import (
     CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RECORD_NAME, Start, claim, named_dir, new_folder, plan_start, record_mlflow_run, restart_records, resume_dir, write_records,
 )
 from sidbench.tracking import NullTracker, TrackingStoreError, code_version, run_tags, start_tracker, tracking_uri
-from sidbench.trainer.context import configure_math
+from sidbench.trainer.context import configure_math, emulated_precision_warning
 from sidbench.trainer.interrupt import TrainingInterrupted
 from sidbench.trainer.loop import Trainer
 from sidbench.trainer.progress import Progress
@@ -155,6 +155,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> RunResult:
     device = pick_device(cfg.device, local_rank())
     configure_math(cfg.trainer)
     rank, world = init_from_env(device)
+    warning = emulated_precision_warning(str(cfg.trainer.precision), device)
+    if warning and rank == 0:
+        console.print(warning, markup=False, soft_wrap=True)
     try:
         return _run(cfg, device, rank, world, overrides)
     finally:

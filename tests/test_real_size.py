@@ -3,7 +3,9 @@
 have the dataset's shape, and the compute counter's passes and FLOPs per iteration are those of the
 method's documented iteration (one forward of one image through the network, counted here on the
 meta device, times the passes). One iteration of SiD and progressive distillation takes about 20 s
-of one core; the other methods together about 40 s more (marked slow)."""
+of one core; the other methods together about 40 s more (marked slow). The presets in bf16 (DMD2,
+DMD2-GAN, f-distill) run in fp32 on a CPU without bf16 kernels, as the rows say (there one such
+iteration took 239 s, not 5.7)."""
 from __future__ import annotations
 
 import importlib.util
@@ -17,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sidbench.config import compose
 from sidbench.teachers.networks import build_edm_network
+from sidbench.trainer.context import cpu_has_native
 
 _spec = importlib.util.spec_from_file_location("real_size", Path(__file__).parents[1] / "benchmarks" / "real_size.py")
 real_size = importlib.util.module_from_spec(_spec)
@@ -149,6 +152,13 @@ def test_the_other_methods_at_micro_batch_1(forward_flops: float, encoder_flops:
     assert by_name["sida"].stage == "sida (last of 3)"  # with the adversarial term
     assert any(o.startswith("dataset.images.path=") for o in by_name["sida"].overrides)
     assert not any(o.startswith("dataset.images.path=") for o in by_name["dmd2"].overrides)
+    assert by_name["sida"].precision == "fp32" and "precision" not in by_name["sida"].notes  # its preset's
+    for name in ("dmd2", "dmd2-gan"):  # bf16 presets: as published where this CPU has the kernels, else fp32 and a note
+        if cpu_has_native("bf16"):
+            assert by_name[name].precision == "bf16" and "precision" not in by_name[name].notes
+        else:
+            assert by_name[name].precision == "fp32"
+            assert "trainer.precision=fp32, not the preset's bf16 (no native bf16 kernels on this CPU)" in by_name[name].notes
 
 
 def test_rows_that_cannot_run_are_recorded_and_the_rest_go_on(tmp_path: Path) -> None:

@@ -62,6 +62,32 @@ def configure_math(trainer: Mapping[str, Any]) -> None:
     configure_cpu_math(bool(trainer["flush_denormal"]))
 
 
+#: what a CPU needs for oneDNN's own half-precision kernels
+NATIVE_NEEDS = {"bf16": "AVX-512 or Arm's BF16 extension", "fp16": "AVX-512 FP16 or AMX-FP16"}
+
+
+def cpu_has_native(precision: str) -> bool:
+    """Whether this CPU's oneDNN has kernels of its own for `precision` (`NATIVE_NEEDS`, as torch
+    checks it). Without them a convolution under autocast falls back to reference
+    code. On a 2-core AVX2-only AMD EPYC (torch 2.14.1, one thread), a CIFAR-10 DDPM++ forward at
+    batch 1 took 57 s of CPU in bf16 and 60 s in fp16 against 0.7 s in fp32 (75-80x), and the
+    digits network's at batch 128 0.59 s and 0.51 s against 0.052 s (10-11x)."""
+    if precision == "fp32":
+        return True
+    check = torch.ops.mkldnn._is_mkldnn_bf16_supported if precision == "bf16" else torch.ops.mkldnn._is_mkldnn_fp16_supported
+    return bool(check())
+
+
+def emulated_precision_warning(precision: str, device: torch.device) -> str | None:
+    """One line for the console when `precision` would run emulated on this CPU; None otherwise
+    (fp32, a CUDA device, or a CPU with native kernels). Results are right either way: it is only
+    slow, so a run warns and goes on."""
+    if precision == "fp32" or device.type != "cpu" or cpu_has_native(precision):
+        return None
+    return (f"warning: trainer.precision={precision} has no native kernels on this CPU (they need {NATIVE_NEEDS[precision]}), so "
+            f"its convolutions run 10-80x slower than in fp32; set trainer.precision=fp32 for a CPU run")
+
+
 #: loss_fn(micro_batch_size) -> (loss summed over the micro-batch's elements, {name: value to log}).
 #: Logged values may be tensors: they are gathered on the device and read once per iteration.
 LossFn = Callable[[int], tuple[torch.Tensor, dict[str, "torch.Tensor | float"]]]

@@ -112,3 +112,34 @@ def test_fp32_runs_compute_without_tf32_as_published(monkeypatch: pytest.MonkeyP
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = saved[:3]
         torch.set_num_threads(saved[3])  # the digits preset sets one thread
     assert seen == [(False, False, True), (True, True, False)]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_half_precision_on_a_cpu_without_its_kernels_warns_once_and_runs(native: bool, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """Where oneDNN has no bf16/fp16 kernels (an AVX2-only CPU) autocast still gives the right
+    numbers, 10-80x slower: `sidbench run` says so in one line and goes on; fp32, a CPU with the
+    kernels and a CUDA device say nothing."""
+    import sidbench.run as run_module
+    import sidbench.trainer.context as context
+
+    asked: list[str] = []
+    monkeypatch.setattr(context, "cpu_has_native", lambda precision: asked.append(precision) or native)
+    ran: list[str] = []
+    monkeypatch.setattr(run_module, "_run", lambda cfg, device, rank, world, overrides: ran.append(cfg.trainer.precision))
+    saved = torch.get_num_threads()
+    try:
+        for precision in ("bf16", "fp16", "fp32"):
+            run_module.run(compose(["device=cpu", f"trainer.precision={precision}"]))
+    finally:
+        torch.set_num_threads(saved)  # the digits preset sets one thread
+    assert ran == ["bf16", "fp16", "fp32"]  # a warning, never a refusal
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    if native:
+        assert lines == []
+    else:
+        assert [line.split(" has no native")[0] for line in lines] == [
+            "warning: trainer.precision=bf16", "warning: trainer.precision=fp16"]
+        assert all(line.endswith("set trainer.precision=fp32 for a CPU run") for line in lines)
+    assert context.emulated_precision_warning("bf16", torch.device("cuda")) is None
+    assert asked == ["bf16", "fp16"]  # fp32 has nothing to ask
