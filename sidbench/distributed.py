@@ -3,8 +3,9 @@
 How a multi-process run is laid out (see `sidbench.run`):
 - every process builds the same networks; DDP broadcasts rank 0's weights when it wraps them, and
   averages gradients inside each backward, so the processes take identical optimiser steps;
-- rank 0 alone decides the run folder (broadcast to the others), logs to MLflow, evaluates and
-  writes checkpoints; the other ranks wait for it at a barrier after each evaluation point;
+- rank 0 alone decides the run folder (broadcast to the others), logs to MLflow, scores the
+  evaluations and writes checkpoints; every rank makes its share of an evaluation's images
+  (`sidbench.eval.images.shared_batches`), and the others wait for rank 0 at a barrier after it;
 - collectives end with training: the process group is destroyed before rank 0's final evaluation,
   which can take longer than any collective's timeout.
 Every helper here is a no-op (or the identity) in a single-process run.
@@ -21,8 +22,9 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 
-#: How long a collective may wait. The other ranks wait in one while rank 0 evaluates (a 10k-sample
-#: FID during training) or writes a checkpoint, which can take longer than the backends' defaults.
+#: How long a collective may wait. The other ranks wait in one while rank 0 scores an evaluation (the
+#: Inception pass of a 10k-sample FID during training) or writes a checkpoint, which can take longer
+#: than the backends' defaults.
 TIMEOUT = dt.timedelta(minutes=60)
 
 _owned = False  # did init_from_env start the process group (and so may destroy it)?

@@ -155,9 +155,6 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> RunResult:
     device = pick_device(cfg.device, local_rank())
     configure_math(cfg.trainer)
     rank, world = init_from_env(device)
-    warning = emulated_precision_warning(str(cfg.trainer.precision), device)
-    if warning and rank == 0:
-        console.print(warning, markup=False, soft_wrap=True)
     try:
         return _run(cfg, device, rank, world, overrides)
     finally:
@@ -200,16 +197,21 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
     rank_zero_first(lambda: resolve_teacher_path(cfg.dataset.teacher))
     teacher = load_teacher(cfg.dataset.teacher, device)
     method = METHODS.get(cfg.method.name)(teacher, cfg.method, device, cfg)
+    # said once the run can start (a run refused before it keeps its one line of error)
+    warning = emulated_precision_warning(str(cfg.trainer.precision), device)
+    if warning and rank == 0:
+        console.print(warning, markup=False, soft_wrap=True)
     freq = label_frequencies(teacher.label_dim, cfg.dataset.get("label_freq"), cfg.dataset) if teacher.label_dim else None
     sampler = label_sampler(teacher.label_dim, freq, device) if freq is not None else None
 
     evaluator = None
-    if cfg.eval.enabled and rank == 0:
+    if cfg.eval.enabled:  # on every rank, each making its share of the images; rank 0 alone scores them
         from sidbench.eval.factory import build_metrics, final_only_metric_names, run_metric_names
 
-        evaluator = Evaluator(build_metrics(run_metric_names(cfg), cfg), cfg.eval.num_samples, cfg.eval.batch_size,
+        metrics, final = (run_metric_names(cfg), final_only_metric_names(cfg)) if rank == 0 else ([], [])
+        evaluator = Evaluator(build_metrics(metrics, cfg), cfg.eval.num_samples, cfg.eval.batch_size,
                               teacher.shape, teacher.label_dim, device, cfg.eval.seed, cfg.eval.label_mode,
-                              final_metrics=build_metrics(final_only_metric_names(cfg), cfg))
+                              final_metrics=build_metrics(final, cfg), shared=True)
     card = cfg.dataset.teacher
     # a shipped teacher by name: its path differs from one install to the next
     teacher_name = f"builtin:{card.builtin}" if card.get("builtin") and not card.get("path") else teacher.source

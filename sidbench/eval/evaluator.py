@@ -6,15 +6,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from sidbench.eval.base import Metric
-from sidbench.eval.images import SampleFn, draw_labels, generated_batches
+from sidbench.distributed import is_distributed
+from sidbench.eval.images import SampleFn, draw_labels, generated_batches, shared_batches
 
 
 class Evaluator:
     """`metrics`: the metrics of every evaluation, the headline first (`eval.metric`, then
     `eval.metrics`); `final_metrics`: those measured only at the end (`eval.final_metrics`). A
-    single metric, or None for no evaluation, is accepted too."""
+    single metric, or None for no evaluation, is accepted too.
+
+    `shared=True` (every rank of a multi-process run builds one; only rank 0's has metrics): while
+    a process group runs, every rank makes its share of the images (`shared_batches`) and rank 0
+    scores them all; the other ranks' calls return {}. Without a process group (one process, or
+    rank 0 alone after training) rank 0 makes them all, the same images either way."""
 
     def __init__(
         self,
@@ -27,6 +34,7 @@ class Evaluator:
         seed: int = 0,
         label_mode: str = "cyclic",
         final_metrics: Sequence[Metric] = (),
+        shared: bool = False,
     ) -> None:
         self.metrics: list[Metric] = [] if metrics is None else [metrics] if isinstance(metrics, Metric) else list(metrics)
         self.final_metrics = list(final_metrics)
@@ -37,6 +45,7 @@ class Evaluator:
         self.device = device
         self.seed = seed
         self.label_mode = label_mode
+        self.shared = shared
 
     @property
     def metric(self) -> Metric | None:
@@ -48,16 +57,25 @@ class Evaluator:
         "eval/seconds": cost}; the same seed scores the same noise. With several metrics the
         images are generated once and held in memory (num_samples x C x H x W bytes)."""
         metrics = self.metrics if metrics is None else list(metrics)
-        if not metrics:
-            return {}
         start = time.perf_counter()
-        batches = generated_batches(sample_fn, self.num_samples, self.batch_size, self.shape, self.label_dim,
-                                    self.device, self.seed, self.label_mode)
+        args = (sample_fn, self.num_samples, self.batch_size, self.shape, self.label_dim, self.device, self.seed, self.label_mode)
+        if self.shared and is_distributed():
+            batches = shared_batches(*args)
+            if dist.get_rank() != 0:
+                for _ in batches:  # rank 0 consumes its rounds as its metrics read them; this makes ours
+                    pass
+                return {}
+        elif not metrics:
+            return {}
+        else:
+            batches = generated_batches(*args)
         if len(metrics) > 1:
             batches = list(batches)
         out: dict[str, float] = {}
         for metric in metrics:
             out.update({f"eval/{k}": float(v) for k, v in metric.compute_values(batches).items()})
+        for _ in batches:  # shared: rounds no metric read, which the other ranks still wait in
+            pass
         return {**out, "eval/seconds": time.perf_counter() - start}
 
     @torch.no_grad()

@@ -224,16 +224,20 @@ class Trainer:
             return self.method.sample(self.ema.module, z, labels)
 
     def evaluate(self) -> dict[str, float]:
-        """Rank 0 evaluates; the other ranks wait for it at a barrier. Every rank calls this at the
-        same iterations (the schedule depends only on global counters), so the barriers pair up."""
-        out = self._evaluate() if self.rank == 0 else {}
+        """Rank 0 evaluates; with a shared evaluator (`sidbench run` builds one on every rank) every
+        rank makes its share of the images for it. The other ranks then wait for rank 0 at a
+        barrier. Every rank calls this at the same iterations (the schedule depends only on global
+        counters), so the collectives and barriers pair up."""
+        out = self._evaluate()
         barrier()
         return out
 
     def _evaluate(self) -> dict[str, float]:
-        if self.evaluator is None:
+        if self.evaluator is None or (self.rank != 0 and not self.evaluator.shared):
             return {}
         out = self.evaluator(self.sample_fn)
+        if self.rank != 0:
+            return {}
         self.progress.eval_seconds += out.get("eval/seconds", 0.0)
         self.last_metrics = out
         if self.cfg.get("sample_grids", True):

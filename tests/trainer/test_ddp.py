@@ -3,10 +3,12 @@
 The step context seeds each micro-batch from (seed, iteration, update, global micro-batch index), so
 2 processes x 1 micro-batch of 4 draw exactly the noise that 1 process x 2 micro-batches of 4 draws;
 DDP averages the two processes' gradients where the single process accumulates its micro-batches.
-Only rank 0 creates an MLflow run, evaluates and writes checkpoints; both ranks share its run folder.
+Only rank 0 creates an MLflow run, scores the evaluations (both ranks make their images) and writes
+checkpoints; both ranks share its run folder.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -32,9 +34,11 @@ RTOL_OF_SCALE = 1e-5
 
 def common_overrides(teacher: Path) -> list[str]:
     # 4 iterations of global batch 8 in micro-batches of 4; evaluation at iterations 0, 2 and 4
-    # (rank 0 evaluates while rank 1 waits), a checkpoint at iterations 2 and 4.
+    # (of 64 images in batches of 16: each rank makes two, rank 0 scores them), a checkpoint at
+    # iterations 2 and 4.
     return tiny_overrides(teacher, **{"trainer.kimg": 0.032, "trainer.batch": 8, "trainer.batch_gpu": 4,
-                                      "trainer.eval_every_kimg": 0.016, "trainer.checkpoint_every_kimg": 0.016})
+                                      "trainer.eval_every_kimg": 0.016, "trainer.checkpoint_every_kimg": 0.016,
+                                      "eval.batch_size": 16})
 
 
 def launch(module_args: list[str], cwd: Path, nproc: int | None, timeout: float = 300, plugins: str = "") -> str:
@@ -95,8 +99,18 @@ def test_two_processes_match_one_process_and_only_rank0_logs(tiny_teacher: Path,
     # only rank 0 holds the MLflow run id, so the checkpoint that carries it is rank 0's
     assert ddp["mlflow_run_id"] == run.info.run_id
     # rank 0 evaluated (the metric was logged) and wrote the final artifacts
-    assert client.get_metric_history(run.info.run_id, "eval/fd_pixel")
+    history = client.get_metric_history(run.info.run_id, "eval/fd_pixel")
+    assert history
     assert (ddp_dir / "generator.safetensors").is_file()
+    # Both ranks made the evaluations' images (4 batches of 16, two each), and rank 0 scored them:
+    # the last one, at the end, is what one process scores with the saved EMA generator.
+    from rich.console import Console
+
+    from sidbench.cli.score import run_fid
+
+    alone = run_fid(str(ddp_dir), [], num=64, batch=16, device="cpu", progress=False, console=Console(file=io.StringIO()))
+    last = max(history, key=lambda m: m.step)
+    assert alone.metric == "fd_pixel" and alone.value == pytest.approx(last.value, rel=1e-12)
 
 
 @pytest.mark.slow
