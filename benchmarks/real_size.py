@@ -24,7 +24,8 @@ rows), the method is built through the registry, and its iterations run through 
 - LPIPS (consistency presets) needs the `lpips` package and its weights offline; without them the
   row runs `distance=l2` and says so;
 - a half-precision preset on a CPU without native kernels for it (bf16 without AVX-512, e.g. an
-  AVX2-only EPYC, where one DMD2 iteration at micro-batch 1 took 239 s instead of 5.7) runs in fp32 and says so.
+  AVX2-only EPYC, where one DMD2 iteration at micro-batch 1 took 239 s instead of 5.7) runs in
+  fp32 and says so.
 After `--warmup` iterations (the compute counter has measured every kind of iteration by then, and
 cuDNN has chosen its algorithms; keep `--iterations` a multiple of DMD2's `ttur`, 5, so the TTUR
 average is exact), `--iterations` are timed. Peak memory is `torch.cuda.max_memory_allocated()` over
