@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from sidbench.eval.base import Metric
 from sidbench.distributed import is_distributed
@@ -59,12 +59,9 @@ class Evaluator:
         metrics = self.metrics if metrics is None else list(metrics)
         start = time.perf_counter()
         args = (sample_fn, self.num_samples, self.batch_size, self.shape, self.label_dim, self.device, self.seed, self.label_mode)
-        if self.shared and is_distributed():
+        shared = self.shared and is_distributed()
+        if shared:
             batches = shared_batches(*args)
-            if dist.get_rank() != 0:
-                for _ in batches:  # rank 0 consumes its rounds as its metrics read them; this makes ours
-                    pass
-                return {}
         elif not metrics:
             return {}
         else:
@@ -74,9 +71,9 @@ class Evaluator:
         out: dict[str, float] = {}
         for metric in metrics:
             out.update({f"eval/{k}": float(v) for k, v in metric.compute_values(batches).items()})
-        for _ in batches:  # shared: rounds no metric read, which the other ranks still wait in
-            pass
-        return {**out, "eval/seconds": time.perf_counter() - start}
+        if shared:  # make the rounds no metric read (all of them on the ranks without metrics): the others wait in them
+            deque(batches, maxlen=0)
+        return {**out, "eval/seconds": time.perf_counter() - start} if metrics else {}
 
     @torch.no_grad()
     def sample_grid(self, sample_fn: SampleFn, path: Path, n: int = 64) -> Path:

@@ -68,9 +68,10 @@ NATIVE_NEEDS = {"bf16": "AVX-512 or Arm's BF16 extension", "fp16": "AVX-512 FP16
 
 def cpu_has_native(precision: str) -> bool:
     """Whether this CPU's oneDNN has kernels of its own for `precision` (`NATIVE_NEEDS`, as torch
-    checks it). Without them a convolution under autocast falls back to reference code. On a 2-core AVX2-only AMD EPYC (torch 2.14.1, one thread), a CIFAR-10 DDPM++ forward at
-    batch 1 took 57 s of CPU in bf16 and 60 s in fp16 against 0.7 s in fp32 (75-80x), and the
-    digits network's at batch 128 0.59 s and 0.51 s against 0.052 s (10-11x)."""
+    checks it). Without them a convolution under autocast falls back to reference code. On a
+    2-core AVX2-only AMD EPYC (torch 2.14.1, one thread), a CIFAR-10 DDPM++ forward at batch 1 took
+    57 s of CPU in bf16 and 60 s in fp16 against 0.7 s in fp32 (75-80x), and the digits network's
+    at batch 128 0.59 s and 0.51 s against 0.052 s (10-11x)."""
     if precision == "fp32":
         return True
     check = torch.ops.mkldnn._is_mkldnn_bf16_supported if precision == "bf16" else torch.ops.mkldnn._is_mkldnn_fp16_supported
