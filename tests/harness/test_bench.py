@@ -138,6 +138,9 @@ def test_a_killed_cell_resumes_from_its_checkpoint_into_the_same_mlflow_run(
         tiny_teacher: Path, run_env: Path, kill_env, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     args = ["bench", "methods=[sid]", "id=k", "budget.unit=kimg", "budget.value=0.064", *cell_overrides(tiny_teacher)]
+    # the registries look for plugins once per process: here, before the test plugin is named (only
+    # the cells' runs, in their own processes, load it; alone, this test would otherwise not find it)
+    assert main([*args, "--dry-run"]) == 0
     for k, v in kill_env(5).items():  # the cell's run SIGKILLs itself at iteration 5 (checkpoint at 4)
         monkeypatch.setenv(k, v)
     assert main(args) == 1
