@@ -2,48 +2,25 @@
 draws fixed by the micro-batch's position, and one-line errors when the images are missing or wrong."""
 from __future__ import annotations
 
-import io
-import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from sidbench.config import compose
 from sidbench.data.real import DataError, open_edm_dataset, open_real_images
 from sidbench.diffusion import register_sampler
 from sidbench.methods.base import Method
+from sidbench.testing.edm_dataset import flat_edm_zip, flat_png
 from sidbench.testing.tiny import tiny_overrides
 from sidbench.trainer.context import StepContext
 
 CPU = torch.device("cpu")
 
 
-def png(value: int, shape: tuple[int, int, int]) -> bytes:
-    """A flat image whose pixels all equal `value`: the value identifies the image after a draw."""
-    c, h, w = shape
-    array = np.full((h, w, c), value, dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(array[:, :, 0] if c == 1 else array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def edm_zip(path: Path, count: int, shape: tuple[int, int, int], labels: bool) -> Path:
-    """The layout of EDM's dataset_tool.py: 00000/img00000000.png, ..., and dataset.json."""
-    names = [f"00000/img{i:08d}.png" for i in range(count)]
-    with zipfile.ZipFile(path, "w") as z:
-        for i, name in enumerate(names):
-            z.writestr(name, png(5 * i, shape))
-        z.writestr("dataset.json", json.dumps({"labels": [[n, i % 3] for i, n in enumerate(names)] if labels else None}))
-    return path
-
-
 def test_zip_draws_images_with_their_labels(tmp_path: Path) -> None:
-    data = open_edm_dataset(edm_zip(tmp_path / "d.zip", 6, (3, 8, 8), labels=True), (3, 8, 8), label_dim=3)
+    data = open_edm_dataset(flat_edm_zip(tmp_path / "d.zip", 6, (3, 8, 8), labels=True), (3, 8, 8), label_dim=3)
     assert len(data) == 6
     torch.manual_seed(1)
     images, labels = data.draw(16, CPU)
@@ -62,7 +39,7 @@ def test_folder_without_labels_for_an_unconditional_teacher(tmp_path: Path) -> N
     folder = tmp_path / "imgs" / "00000"
     folder.mkdir(parents=True)
     for i in range(3):
-        (folder / f"img{i:08d}.png").write_bytes(png(100 + i, (1, 8, 8)))
+        (folder / f"img{i:08d}.png").write_bytes(flat_png(100 + i, (1, 8, 8)))
     images, labels = open_edm_dataset(tmp_path / "imgs", (1, 8, 8), label_dim=0).draw(4, CPU)
     assert images.shape == (4, 1, 8, 8) and labels is None
 
@@ -90,16 +67,16 @@ def test_unusable_images_are_one_line(tmp_path: Path, case: str, expected: str) 
         if case == "missing":
             open_edm_dataset(tmp_path / "nope.zip", (3, 8, 8), 0)
         elif case == "shape":
-            open_edm_dataset(edm_zip(tmp_path / "d.zip", 4, (3, 8, 8), labels=False), (3, 16, 16), 0)
+            open_edm_dataset(flat_edm_zip(tmp_path / "d.zip", 4, (3, 8, 8), labels=False), (3, 16, 16), 0)
         elif case == "labels":
-            open_edm_dataset(edm_zip(tmp_path / "d.zip", 4, (3, 8, 8), labels=False), (3, 8, 8), 3)
+            open_edm_dataset(flat_edm_zip(tmp_path / "d.zip", 4, (3, 8, 8), labels=False), (3, 8, 8), 3)
         else:
             open_real_images(compose(["dataset=cifar10"]).dataset, (3, 32, 32), 0)
     assert expected in str(e.value) and "\n" not in str(e.value)
 
 
 def test_context_draws_real_images_by_micro_batch_position(tmp_path: Path) -> None:
-    data = open_edm_dataset(edm_zip(tmp_path / "d.zip", 50, (1, 8, 8), labels=False), (1, 8, 8), 0)
+    data = open_edm_dataset(flat_edm_zip(tmp_path / "d.zip", 50, (1, 8, 8), labels=False), (1, 8, 8), 0)
     net = torch.nn.Conv2d(1, 1, 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
 

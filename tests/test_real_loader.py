@@ -4,41 +4,20 @@ images and labels kept together; a file that breaks is one line; and a run that 
 uninterrupted run draws."""
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from sidbench.data.loader import BLOCK, STREAM, RealImageLoader, stream_indices
 from sidbench.data.real import DataError, open_edm_dataset
 from sidbench.seeding import generator
+from sidbench.testing.edm_dataset import flat_edm_zip, flat_png
 from sidbench.testing.tiny import tiny_overrides
 
 CPU = torch.device("cpu")
-
-
-def png(value: int, shape: tuple[int, int, int]) -> bytes:
-    """A flat image at `value`: the value tells which image a draw returned."""
-    c, h, w = shape
-    array = np.full((h, w, c), value, dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(array[:, :, 0] if c == 1 else array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def edm_zip(path: Path, count: int, shape: tuple[int, int, int], labels: bool) -> Path:
-    """EDM's layout: 00000/img00000000.png, ... (image i flat at 5 i, class i % 3) and dataset.json."""
-    names = [f"00000/img{i:08d}.png" for i in range(count)]
-    with zipfile.ZipFile(path, "w") as z:
-        for i, name in enumerate(names):
-            z.writestr(name, png(5 * i, shape))
-        z.writestr("dataset.json", json.dumps({"labels": [[n, i % 3] for i, n in enumerate(names)] if labels else None}))
-    return path
 
 
 def _index(images: torch.Tensor) -> torch.Tensor:
@@ -60,7 +39,7 @@ def test_the_stream_is_blocks_of_seeded_draws() -> None:
 
 @pytest.mark.parametrize(("workers", "chunk", "prefetch"), [(0, 5, 1), (2, 3, 2), (1, 64, 4)])
 def test_workers_chunks_and_prefetch_change_nothing(tmp_path: Path, workers: int, chunk: int, prefetch: int) -> None:
-    data = open_edm_dataset(edm_zip(tmp_path / "d.zip", 40, (3, 8, 8), labels=True), (3, 8, 8), label_dim=3)
+    data = open_edm_dataset(flat_edm_zip(tmp_path / "d.zip", 40, (3, 8, 8), labels=True), (3, 8, 8), label_dim=3)
     loader = RealImageLoader(data, seed=7, rank=0, workers=workers, chunk=chunk, prefetch=prefetch)
     torch.manual_seed(0)
     before = torch.get_rng_state()
@@ -77,7 +56,7 @@ def test_workers_chunks_and_prefetch_change_nothing(tmp_path: Path, workers: int
 
 
 def test_a_loader_resumes_at_its_position(tmp_path: Path) -> None:
-    data = open_edm_dataset(edm_zip(tmp_path / "d.zip", 30, (1, 8, 8), labels=False), (1, 8, 8), label_dim=0)
+    data = open_edm_dataset(flat_edm_zip(tmp_path / "d.zip", 30, (1, 8, 8), labels=False), (1, 8, 8), label_dim=0)
     straight = RealImageLoader(data, seed=3, workers=1, chunk=4)
     whole = [straight.draw(5, CPU)[0] for _ in range(6)]
     first = RealImageLoader(data, seed=3, workers=1, chunk=4)
@@ -94,7 +73,7 @@ def test_a_loader_resumes_at_its_position(tmp_path: Path) -> None:
 def test_a_member_that_does_not_decode_is_one_line_from_a_worker(tmp_path: Path) -> None:
     path = tmp_path / "d.zip"
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("00000/img00000000.png", png(0, (1, 8, 8)))
+        z.writestr("00000/img00000000.png", flat_png(0, (1, 8, 8)))
         z.writestr("00000/img00000001.png", b"not a png")
         z.writestr("dataset.json", json.dumps({"labels": None}))
     data = open_edm_dataset(path, (1, 8, 8), 0)  # the first image decodes: the zip opens
@@ -111,12 +90,12 @@ def test_a_member_that_does_not_decode_is_one_line_from_a_worker(tmp_path: Path)
     ("pairs", "are not [[image name, class], ...]"),
 ])
 def test_a_dataset_that_breaks_when_opened_is_one_line(tmp_path: Path, case: str, expected: str) -> None:
-    path = edm_zip(tmp_path / "d.zip", 4, (3, 8, 8), labels=True)
+    path = flat_edm_zip(tmp_path / "d.zip", 4, (3, 8, 8), labels=True)
     if case == "broken":
         path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # cut short, as an interrupted copy
     else:
         with zipfile.ZipFile(path, "w") as z:
-            z.writestr("00000/img00000000.png", png(0, (3, 8, 8)))
+            z.writestr("00000/img00000000.png", flat_png(0, (3, 8, 8)))
             z.writestr("dataset.json", "{labels: oops" if case == "json" else json.dumps({"labels": [1, 2, 3]}))
     with pytest.raises(DataError) as e:
         open_edm_dataset(path, (3, 8, 8), label_dim=3)
@@ -133,7 +112,7 @@ def test_a_resumed_run_reads_what_an_uninterrupted_run_reads(tiny_teacher: Path,
     for 2 more; the losses, which depend on every real image drawn, are equal."""
     from sidbench.cli import main
 
-    zip_path = edm_zip(run_env / "digits.zip", 50, (1, 8, 8), labels=False)
+    zip_path = flat_edm_zip(run_env / "digits.zip", 50, (1, 8, 8), labels=False)
     common = ["method=sida", f"dataset.images.path={zip_path}", "data.workers=2", "data.chunk=5", "method.dropout=0",
               "method.generator_start_kimg=0.008", "method.adversarial_start_kimg=0.016", "eval.enabled=false",
               "tracking.enabled=false"]
