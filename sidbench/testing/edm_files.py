@@ -13,7 +13,8 @@ from __future__ import annotations
 import pickle
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +90,22 @@ def write_edm_pickle(path: str | Path, net: nn.Module, constructor: Mapping[str,
     path = Path(path)
     stand_ins = {"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": types.ModuleType("torch_utils.persistence")}
     stand_ins["torch_utils.persistence"]._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    saved = {k: sys.modules.get(k) for k in stand_ins}
-    sys.modules.update(stand_ins)  # pickle checks that the function it names can be found there
+    with modules_standing_in(stand_ins), open(path, "wb") as f:
+        _Pickler(f, protocol=4).dump({"ema": tree, **(extra or {})})
+    return path
+
+
+@contextmanager
+def modules_standing_in(modules: Mapping[str, types.ModuleType]) -> Iterator[None]:
+    """`modules` in `sys.modules` for the block's duration (pickle checks that a function it names
+    can be found where it says); what those names held before is put back after."""
+    saved = {k: sys.modules.get(k) for k in modules}
+    sys.modules.update(modules)
     try:
-        with open(path, "wb") as f:
-            _Pickler(f, protocol=4).dump({"ema": tree, **(extra or {})})
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
-    return path

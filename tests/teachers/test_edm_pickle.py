@@ -37,6 +37,7 @@ from sidbench.teachers.edm_pickle import (
     UnsafeCheckpointError,
     load_edm_checkpoint,
 )
+from sidbench.testing.edm_files import modules_standing_in
 
 REPO = Path(__file__).resolve().parents[2]
 NUMPY_SCALAR_MODULE = np.float64(0.0).__reduce__()[0].__module__  # numpy._core.multiarray on NumPy 2
@@ -111,17 +112,8 @@ def write_edm_pickle(path: Path, data, marker_dir: Path, **pickler_kwargs) -> di
               f"# ... the rest of training/{name}.py ...\n"
         for name, m in markers.items()
     }
-    saved = {k: sys.modules.get(k) for k in _FAKE_MODULES}
-    sys.modules.update(_FAKE_MODULES)
-    try:
-        with open(path, "wb") as f:
-            EDMStylePickler(f, sources, **pickler_kwargs).dump(data)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+    with modules_standing_in(_FAKE_MODULES), open(path, "wb") as f:
+        EDMStylePickler(f, sources, **pickler_kwargs).dump(data)
     return markers
 
 
