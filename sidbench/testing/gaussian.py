@@ -5,6 +5,8 @@ Generator: affine, G(x, s) = m + A x / s, so G(sigma_init z) ~ N(m, A A^T).
 Copies of the teacher (fake scores) are Gaussian-family denoisers with learnable mean and
 covariance factor, so they can represent the generator's own score exactly. A method that is
 right drives N(m, A A^T) to N(mu, S); the Frechet distance between them has a closed form.
+Students of multi-step methods (progressive and consistency distillation) are `LevelTable`s, one
+affine map per level of their grid, which hold those methods' targets exactly.
 """
 from __future__ import annotations
 
@@ -78,6 +80,38 @@ class GaussianTeacher(Teacher):
         """Closed-form Frechet distance between the generator's law and the target."""
         m, c = generator.law()
         return frechet_distance(m.double().numpy(), c.double().numpy(), self.target_mean.double().numpy(), self.target_cov.double().numpy())
+
+
+class LevelTable(torch.nn.Module):
+    """One affine map per level of a fixed grid, F(x, s_k) = b_k + W_k x / s_k, sigma matched to the
+    nearest level in log. It starts as the exact denoiser of N(mu, S) on the grid, so it represents
+    EXACTLY any target that is affine in x_t at each level: every stage of progressive distillation
+    and consistency distillation's fixed point (the teacher's ODE steps down to sigma_min). With
+    `boundary` the last level is the consistency boundary, F(x, sigma_min) = x, fixed."""
+
+    def __init__(self, levels: list[float], mu: torch.Tensor, cov: torch.Tensor, *, boundary: bool = False) -> None:
+        super().__init__()
+        self.boundary = boundary
+        self.register_buffer("levels", torch.tensor(levels, dtype=torch.float64))
+        eye = torch.eye(len(mu))
+        gains = [cov @ torch.linalg.inv(cov + s**2 * eye) for s in levels]
+        self.W = torch.nn.Parameter(torch.stack([s * g for s, g in zip(levels, gains)]).float())
+        self.b = torch.nn.Parameter(torch.stack([mu - g @ mu for g in gains]).float())
+
+    def forward(self, x: torch.Tensor, sigma: Any, class_labels: Any = None, augment_labels: Any = None) -> torch.Tensor:
+        n = x.shape[0]
+        s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(n)
+        k = (s.log()[:, None] - self.levels.log()[None]).abs().argmin(1)
+        flat = x.reshape(n, -1).float()
+        out = self.b[k] + (self.W[k] @ (flat / s.float()[:, None])[:, :, None])[..., 0]
+        if self.boundary:
+            out = torch.where((k == len(self.levels) - 1)[:, None], flat, out)
+        return out.reshape(x.shape)
+
+    def one_step_law(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, covariance) of F(s_0 z, s_0) = b_0 + W_0 z, level 0 being the one sampled from."""
+        w, b = self.W[0].detach().double(), self.b[0].detach().double()
+        return b, w @ w.T
 
 
 def random_gaussian(dim: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -217,35 +217,6 @@ class Float32Input(torch.nn.Module):
         return self.inner(x.float(), torch.as_tensor(sigma).float(), class_labels)
 
 
-class LevelTable(torch.nn.Module):
-    """A consistency-function family with one affine map per point of the grid,
-    f(x, s_k) = b_k + W_k x / s_k, and f(x, sigma_min) = x fixed (the boundary). The CD target at
-    every level is affine in x_t, so this family represents CD's fixed point EXACTLY: f(., s_k) is
-    the teacher's Heun steps from s_k down to sigma_min. It starts as the teacher's denoiser."""
-
-    def __init__(self, levels: list[float], mu: torch.Tensor, cov: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("levels", torch.tensor(levels, dtype=torch.float64))
-        eye = torch.eye(len(mu))
-        gains = [cov @ torch.linalg.inv(cov + s**2 * eye) for s in levels]
-        self.W = torch.nn.Parameter(torch.stack([s * g for s, g in zip(levels, gains)]).float())
-        self.b = torch.nn.Parameter(torch.stack([mu - g @ mu for g in gains]).float())
-
-    def forward(self, x, sigma, class_labels=None, augment_labels=None):
-        n = x.shape[0]
-        s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(n)
-        k = (s.log()[:, None] - self.levels.log()[None]).abs().argmin(1)
-        flat = x.reshape(n, -1).float()
-        out = self.b[k] + (self.W[k] @ (flat / s.float()[:, None])[:, :, None])[..., 0]
-        boundary = (k == len(self.levels) - 1)[:, None]
-        return torch.where(boundary, flat, out).reshape(x.shape)
-
-    def one_step_law(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Law of f(80 z, 80) = b_0 + W_0 z, level 0 being 80."""
-        w, b = self.W[0].detach().double(), self.b[0].detach().double()
-        return b, w @ w.T
-
-
 def heun_law(mu: torch.Tensor, cov: torch.Tensor, sigmas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Law of Heun sampling with the EXACT denoiser of N(mu, S) from sigmas[0] z down `sigmas`
     (all > 0), by hand in S's eigenbasis: with a(s) = s / (lambda + s^2), the score direction
@@ -272,14 +243,14 @@ def test_gaussian_one_step_function_reaches_the_teachers_heun_sampler(tmp_path: 
     """On N(mu, S) with the exact teacher, CD's fixed point is f(., 80) = the teacher's Heun steps
     down the N-point grid to sigma_min; its one-step law has a KNOWN bias against the target
     (N - 1 Heun steps are not the ODE, and it stops at sigma_min), pinned from the hand formula."""
-    from sidbench.testing.gaussian import GaussianTeacher, random_gaussian
+    from sidbench.testing.gaussian import GaussianTeacher, LevelTable, random_gaussian
 
     num_points = 10
     levels = [float(s) for s in karras_points(num_points)]
     mu, cov = random_gaussian(4, seed=0)
 
     # f starts as the teacher's denoiser on the grid
-    monkeypatch.setattr(cd_module, "consistency_function", lambda net, sigma_min: LevelTable(levels, mu, cov))
+    monkeypatch.setattr(cd_module, "consistency_function", lambda net, sigma_min: LevelTable(levels, mu, cov, boundary=True))
 
     teacher = GaussianTeacher(mu, cov)
     teacher.net = Float32Input(teacher.net).eval()

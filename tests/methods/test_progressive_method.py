@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 import sidbench.methods.baselines.progressive.method as progressive  # noqa: F401  (registers "progressive")
-from sidbench.config import ConfigError, compose
+from sidbench.config import compose
 from sidbench.methods import METHODS
 from sidbench.teachers.load import load_teacher
 from sidbench.trainer.compute import ComputeCounter
@@ -311,32 +311,6 @@ class Float32Input(torch.nn.Module):
         return self.inner(x.float(), torch.as_tensor(sigma).float(), class_labels)
 
 
-class LevelTable(torch.nn.Module):
-    """A denoiser with one affine map per noise level of a fixed grid: D(x, s_k) = b_k + W_k x / s_k.
-    Each progressive target is an affine function of x_t at each level, so this family represents
-    every stage's target EXACTLY; it starts as the exact denoiser of N(mu, S) on the grid."""
-
-    def __init__(self, levels: list[float], mu: torch.Tensor, cov: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("levels", torch.tensor(levels, dtype=torch.float64))
-        eye = torch.eye(len(mu))
-        gains = [cov @ torch.linalg.inv(cov + s**2 * eye) for s in levels]
-        self.W = torch.nn.Parameter(torch.stack([s * g for s, g in zip(levels, gains)]).float())
-        self.b = torch.nn.Parameter(torch.stack([mu - g @ mu for g in gains]).float())
-
-    def forward(self, x, sigma, class_labels=None, augment_labels=None):
-        n = x.shape[0]
-        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(n)
-        k = (s.log()[:, None] - self.levels.log()[None]).abs().argmin(1)
-        flat = x.reshape(n, -1).float() / s.float()[:, None]
-        return (self.b[k] + (self.W[k] @ flat[:, :, None])[..., 0]).reshape(x.shape)
-
-    def one_step_law(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Law of D(80 z, 80) = b_0 + W_0 z, level 0 being 80."""
-        w, b = self.W[0].detach().double(), self.b[0].detach().double()
-        return b, w @ w.T
-
-
 def euler_law(mu: torch.Tensor, cov: torch.Tensor, sigmas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Law of Euler sampling with the EXACT denoiser of N(mu, S) from sigmas[0] z down `sigmas`
     (ending at 0), by hand in S's eigenbasis: each Euler step s -> s' scales x - mu by
@@ -362,7 +336,7 @@ def test_gaussian_two_stages_reach_the_teachers_four_euler_steps(tmp_path: Path)
     TEACHER's 4 Euler steps on sigma(0), sigma(1/4), sigma(1/2), sigma(3/4), 0. That law has a known
     bias against the target (Euler steps from sigma 80 shrink the variance), pinned from the hand
     formula: the method cannot do better than its 2N-step Euler teacher."""
-    from sidbench.testing.gaussian import GaussianTeacher, random_gaussian
+    from sidbench.testing.gaussian import GaussianTeacher, LevelTable, random_gaussian
 
     def sigma(f: float) -> float:  # Karras' schedule, by hand
         return (80 ** (1 / 7) + f * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
