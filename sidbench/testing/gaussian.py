@@ -82,6 +82,18 @@ class GaussianTeacher(Teacher):
         return frechet_distance(m.double().numpy(), c.double().numpy(), self.target_mean.double().numpy(), self.target_cov.double().numpy())
 
 
+class Float32Input(torch.nn.Module):
+    """A Gaussian-family network called the way EDM networks are: any input dtype, computed in
+    float32 (samplers and losses pass float64 states, which `GaussianDenoiser` does not accept)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor, sigma: Any, class_labels: Any = None, augment_labels: Any = None) -> torch.Tensor:
+        return self.inner(x.float(), torch.as_tensor(sigma).float(), class_labels)
+
+
 class LevelTable(torch.nn.Module):
     """One affine map per level of a fixed grid, F(x, s_k) = b_k + W_k x / s_k, sigma matched to the
     nearest level in log. It starts as the exact denoiser of N(mu, S) on the grid, so it represents

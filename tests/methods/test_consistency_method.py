@@ -205,18 +205,6 @@ def test_the_optimiser_is_radam_with_the_published_hyperparameters(tiny_teacher:
 
 
 # -- the analytic Gaussian -------------------------------------------------------------------------
-class Float32Input(torch.nn.Module):
-    """The Gaussian denoiser called the way EDM networks are: any input dtype, computed in float32
-    (the Heun sampler passes float64 states, which `GaussianDenoiser` does not accept)."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x, sigma, class_labels=None, augment_labels=None):
-        return self.inner(x.float(), torch.as_tensor(sigma).float(), class_labels)
-
-
 def heun_law(mu: torch.Tensor, cov: torch.Tensor, sigmas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Law of Heun sampling with the EXACT denoiser of N(mu, S) from sigmas[0] z down `sigmas`
     (all > 0), by hand in S's eigenbasis: with a(s) = s / (lambda + s^2), the score direction
@@ -243,7 +231,7 @@ def test_gaussian_one_step_function_reaches_the_teachers_heun_sampler(tmp_path: 
     """On N(mu, S) with the exact teacher, CD's fixed point is f(., 80) = the teacher's Heun steps
     down the N-point grid to sigma_min; its one-step law has a KNOWN bias against the target
     (N - 1 Heun steps are not the ODE, and it stops at sigma_min), pinned from the hand formula."""
-    from sidbench.testing.gaussian import GaussianTeacher, LevelTable, random_gaussian
+    from sidbench.testing.gaussian import Float32Input, GaussianTeacher, LevelTable, random_gaussian
 
     num_points = 10
     levels = [float(s) for s in karras_points(num_points)]

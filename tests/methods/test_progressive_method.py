@@ -299,18 +299,6 @@ def test_saved_recipe_samples_with_euler_on_the_student_grid(tiny_teacher: Path,
 
 
 # -- the analytic Gaussian -------------------------------------------------------------------------
-class Float32Input(torch.nn.Module):
-    """The Gaussian denoiser called the way EDM networks are: any input dtype, computed in float32
-    (the loss and samplers pass float64 states, which `GaussianDenoiser` does not accept)."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x, sigma, class_labels=None, augment_labels=None):
-        return self.inner(x.float(), torch.as_tensor(sigma).float(), class_labels)
-
-
 def euler_law(mu: torch.Tensor, cov: torch.Tensor, sigmas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Law of Euler sampling with the EXACT denoiser of N(mu, S) from sigmas[0] z down `sigmas`
     (ending at 0), by hand in S's eigenbasis: each Euler step s -> s' scales x - mu by
@@ -336,7 +324,7 @@ def test_gaussian_two_stages_reach_the_teachers_four_euler_steps(tmp_path: Path)
     TEACHER's 4 Euler steps on sigma(0), sigma(1/4), sigma(1/2), sigma(3/4), 0. That law has a known
     bias against the target (Euler steps from sigma 80 shrink the variance), pinned from the hand
     formula: the method cannot do better than its 2N-step Euler teacher."""
-    from sidbench.testing.gaussian import GaussianTeacher, LevelTable, random_gaussian
+    from sidbench.testing.gaussian import Float32Input, GaussianTeacher, LevelTable, random_gaussian
 
     def sigma(f: float) -> float:  # Karras' schedule, by hand
         return (80 ** (1 / 7) + f * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
