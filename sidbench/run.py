@@ -247,27 +247,17 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
     except BaseException:
         finish_quietly(tracker, "FAILED" if rank == 0 else "KILLED")
         raise
-    # Training ends with all ranks at a barrier after rank 0's last checkpoint. What follows is
-    # rank 0's alone and needs no collective: end the process group now, so that the final
-    # evaluation (up to 50k samples) cannot run into a collective's timeout on the other ranks.
+    # Training ends with all ranks at a barrier after rank 0's last checkpoint. The end's evaluation
+    # is made as the curve's are: every rank makes its share of the images, rank 0 scores them. Then
+    # the process group ends, and what follows is rank 0's alone.
+    metrics = final_evaluation(cfg, trainer, evaluator, rank)
     shutdown()
     if rank != 0:
         return RunResult(run_dir, progress, {}, None, rank)
     if trainer.stopped_by_time:
         tracker.set_tags({"stopped_by": "max_seconds"})
         console.print(f"stopped at the time budget trainer.max_seconds={cfg.trainer.max_seconds} after {progress.kimg:.1f} kimg")
-    metrics: dict[str, float] = {}
     if evaluator is not None:
-        if cfg.eval.final_samples != cfg.eval.num_samples:
-            evaluator.num_samples = cfg.eval.final_samples
-            metrics = {f"{k}_final": v for k, v in evaluator(trainer.sample_fn, evaluator.metrics + evaluator.final_metrics).items()}
-            trainer.log(metrics)
-        else:
-            metrics = trainer.last_metrics
-            if evaluator.final_metrics:  # the end's own metrics, on the images of the last evaluation
-                extra = {f"{k}_final": v for k, v in evaluator(trainer.sample_fn, evaluator.final_metrics).items()}
-                trainer.log(extra)
-                metrics = {**metrics, **extra}
         # the size of the final evaluation: the leaderboard tells a protocol-size value from a proxy
         tracker.set_tags({"final_images": str(evaluator.num_samples)})
     gen_path = save_generator(trainer, method, run_dir, str(cfg.method.name))
@@ -275,6 +265,31 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
     tracker.set_tags(headline_tags(method, progress, metrics or trainer.last_metrics))
     tracker.finish()
     return RunResult(run_dir, progress, metrics, getattr(tracker, "run_id", None), teacher=trainer.reference_metrics)
+
+
+def final_evaluation(cfg: DictConfig, trainer: Trainer, evaluator: Evaluator | None, rank: int) -> dict[str, float]:
+    """The end's metrics, logged (on rank 0; {} on the others): at `eval.final_samples` images when
+    that is not the curve's size, else the last evaluation's, with the end's own metrics
+    (`eval.final_metrics`) scored on its images. Called on every rank while the process group runs:
+    the ranks take the same branches (from the config, not from their metrics, which only rank 0
+    holds), so the image rounds of a shared evaluator pair up. No rank waits in a round for longer
+    than rank 0 takes to score one batch, so a 50k-image end cannot run into a collective's timeout."""
+    from sidbench.eval.factory import final_only_metric_names
+
+    if evaluator is None:
+        return {}
+    if cfg.eval.final_samples != cfg.eval.num_samples:
+        evaluator.num_samples = cfg.eval.final_samples
+        scored, kept = evaluator(trainer.sample_fn, evaluator.metrics + evaluator.final_metrics), {}
+    elif final_only_metric_names(cfg):  # the end's own metrics, on the images of the last evaluation
+        scored, kept = evaluator(trainer.sample_fn, evaluator.final_metrics), trainer.last_metrics
+    else:
+        return trainer.last_metrics if rank == 0 else {}
+    if rank != 0:
+        return {}
+    end = {f"{k}_final": v for k, v in scored.items()}
+    trainer.log(end)
+    return {**kept, **end}
 
 
 def last_evaluation(run_dir: Path) -> dict[str, float]:

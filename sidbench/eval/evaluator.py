@@ -20,8 +20,8 @@ class Evaluator:
 
     `shared=True` (every rank of a multi-process run builds one; only rank 0's has metrics): while
     a process group runs, every rank makes its share of the images (`shared_batches`) and rank 0
-    scores them all; the other ranks' calls return {}. Without a process group (one process, or
-    rank 0 alone after training) rank 0 makes them all, the same images either way."""
+    scores them all; the other ranks' calls return {}. Without a process group (one process) it
+    makes them all, the same images either way."""
 
     def __init__(
         self,

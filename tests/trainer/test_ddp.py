@@ -9,6 +9,7 @@ checkpoints; both ranks share its run folder.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -30,6 +31,7 @@ from sidbench.testing.tiny import tiny_overrides
 # (With 2 gloo ranks the sums are usually bitwise equal: a + b = b + a and the scalings are powers
 # of two; the tolerance is there so the test does not depend on the backend's reduction order.)
 RTOL_OF_SCALE = 1e-5
+PLUGINS = Path(__file__).parent / "plugins"
 
 
 def common_overrides(teacher: Path) -> list[str]:
@@ -41,8 +43,9 @@ def common_overrides(teacher: Path) -> list[str]:
                                       "eval.batch_size": 16})
 
 
-def launch(module_args: list[str], cwd: Path, nproc: int | None, timeout: float = 300, plugins: str = "") -> str:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "SIDBENCH_PLUGINS": plugins}
+def launch(module_args: list[str], cwd: Path, nproc: int | None, timeout: float = 300, plugins: str = "",
+           env: dict[str, str] | None = None) -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "SIDBENCH_PLUGINS": plugins, **(env or {})}
     # torchrun's log folder inside the test's folder: by default it makes one in the temp folder and leaves it there
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                  f"--log-dir={cwd / 'torchrun-logs'}"] if nproc else [sys.executable])
@@ -63,8 +66,12 @@ def assert_weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
 @pytest.mark.slow
 def test_two_processes_match_one_process_and_only_rank0_logs(tiny_teacher: Path, run_env: Path) -> None:
     common = common_overrides(tiny_teacher)
-    # No run_name: the default holds a timestamp, which rank 0 decides and broadcasts.
-    launch(common, run_env, nproc=2)
+    # No run_name: the default holds a timestamp, which rank 0 decides and broadcasts. The end is
+    # scored on 48 images (3 batches of 16), the curve on 64; each rank logs the batches it makes.
+    made = run_env / "images-made"
+    made.mkdir()
+    launch([*common, "eval.final_samples=48"], run_env, nproc=2, plugins="count_generated_images",
+           env={"SIDBENCH_TEST_IMAGES_LOG": str(made), "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])})
     # One process (tiny_overrides sets processes=1, so `sidbench run` starts no torchrun of its own).
     launch([*common, "run_name=single", "tracking.enabled=false", "eval.enabled=false"], run_env, nproc=None)
 
@@ -111,6 +118,38 @@ def test_two_processes_match_one_process_and_only_rank0_logs(tiny_teacher: Path,
     alone = run_fid(str(ddp_dir), [], num=64, batch=16, device="cpu", progress=False, console=Console(file=io.StringIO()))
     last = max(history, key=lambda m: m.step)
     assert alone.metric == "fd_pixel" and alone.value == pytest.approx(last.value, rel=1e-12)
+    # The end's evaluation too: both ranks made its batches (0 and 2 on rank 0, 1 on rank 1), and
+    # its value is what one process scores on the end's 48 images.
+    curve = [16] * 2 * 3  # each rank's share of the 3 curve points (iterations 0, 2 and 4)
+    assert (made / "rank0.txt").read_text().split() == [str(n) for n in [*curve, 16, 16]]
+    assert (made / "rank1.txt").read_text().split() == [str(n) for n in [*curve, 16]]
+    end = run_fid(str(ddp_dir), [], num=48, batch=16, device="cpu", progress=False, console=Console(file=io.StringIO()))
+    final = client.get_metric_history(run.info.run_id, "eval/fd_pixel_final")
+    assert len(final) == 1 and end.value == pytest.approx(final[0].value, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_the_ends_own_metric_under_ddp_is_scored_on_the_last_evaluations_images(tiny_teacher: Path, run_env: Path) -> None:
+    """`eval.final_metrics` at the curve's size: the end scores them on the last evaluation's images,
+    which both ranks make again (every rank takes that branch, though only rank 0 holds metrics)."""
+    made = run_env / "images-made"
+    made.mkdir()
+    args = [*common_overrides(tiny_teacher), "trainer.kimg=0.016", "eval.final_metrics=[fd_digits]",
+            "tracking.enabled=false", "run_name=ddp"]
+    launch(args, run_env, nproc=2, plugins="count_generated_images",
+           env={"SIDBENCH_TEST_IMAGES_LOG": str(made), "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])})
+    # 2 curve points (iterations 0 and 2) and the end, 4 batches of 16 each: 2 a rank each time
+    for rank in (0, 1):
+        assert (made / f"rank{rank}.txt").read_text().split() == ["16"] * 2 * 3
+    lines = [json.loads(line) for line in (run_env / "runs" / "digits" / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    final = [line for line in lines if "eval/fd_digits_final" in line]
+    from rich.console import Console
+
+    from sidbench.cli.score import run_fid
+
+    alone = run_fid(str(run_env / "runs" / "digits" / "ddp"), ["eval.metric=fd_digits"], num=64, batch=16, device="cpu",
+                    progress=False, console=Console(file=io.StringIO()))
+    assert len(final) == 1 and alone.value == pytest.approx(final[0]["eval/fd_digits_final"], rel=1e-12)
 
 
 @pytest.mark.slow
