@@ -6,9 +6,10 @@ How a multi-process run is laid out (see `sidbench.run`):
 - rank 0 alone decides the run folder (broadcast to the others), logs to MLflow, scores the
   evaluations and writes checkpoints; every rank makes its share of an evaluation's images
   (`sidbench.eval.images.shared_batches`), and the others wait for rank 0 at a barrier after it;
-- the end's evaluation is made the same way, while the process group still runs; it is destroyed
-  after it. No rank waits in a collective for longer than rank 0 takes to score one batch of
-  images, or to write a checkpoint or score a curve point (at the barrier after each).
+- the end's images are made the same way; right after their last round every rank destroys the
+  process group (NCCL's destroy waits for all ranks), and rank 0 scores them alone. No rank waits
+  in a collective for longer than rank 0 takes to write a checkpoint or score a curve point (at
+  the barrier after each).
 Every helper here is a no-op (or the identity) in a single-process run.
 """
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,11 +248,10 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
     except BaseException:
         finish_quietly(tracker, "FAILED" if rank == 0 else "KILLED")
         raise
-    # Training ends with all ranks at a barrier after rank 0's last checkpoint. The end's evaluation
-    # is made as the curve's are: every rank makes its share of the images, rank 0 scores them. Then
-    # the process group ends, and what follows is rank 0's alone.
+    # Training ends with all ranks at a barrier after rank 0's last checkpoint. The end's images are
+    # made as the curve's are, by every rank; then the process group ends, and what follows (scoring
+    # them included) is rank 0's alone.
     metrics = final_evaluation(cfg, trainer, evaluator, rank)
-    shutdown()
     if rank != 0:
         return RunResult(run_dir, progress, {}, None, rank)
     if trainer.stopped_by_time:
@@ -270,26 +270,30 @@ def _train(cfg: DictConfig, device: torch.device, rank: int, world: int, start: 
 def final_evaluation(cfg: DictConfig, trainer: Trainer, evaluator: Evaluator | None, rank: int) -> dict[str, float]:
     """The end's metrics, logged (on rank 0; {} on the others): at `eval.final_samples` images when
     that is not the curve's size, else the last evaluation's, with the end's own metrics
-    (`eval.final_metrics`) scored on its images. Called on every rank while the process group runs:
-    the ranks take the same branches (from the config, not from their metrics, which only rank 0
-    holds), so the image rounds of a shared evaluator pair up. No rank waits in a round for longer
-    than rank 0 takes to score one batch, so a 50k-image end cannot run into a collective's timeout."""
+    (`eval.final_metrics`) scored on its images. Called on every rank while the process group runs;
+    the group ends here, after the end's images are made and before rank 0 scores them.
+
+    The ranks take the same branches (from the config, not from their metrics, which only rank 0
+    holds), so the image rounds of a shared evaluator pair up. The group ends on every rank at the
+    same point, right after the last round: NCCL's destroy waits for every rank (PyTorch finalizes
+    the communicators), and rank 0's scoring of a 50k-image end could outlast any timeout."""
     from sidbench.eval.factory import final_only_metric_names
 
-    if evaluator is None:
-        return {}
-    if cfg.eval.final_samples != cfg.eval.num_samples:
-        evaluator.num_samples = cfg.eval.final_samples
-        scored, kept = evaluator(trainer.sample_fn, evaluator.metrics + evaluator.final_metrics), {}
-    elif final_only_metric_names(cfg):  # the end's own metrics, on the images of the last evaluation
-        scored, kept = evaluator(trainer.sample_fn, evaluator.final_metrics), trainer.last_metrics
-    else:
-        return trainer.last_metrics if rank == 0 else {}
+    if evaluator is None or (cfg.eval.final_samples == cfg.eval.num_samples and not final_only_metric_names(cfg)):
+        shutdown()
+        return trainer.last_metrics if evaluator is not None and rank == 0 else {}
+    resized = cfg.eval.final_samples != cfg.eval.num_samples
+    # at the end's own size, every metric; else the end's own metrics on the last evaluation's images
+    evaluator.num_samples = cfg.eval.final_samples
+    start = time.perf_counter()
+    images = evaluator.images(trainer.sample_fn)
+    shutdown()
     if rank != 0:
         return {}
-    end = {f"{k}_final": v for k, v in scored.items()}
+    metrics = evaluator.metrics + evaluator.final_metrics if resized else evaluator.final_metrics
+    end = {f"{k}_final": v for k, v in evaluator.score(images, metrics, time.perf_counter() - start).items()}
     trainer.log(end)
-    return {**kept, **end}
+    return end if resized else {**trainer.last_metrics, **end}
 
 
 def last_evaluation(run_dir: Path) -> dict[str, float]:

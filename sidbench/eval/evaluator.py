@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -58,22 +58,40 @@ class Evaluator:
         images are generated once and held in memory (num_samples x C x H x W bytes)."""
         metrics = self.metrics if metrics is None else list(metrics)
         start = time.perf_counter()
-        args = (sample_fn, self.num_samples, self.batch_size, self.shape, self.label_dim, self.device, self.seed, self.label_mode)
         shared = self.shared and is_distributed()
-        if shared:
-            batches = shared_batches(*args)
-        elif not metrics:
+        if not shared and not metrics:
             return {}
-        else:
-            batches = generated_batches(*args)
+        batches = self._batches(sample_fn, shared)
         if len(metrics) > 1:
             batches = list(batches)
-        out: dict[str, float] = {}
-        for metric in metrics:
-            out.update({f"eval/{k}": float(v) for k, v in metric.compute_values(batches).items()})
+        out = self._score(batches, metrics)
         if shared:  # make the rounds no metric read (all of them on the ranks without metrics): the others wait in them
             deque(batches, maxlen=0)
         return {**out, "eval/seconds": time.perf_counter() - start} if metrics else {}
+
+    def images(self, sample_fn: SampleFn) -> list[torch.Tensor]:
+        """All the images of an evaluation, made now and held (uint8 batches on the CPU), to be
+        scored by `score` later: with a shared evaluator while a process group runs, every rank
+        makes its share (every rank must call this), rank 0 holds them and the others get []."""
+        return list(self._batches(sample_fn, self.shared and is_distributed()))
+
+    def score(self, images: Sequence[torch.Tensor], metrics: Sequence[Metric], seconds: float = 0.0) -> dict[str, float]:
+        """`__call__`'s values for images made by `images`; `seconds`, what making them took, is
+        counted in "eval/seconds"."""
+        start = time.perf_counter()
+        out = self._score(images, metrics)
+        return {**out, "eval/seconds": seconds + time.perf_counter() - start} if metrics else {}
+
+    def _batches(self, sample_fn: SampleFn, shared: bool) -> Iterator[torch.Tensor]:
+        args = (sample_fn, self.num_samples, self.batch_size, self.shape, self.label_dim, self.device, self.seed, self.label_mode)
+        return shared_batches(*args) if shared else generated_batches(*args)
+
+    @staticmethod
+    def _score(batches: Iterable[torch.Tensor], metrics: Sequence[Metric]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for metric in metrics:
+            out.update({f"eval/{k}": float(v) for k, v in metric.compute_values(batches).items()})
+        return out
 
     @torch.no_grad()
     def sample_grid(self, sample_fn: SampleFn, path: Path, n: int = 64) -> Path:

@@ -69,6 +69,10 @@ def main(out: Path) -> None:
     report["shared_evaluator"] = {k: v for k, v in values.items() if k != "eval/seconds"}
     report["single_metric_stopping_early"] = evaluator(sample_fn, [FirstBatchOnly()] if rank == 0 else [])
     report["single_metric_stopping_early"].pop("eval/seconds", None)
+    held = evaluator.images(sample_fn)  # made now by every rank, scored later (the run's end)
+    report["held_batches"] = len(held)
+    report["held_equal_to_shared"] = len(held) == len(shared) and all(torch.equal(a, b) for a, b in zip(held, shared))
+    report["held_scored"] = {k: v for k, v in evaluator.score(held, evaluator.metrics).items() if k != "eval/seconds"}
     dist.barrier()  # every rank got past every round: nobody waits for a round that was never made
     if rank == 0:  # the same images from one process
         calls.clear()

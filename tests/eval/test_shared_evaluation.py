@@ -1,6 +1,7 @@
 """An evaluation's images made by all the ranks of a multi-process run (`shared_batches`, the
-`Evaluator` that `sidbench run` builds on every rank) are the images one process makes, bit for
-bit, and rank 0 scores them all (tests/eval/shared_eval_worker.py, under torchrun on the CPU)."""
+`Evaluator` that `sidbench run` builds on every rank, streamed into its metrics or held to be
+scored later) are the images one process makes, bit for bit, and rank 0 scores them all
+(tests/eval/shared_eval_worker.py, under torchrun on the CPU)."""
 from __future__ import annotations
 
 import json
@@ -32,7 +33,11 @@ def test_every_rank_makes_its_share_and_rank0_scores_the_images_one_process_make
         if r:
             assert report["shared_batches"] == 0 and report["shared_evaluator"] == {}
             assert report["single_metric_stopping_early"] == {}
+            assert report["held_batches"] == 0 and report["held_scored"] == {}
     # rank 0 scores what one process scores, exactly (integer pixel sums)
     assert zero["shared_evaluator"] == zero["one_process_evaluator"]
     assert zero["shared_evaluator"]["eval/count"] == 23 and zero["shared_evaluator"]["eval/total"] > 0
     assert zero["single_metric_stopping_early"] == {"eval/first": zero["one_process_evaluator"]["eval/first"]}
+    # made first and scored after (the run's end): the same images, the same values
+    assert zero["held_batches"] == 5 and zero["held_equal_to_shared"]
+    assert zero["held_scored"] == zero["one_process_evaluator"]
