@@ -233,6 +233,27 @@ def test_a_preset_file_for_another_run_is_one_line(tmp_path: Path, overrides: li
         compose([f"preset_file={tmp_path / 'missing.yaml'}"])
 
 
+@pytest.mark.parametrize("method,settings,expected", [
+    ("sid", {"alpah": 1.1}, "unknown setting 'method.alpah' .*method=sid declares no such setting; did you mean method.alpha\\?"),
+    ("dmd", {"lr_gen": 1e-4}, "unknown setting 'method.lr_gen' .*did you mean method.lr_generator\\?"),
+    # inside a declared group too, not only at the top
+    ("dmd2", {"gan": {"generator_wieght": 0.1}}, "unknown setting 'method.gan.generator_wieght' .*method.gan.generator_weight"),
+])
+def test_a_method_setting_no_settings_class_declares_is_refused_in_one_line(
+        tmp_path: Path, method: str, settings: dict, expected: str) -> None:
+    """A preset merges what Hydra would refuse on the command line: a misspelt or renamed key in a
+    preset file would otherwise change nothing, and the run would go on as if it had been set."""
+    from sidbench.config import ConfigError, compose
+    from sidbench.tracking import flatten
+
+    f = write_preset(tmp_path / "a.yaml", [f"{method}_digits", "_self_"], method=settings)
+    with pytest.raises(ConfigError, match=expected) as info:
+        compose([f"method={method}", f"preset_file={f}"])
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=expected.split(" .*")[0]):  # the same key given with +
+        compose([f"method={method}", "+" + next(f"{k}={v}" for k, v in flatten(settings, "method.").items())])
+
+
 @pytest.mark.parametrize("method,dataset,source", [
     ("sid", "cifar10", "published"), ("sid", "digits", "derived"), ("dmd2", "imagenet64", "published"),
     ("dmd", "imagenet64", "derived"), ("consistency", "cifar10", "published"), ("progressive", "digits", "derived"),
