@@ -180,8 +180,7 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         if unknown:
             raise ConfigError(_unknown_key_message(unknown.group(1), overrides)) from e
         raise ConfigError("; ".join(line.strip() for line in lines if line.strip())) from e
-    _refuse_old_names(cfg)
-    _refuse_unknown_method_settings(cfg)
+    _refuse_undeclared_method_settings(cfg)
     _mark_changed_settings(cfg, overrides)
     OmegaConf.resolve(cfg)
     return cfg
@@ -235,35 +234,25 @@ def _mark_changed_settings(cfg: DictConfig, overrides: list[str]) -> None:
         cfg.settings_source = "derived"
 
 
-def _refuse_old_names(cfg: DictConfig) -> None:
-    """An old name of a setting that a preset or `+method.<key>=` brought in (a plain override of
-    it is refused by Hydra first): one line naming the new one. A method whose settings still hold
-    the name (a plugin's own setting) keeps it."""
-    from sidbench.schema import docs, method_settings
-
-    settings = method_settings(str(cfg.method.name))
-    own = docs(settings) if settings is not None else {}
-    absent = object()
-    for old in RENAMED:
-        if old not in own and OmegaConf.select(cfg.method, old, default=absent, throw_on_resolution_failure=False) is not absent:
-            raise ConfigError(renamed_message(f"method.{old}"))
-
-
-def _refuse_unknown_method_settings(cfg: DictConfig) -> None:
-    """A method setting that its settings class does not declare, brought in by a preset file (a
-    tuned best.yaml, a preset of one's own) or `+method.<key>=`: one line naming the closest declared
-    one. Hydra refuses such a key as a plain override, but a preset merges it without a word, and
-    the run would go on without the value it meant to set."""
+def _refuse_undeclared_method_settings(cfg: DictConfig) -> None:
+    """A method setting its settings class does not declare, brought in by a preset file (a tuned
+    best.yaml, a preset of one's own) or `+method.<key>=`: one line, naming the new name of a
+    renamed one, else the closest declared one. Hydra refuses such a key as a plain override, but a
+    preset merges it without a word, and the run would go on without the value it meant to set. A
+    method whose settings still hold an old name (a plugin's own setting) keeps it; one without a
+    settings class has only the old names refused."""
     from sidbench.schema import docs, method_settings
     from sidbench.tracking import flatten
 
     settings = method_settings(str(cfg.method.name))
-    if settings is None:  # a plugin without a settings class: its keys are its own business
-        return
-    declared = {f"method.{k}" for k in docs(settings)} | {"method.name"}
-    given = flatten(OmegaConf.to_container(cfg.method, resolve=False), "method.")
-    for key in given:
-        if key not in declared:
+    declared = {f"method.{k}" for k in (docs(settings) if settings is not None else {})} | {"method.name"}
+    for key in flatten(OmegaConf.to_container(cfg.method, resolve=False), "method."):
+        if key in declared:
+            continue
+        renamed = renamed_message(key)
+        if renamed is not None:
+            raise ConfigError(renamed)
+        if settings is not None:
             close = [d for d in sorted(declared) if d.startswith(key)] or difflib.get_close_matches(key, sorted(declared), n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             raise ConfigError(f"unknown setting {key!r} (from a preset file or +{key}=): method={cfg.method.name} declares no "

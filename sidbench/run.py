@@ -279,10 +279,10 @@ def final_evaluation(cfg: DictConfig, trainer: Trainer, evaluator: Evaluator | N
     the communicators), and rank 0's scoring of a 50k-image end could outlast any timeout."""
     from sidbench.eval.factory import final_only_metric_names
 
-    if evaluator is None or (cfg.eval.final_samples == cfg.eval.num_samples and not final_only_metric_names(cfg)):
+    resized = cfg.eval.final_samples != cfg.eval.num_samples
+    if evaluator is None or not (resized or final_only_metric_names(cfg)):
         shutdown()
         return trainer.last_metrics if evaluator is not None and rank == 0 else {}
-    resized = cfg.eval.final_samples != cfg.eval.num_samples
     # at the end's own size, every metric; else the end's own metrics on the last evaluation's images
     evaluator.num_samples = cfg.eval.final_samples
     start = time.perf_counter()

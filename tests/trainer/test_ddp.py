@@ -55,6 +55,14 @@ def launch(module_args: list[str], cwd: Path, nproc: int | None, timeout: float 
     return proc.stdout
 
 
+def counting_images(run_env: Path) -> tuple[Path, dict[str, str]]:
+    """(folder, environment) for a run with tests/trainer/plugins/count_generated_images.py: each
+    rank logs the sizes of the evaluation batches it generates to <folder>/rank<r>.txt."""
+    made = run_env / "images-made"
+    made.mkdir()
+    return made, {"SIDBENCH_TEST_IMAGES_LOG": str(made), "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
+
+
 def assert_weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -68,10 +76,8 @@ def test_two_processes_match_one_process_and_only_rank0_logs(tiny_teacher: Path,
     common = common_overrides(tiny_teacher)
     # No run_name: the default holds a timestamp, which rank 0 decides and broadcasts. The end is
     # scored on 48 images (3 batches of 16), the curve on 64; each rank logs the batches it makes.
-    made = run_env / "images-made"
-    made.mkdir()
-    launch([*common, "eval.final_samples=48"], run_env, nproc=2, plugins="count_generated_images",
-           env={"SIDBENCH_TEST_IMAGES_LOG": str(made), "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])})
+    made, env = counting_images(run_env)
+    launch([*common, "eval.final_samples=48"], run_env, nproc=2, plugins="count_generated_images", env=env)
     # One process (tiny_overrides sets processes=1, so `sidbench run` starts no torchrun of its own).
     launch([*common, "run_name=single", "tracking.enabled=false", "eval.enabled=false"], run_env, nproc=None)
 
@@ -132,12 +138,10 @@ def test_two_processes_match_one_process_and_only_rank0_logs(tiny_teacher: Path,
 def test_the_ends_own_metric_under_ddp_is_scored_on_the_last_evaluations_images(tiny_teacher: Path, run_env: Path) -> None:
     """`eval.final_metrics` at the curve's size: the end scores them on the last evaluation's images,
     which both ranks make again (every rank takes that branch, though only rank 0 holds metrics)."""
-    made = run_env / "images-made"
-    made.mkdir()
+    made, env = counting_images(run_env)
     args = [*common_overrides(tiny_teacher), "trainer.kimg=0.016", "eval.final_metrics=[fd_digits]",
             "tracking.enabled=false", "run_name=ddp"]
-    launch(args, run_env, nproc=2, plugins="count_generated_images",
-           env={"SIDBENCH_TEST_IMAGES_LOG": str(made), "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])})
+    launch(args, run_env, nproc=2, plugins="count_generated_images", env=env)
     # 2 curve points (iterations 0 and 2) and the end, 4 batches of 16 each: 2 a rank each time
     for rank in (0, 1):
         assert (made / f"rank{rank}.txt").read_text().split() == ["16"] * 2 * 3
